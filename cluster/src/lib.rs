@@ -1,0 +1,4 @@
+//! Kairn's control plane: the replicated store, the API server in front of it, and the
+//! scheduler and controllers that act on the cluster through that API.
+
+pub mod store;

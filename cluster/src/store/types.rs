@@ -1,0 +1,119 @@
+//! The store's data model: what a Raft log entry carries and what applying it returns.
+//!
+//! Every write is a [`Txn`]: compares on keys' revisions, then a list of puts and deletes.
+//! One entry in the Raft log is one transaction, so a batch of objects lands at once or
+//! not at all, and its revision (the entry's log index) is shared by all of them.
+
+use std::io::Cursor;
+
+use serde::{Deserialize, Serialize};
+
+openraft::declare_raft_types!(
+    /// Raft type configuration of the Kairn store.
+    pub TypeConfig:
+        D = Txn,
+        R = TxnResult,
+        NodeId = u64,
+        Node = openraft::BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// A Raft node id.
+pub type NodeId = u64;
+
+/// A condition on one key that must hold for a transaction to apply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Compare {
+    /// The key compared.
+    pub key: String,
+    /// What the key's state must be.
+    pub expect: Expect,
+}
+
+/// What a [`Compare`] expects of its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Expect {
+    /// The key must not exist.
+    Absent,
+    /// The key must exist (any revision).
+    Present,
+    /// The key must exist and have been last written at exactly this revision.
+    ModRevision(u64),
+}
+
+/// One change inside a transaction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    /// Set `key` to `value`.
+    Put { key: String, value: Vec<u8> },
+    /// Remove `key` (a no-op if absent).
+    Delete { key: String },
+}
+
+impl Op {
+    /// The key this operation touches.
+    pub fn key(&self) -> &str {
+        match self {
+            Op::Put { key, .. } | Op::Delete { key } => key,
+        }
+    }
+}
+
+/// A transaction: if every compare holds, apply every op, atomically.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Txn {
+    /// Conditions checked before anything is written.
+    pub compares: Vec<Compare>,
+    /// Changes applied, in order, when all compares hold.
+    pub ops: Vec<Op>,
+}
+
+impl std::fmt::Display for Txn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "txn({} compares, {} ops)", self.compares.len(), self.ops.len())
+    }
+}
+
+/// The outcome of applying a [`Txn`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxnResult {
+    /// False when a compare failed; nothing was written then.
+    pub succeeded: bool,
+    /// The store revision after this entry (its log index).
+    pub revision: u64,
+    /// The first compare that failed, with the key's actual revision (0 = absent).
+    pub failed: Option<(Compare, u64)>,
+}
+
+/// A stored value with the revision of its last write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyValue {
+    /// The key.
+    pub key: String,
+    /// The revision at which the value was last written.
+    pub mod_revision: u64,
+    /// The raw value (an object's JSON, for the API server).
+    pub value: Vec<u8>,
+}
+
+/// What happened to a key, as seen by a watch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    /// Created or changed.
+    Put,
+    /// Removed.
+    Delete,
+}
+
+/// One change to one key, at one revision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// Put or delete.
+    pub kind: EventKind,
+    /// For a put, the new value; for a delete, the value just before removal.
+    pub kv: KeyValue,
+    /// Whether the key existed before (distinguishes create from update).
+    pub existed: bool,
+}

@@ -1,4 +1,8 @@
 //! Kairn's control plane: the replicated store, the API server in front of it, and the
 //! scheduler and controllers that act on the cluster through that API.
 
+pub mod api;
+pub mod controllers;
+pub mod kinds;
+pub mod scheduler;
 pub mod store;

@@ -189,7 +189,7 @@ impl StateMachine {
                             mod_revision: index,
                             value: value.clone(),
                         },
-                        existed: before.is_some(),
+                        prev: before,
                     });
                     pending.insert(key, Some(value.clone()));
                 }
@@ -201,9 +201,9 @@ impl StateMachine {
                             kv: KeyValue {
                                 key: key.to_string(),
                                 mod_revision: index,
-                                value: prev,
+                                value: prev.clone(),
                             },
-                            existed: true,
+                            prev: Some(prev),
                         });
                     }
                     pending.insert(key, None);

@@ -121,7 +121,7 @@ async fn watch_replays_history_then_streams_and_refuses_unknown_revisions() {
     let mut w = store.watch("/w/", start).unwrap();
     let ev = w.next().await.unwrap().unwrap();
     assert_eq!(
-        (ev.kind, ev.kv.mod_revision, ev.existed),
+        (ev.kind, ev.kv.mod_revision, ev.prev.is_some()),
         (EventKind::Put, first.revision, false)
     );
 

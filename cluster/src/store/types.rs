@@ -114,6 +114,7 @@ pub struct Event {
     pub kind: EventKind,
     /// For a put, the new value; for a delete, the value just before removal.
     pub kv: KeyValue,
-    /// Whether the key existed before (distinguishes create from update).
-    pub existed: bool,
+    /// The value before this change, if the key existed (tells a create from an update,
+    /// and lets a filtered watch see an object leave its filter).
+    pub prev: Option<Vec<u8>>,
 }

@@ -1,0 +1,151 @@
+//! The atomic batch write, `POST /apis/kairn.dev/v1/batches`: Kairn's one extension.
+//!
+//! Every operation is admitted exactly as a single write would be, then all of them are
+//! committed in ONE store transaction whose compares pin every object's revision, so a
+//! batch lands whole or not at all. The reconciler applies each commit through it.
+
+use std::collections::HashSet;
+
+use serde_json::Value;
+
+use super::admission::{self, object_name};
+use super::error::{ApiError, Cause};
+use super::objects::{self, encode, with_revision};
+use super::registry;
+use super::AppState;
+use crate::kinds::{Batch, BatchResult, BatchVerb};
+use crate::store::{Compare, Expect, Op, Txn};
+
+/// Prefixes an error with the operation it came from, so the client can point at it.
+fn at(index: usize, e: ApiError) -> ApiError {
+    match e {
+        ApiError::Invalid { kind, name, causes } => ApiError::Invalid {
+            kind,
+            name,
+            causes: causes
+                .into_iter()
+                .map(|c| Cause {
+                    field: format!(
+                        "operations[{index}].object{}{}",
+                        if c.field.is_empty() { "" } else { "." },
+                        c.field
+                    ),
+                    message: c.message,
+                })
+                .collect(),
+        },
+        ApiError::BadRequest(m) => ApiError::BadRequest(format!("operations[{index}]: {m}")),
+        other => other,
+    }
+}
+
+/// Admits and commits a batch.
+pub async fn apply(state: &AppState, batch: Batch) -> Result<BatchResult, ApiError> {
+    let mut txn = Txn::default();
+    let mut objects = Vec::with_capacity(batch.operations.len());
+    let mut keys = HashSet::new();
+    let mut new_namespaces = HashSet::new();
+    let mut needed_namespaces = Vec::new();
+    for (i, op) in batch.operations.into_iter().enumerate() {
+        let api_version = op.object.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
+        let kind = op.object.get("kind").and_then(Value::as_str).unwrap_or_default();
+        let res = registry::by_kind(api_version, kind)
+            .ok_or_else(|| ApiError::BadRequest(format!("operations[{i}]: no resource serves {api_version}/{kind}")))?;
+        let (name, ns) = object_name(&op.object);
+        let ns = if res.namespaced {
+            Some(ns.unwrap_or_else(|| "default".to_string()))
+        } else {
+            None
+        };
+        let key = res.key(ns.as_deref(), &name);
+        if !keys.insert(key.clone()) {
+            return Err(ApiError::BadRequest(format!(
+                "operations[{i}]: {key} appears twice in one batch"
+            )));
+        }
+        let pinned = op.resource_version.as_deref().map(|rv| {
+            rv.parse::<u64>()
+                .map_err(|_| ApiError::BadRequest(format!("operations[{i}]: bad resourceVersion {rv}")))
+        });
+        let pinned = pinned.transpose()?;
+        match op.op {
+            BatchVerb::Create => {
+                let obj = admission::admit_create(res, ns.as_deref(), op.object).map_err(|e| at(i, e))?;
+                if res.kind == "Namespace" {
+                    new_namespaces.insert(name.clone());
+                }
+                if let Some(ns) = &ns {
+                    needed_namespaces.push(ns.clone());
+                }
+                txn.compares.push(Compare {
+                    key: key.clone(),
+                    expect: Expect::Absent,
+                });
+                txn.ops.push(Op::Put {
+                    key,
+                    value: encode(&obj)?,
+                });
+                objects.push(obj);
+            }
+            BatchVerb::Update => {
+                let (live, rev) = objects::read(state, res, ns.as_deref(), &name).await?;
+                if pinned.is_some_and(|p| p != rev) {
+                    return Err(ApiError::Conflict {
+                        kind: res.plural.into(),
+                        name,
+                        message: "the object has been modified; please apply your changes to the latest version and try again".into(),
+                    });
+                }
+                let mut desired = op.object;
+                if let Some(meta) = desired.get_mut("metadata").and_then(Value::as_object_mut) {
+                    meta.remove("resourceVersion");
+                }
+                let obj = admission::admit_update(res, &live, desired).map_err(|e| at(i, e))?;
+                txn.compares.push(Compare {
+                    key: key.clone(),
+                    expect: Expect::ModRevision(rev),
+                });
+                txn.ops.push(Op::Put {
+                    key,
+                    value: encode(&obj)?,
+                });
+                objects.push(obj);
+            }
+            BatchVerb::Delete => {
+                let (live, rev) = objects::read(state, res, ns.as_deref(), &name).await?;
+                if pinned.is_some_and(|p| p != rev) {
+                    return Err(ApiError::Conflict {
+                        kind: res.plural.into(),
+                        name,
+                        message: "the object has been modified since the batch was planned".into(),
+                    });
+                }
+                txn.compares.push(Compare {
+                    key: key.clone(),
+                    expect: Expect::ModRevision(rev),
+                });
+                txn.ops.push(Op::Delete { key });
+                objects.push(live);
+            }
+        }
+    }
+    for ns in needed_namespaces {
+        if !new_namespaces.contains(&ns) && !objects::namespace_exists(state, &ns).await? {
+            return Err(ApiError::NotFound {
+                kind: "namespaces".into(),
+                name: ns,
+            });
+        }
+    }
+    if batch.dry_run {
+        return Ok(BatchResult { revision: 0, objects });
+    }
+    let describe = |key: &str| {
+        let name = key.rsplit('/').next().unwrap_or(key).to_string();
+        (key.to_string(), name)
+    };
+    let revision = objects::commit(state, txn, describe).await?;
+    tracing::info!(revision, objects = objects.len(), "batch committed");
+    let objects = objects.into_iter().map(|o| with_revision(o, revision)).collect();
+    Ok(BatchResult { revision, objects })
+}

@@ -1,0 +1,125 @@
+//! API errors, rendered as Kubernetes `Status` objects (kubectl branches on `reason`).
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::store::StoreError;
+
+/// One invalid field, as in `Status.details.causes`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cause {
+    /// Dotted path of the field, e.g. `spec.replicas`.
+    pub field: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+/// An error answered to an API client.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The object or resource does not exist.
+    #[error("{kind} \"{name}\" not found")]
+    NotFound { kind: String, name: String },
+    /// A create hit an existing object.
+    #[error("{kind} \"{name}\" already exists")]
+    AlreadyExists { kind: String, name: String },
+    /// A stale resourceVersion or a concurrent write.
+    #[error("Operation cannot be fulfilled on {kind} \"{name}\": {message}")]
+    Conflict {
+        kind: String,
+        name: String,
+        message: String,
+    },
+    /// The object failed validation.
+    #[error("{kind} \"{name}\" is invalid: {}", causes.iter().map(|c| format!("{}: {}", c.field, c.message)).collect::<Vec<_>>().join(", "))]
+    Invalid {
+        kind: String,
+        name: String,
+        causes: Vec<Cause>,
+    },
+    /// A malformed request (bad JSON, bad selector, bad path).
+    #[error("{0}")]
+    BadRequest(String),
+    /// The verb does not apply to this resource.
+    #[error("the server does not allow this method on the requested resource")]
+    MethodNotAllowed,
+    /// The media type is not supported (e.g. a patch type).
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// A watch asked for a revision no longer kept.
+    #[error("too old resource version: {0}")]
+    Expired(String),
+    /// The store failed or is unavailable.
+    #[error("storage: {0}")]
+    Store(#[from] StoreError),
+    /// Anything else that is the server's fault.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// HTTP status code and Kubernetes `reason` of this error.
+    pub fn code_and_reason(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::NotFound { .. } => (StatusCode::NOT_FOUND, "NotFound"),
+            ApiError::AlreadyExists { .. } => (StatusCode::CONFLICT, "AlreadyExists"),
+            ApiError::Conflict { .. } => (StatusCode::CONFLICT, "Conflict"),
+            ApiError::Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "Invalid"),
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "BadRequest"),
+            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed"),
+            ApiError::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UnsupportedMediaType"),
+            ApiError::Expired(_) => (StatusCode::GONE, "Expired"),
+            ApiError::Store(StoreError::Expired { .. }) => (StatusCode::GONE, "Expired"),
+            ApiError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable"),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
+        }
+    }
+
+    /// The `Status` object for this error.
+    pub fn status(&self) -> serde_json::Value {
+        let (code, reason) = self.code_and_reason();
+        let mut details = serde_json::Map::new();
+        match self {
+            ApiError::NotFound { kind, name }
+            | ApiError::AlreadyExists { kind, name }
+            | ApiError::Conflict { kind, name, .. } => {
+                details.insert("name".into(), json!(name));
+                details.insert("kind".into(), json!(kind));
+            }
+            ApiError::Invalid { kind, name, causes } => {
+                details.insert("name".into(), json!(name));
+                details.insert("kind".into(), json!(kind));
+                let causes: Vec<_> = causes
+                    .iter()
+                    .map(|c| json!({"reason": "FieldValueInvalid", "field": c.field, "message": c.message}))
+                    .collect();
+                details.insert("causes".into(), json!(causes));
+            }
+            _ => {}
+        }
+        let mut status = json!({
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.to_string(),
+            "reason": reason,
+            "code": code.as_u16(),
+        });
+        if !details.is_empty() {
+            status["details"] = serde_json::Value::Object(details);
+        }
+        status
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (code, _) = self.code_and_reason();
+        if code.is_server_error() {
+            tracing::warn!(error = %self, "api request failed");
+        }
+        (code, axum::Json(self.status())).into_response()
+    }
+}

@@ -1,0 +1,62 @@
+//! The controller manager: Deployment -> ReplicaSet -> Pods, and the garbage collector.
+//! Each controller is a kube-runtime `Controller` talking to the API server like any
+//! client; none of them touches the store.
+
+pub mod deployment;
+pub mod gc;
+pub mod replicaset;
+
+use std::time::Duration;
+
+use kube::runtime::controller::Action;
+use tokio::sync::watch;
+
+/// Errors of a reconcile pass (all retried after a short delay).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An API call failed.
+    #[error("api: {0}")]
+    Api(#[from] kube::Error),
+    /// An object lacks something the controller needs.
+    #[error("{0}")]
+    Malformed(String),
+}
+
+/// What every controller does after an error: try again soon.
+pub(crate) fn retry_soon<K>(_obj: std::sync::Arc<K>, error: &Error, _ctx: std::sync::Arc<kube::Client>) -> Action {
+    tracing::debug!(error = %error, "reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(2))
+}
+
+/// The controller name a `Controller` reports in logs.
+pub(crate) fn log_result<T: std::fmt::Debug, E: std::fmt::Display>(controller: &'static str, result: Result<T, E>) {
+    if let Err(e) = result {
+        tracing::debug!(controller, error = %e, "reconcile error");
+    }
+}
+
+/// Runs every controller until `shutdown` turns true.
+pub async fn run(client: kube::Client, shutdown: watch::Receiver<bool>) {
+    tokio::join!(
+        deployment::run(client.clone(), shutdown.clone()),
+        replicaset::run(client.clone(), shutdown.clone()),
+        gc::run(client, shutdown),
+    );
+}
+
+/// A future that resolves when `rx` reports shutdown.
+pub(crate) async fn stopped(mut rx: watch::Receiver<bool>) {
+    while !*rx.borrow_and_update() {
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Whether `obj`'s controller owner reference points at uid `owner`.
+pub(crate) fn controlled_by(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta, owner: &str) -> bool {
+    meta.owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.controller == Some(true) && o.uid == owner)
+}

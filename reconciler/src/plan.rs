@@ -1,0 +1,405 @@
+//! The plan: what to create, update, prune or leave alone to make the cluster match a
+//! commit, each change with a YAML diff. Only fields the manifest sets are compared, so
+//! defaults and status filled in by the server are never a difference.
+
+use std::collections::{BTreeMap, HashMap};
+
+use kairn_cluster::kinds::{PlanSummary, APP_LABEL, COMMIT_ANNOTATION, SOURCE_PATH_ANNOTATION};
+use kube::discovery::{ApiResource, Discovery, Scope};
+use serde_json::{json, Value};
+
+use crate::manifest::{self, Manifest, ManifestError};
+
+/// The kinds the API server serves, from discovery.
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    kinds: HashMap<(String, String), (ApiResource, bool)>,
+}
+
+impl Catalog {
+    /// Reads the served kinds from the API server.
+    pub async fn discover(client: &kube::Client) -> Result<Self, kube::Error> {
+        let discovery = Discovery::new(client.clone()).run().await?;
+        let mut kinds = HashMap::new();
+        for group in discovery.groups() {
+            for version in group.versions() {
+                for (ar, caps) in group.versioned_resources(version) {
+                    let listable = caps.operations.iter().any(|o| o == "list");
+                    if !listable {
+                        continue;
+                    }
+                    let namespaced = matches!(caps.scope, Scope::Namespaced);
+                    kinds.insert((ar.api_version.clone(), ar.kind.clone()), (ar, namespaced));
+                }
+            }
+        }
+        Ok(Catalog { kinds })
+    }
+
+    /// The resource of an apiVersion/kind and whether it is namespaced.
+    pub fn get(&self, api_version: &str, kind: &str) -> Option<&(ApiResource, bool)> {
+        self.kinds.get(&(api_version.to_string(), kind.to_string()))
+    }
+
+    /// Every served resource an Application may own (all but Kairn's own kinds).
+    pub fn manageable(&self) -> impl Iterator<Item = &(ApiResource, bool)> {
+        self.kinds
+            .values()
+            .filter(|(ar, _)| ar.group != kairn_cluster::kinds::GROUP)
+    }
+}
+
+/// What happens to one object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// In Git, not live.
+    Create,
+    /// In Git and live, but different.
+    Update,
+    /// Live and managed, no longer in Git.
+    Prune,
+    /// As in Git already.
+    Unchanged,
+}
+
+/// One object's part of a plan.
+#[derive(Debug, Clone)]
+pub struct Change {
+    /// What to do.
+    pub action: Action,
+    /// `apiVersion/kind namespace/name`.
+    pub object: String,
+    /// `<file>#<doc>` the object comes from (None for prunes).
+    pub source: Option<String>,
+    /// The object as it should be (None for prunes).
+    pub desired: Option<Value>,
+    /// The live object (None for creates).
+    pub live: Option<Value>,
+    /// Unified YAML diff, live -> desired, over the fields the manifest sets.
+    pub diff: String,
+}
+
+/// The whole plan for one commit.
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    /// Changes in apply order: creates and updates in manifest order, then prunes.
+    pub changes: Vec<Change>,
+}
+
+impl Plan {
+    /// Counts per action.
+    pub fn summary(&self) -> PlanSummary {
+        let mut s = PlanSummary::default();
+        for c in &self.changes {
+            match c.action {
+                Action::Create => s.created += 1,
+                Action::Update => s.updated += 1,
+                Action::Prune => s.pruned += 1,
+                Action::Unchanged => s.unchanged += 1,
+            }
+        }
+        s
+    }
+
+    /// Whether applying would change anything.
+    pub fn has_changes(&self) -> bool {
+        self.changes.iter().any(|c| c.action != Action::Unchanged)
+    }
+}
+
+/// Identity of an object across desired and live: apiVersion's group, kind, namespace, name.
+fn identity(obj: &Value) -> (String, String, String, String) {
+    let s = |p: &str| obj.pointer(p).and_then(Value::as_str).unwrap_or("").to_string();
+    let group = s("/apiVersion")
+        .rsplit_once('/')
+        .map(|(g, _)| g.to_string())
+        .unwrap_or_default();
+    (group, s("/kind"), s("/metadata/namespace"), s("/metadata/name"))
+}
+
+/// Turns manifests into the objects to apply: served kind, namespace defaulted, and the
+/// Application label, commit and source annotations set. Collects every error.
+pub fn desired_objects(
+    manifests: Vec<Manifest>,
+    catalog: &Catalog,
+    app: &str,
+    commit: &str,
+) -> Result<Vec<(String, Value)>, Vec<ManifestError>> {
+    let mut out = Vec::new();
+    let mut errors = Vec::new();
+    let mut seen: HashMap<(String, String, String, String), String> = HashMap::new();
+    'manifests: for m in manifests {
+        let source = m.source();
+        let api_version = m.object["apiVersion"].as_str().unwrap_or_default().to_string();
+        let kind = m.object["kind"].as_str().unwrap_or_default().to_string();
+        let Some((_, namespaced)) = catalog.get(&api_version, &kind) else {
+            errors.push(ManifestError {
+                source_path: source,
+                object: m.describe(),
+                field: "kind".into(),
+                message: format!("{api_version}/{kind} is not served by this cluster"),
+            });
+            continue;
+        };
+        let mut obj = m.object;
+        let meta = &mut obj["metadata"];
+        if !meta.is_object() {
+            errors.push(ManifestError {
+                source_path: source,
+                object: manifest::describe(&obj),
+                field: "metadata".into(),
+                message: "must be a mapping".into(),
+            });
+            continue;
+        }
+        if *namespaced {
+            if meta.get("namespace").and_then(Value::as_str).is_none_or(str::is_empty) {
+                meta["namespace"] = json!("default");
+            }
+        } else if let Some(m) = meta.as_object_mut() {
+            m.remove("namespace");
+        }
+        for (field, value) in [
+            ("labels", json!({APP_LABEL: app})),
+            (
+                "annotations",
+                json!({COMMIT_ANNOTATION: commit, SOURCE_PATH_ANNOTATION: source}),
+            ),
+        ] {
+            if !obj["metadata"].get(field).is_none_or(Value::is_object) {
+                errors.push(ManifestError {
+                    source_path: source.clone(),
+                    object: manifest::describe(&obj),
+                    field: format!("metadata.{field}"),
+                    message: "must be a mapping of strings".into(),
+                });
+                continue 'manifests;
+            }
+            let target = &mut obj["metadata"][field];
+            if target.is_null() {
+                *target = json!({});
+            }
+            for (k, v) in value.as_object().into_iter().flatten() {
+                target[k] = v.clone();
+            }
+        }
+        if let Some(first) = seen.insert(identity(&obj), source.clone()) {
+            errors.push(ManifestError {
+                source_path: source,
+                object: manifest::describe(&obj),
+                field: String::new(),
+                message: format!("defined twice (first at {first})"),
+            });
+            continue;
+        }
+        out.push((source, obj));
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Lists the live objects of every manageable kind labelled as owned by `app`.
+pub async fn live_objects(client: &kube::Client, catalog: &Catalog, app: &str) -> Result<Vec<Value>, kube::Error> {
+    let params = kube::api::ListParams::default().labels(&format!("{APP_LABEL}={app}"));
+    let mut out = Vec::new();
+    for (ar, _) in catalog.manageable() {
+        let api: kube::Api<kube::api::DynamicObject> = kube::Api::all_with(client.clone(), ar);
+        for obj in api.list(&params).await?.items {
+            let mut value = serde_json::to_value(&obj).map_err(kube::Error::SerdeError)?;
+            value["apiVersion"] = json!(ar.api_version);
+            value["kind"] = json!(ar.kind);
+            out.push(value);
+        }
+    }
+    Ok(out)
+}
+
+/// Whether every field `desired` sets has the same value in `live`.
+pub fn contains(desired: &Value, live: &Value) -> bool {
+    match (desired, live) {
+        (Value::Object(d), Value::Object(l)) => d.iter().all(|(k, dv)| match l.get(k) {
+            Some(lv) => contains(dv, lv),
+            // An empty map or list set in Git and absent live says the same thing.
+            None => {
+                dv.is_null()
+                    || dv.as_object().is_some_and(|o| o.is_empty())
+                    || dv.as_array().is_some_and(|a| a.is_empty())
+            }
+        }),
+        (Value::Array(d), Value::Array(l)) => d.len() == l.len() && d.iter().zip(l).all(|(dv, lv)| contains(dv, lv)),
+        (Value::Number(d), Value::Number(l)) => d.as_f64() == l.as_f64(),
+        (d, l) => d == l,
+    }
+}
+
+/// `live` cut down to the fields `desired` sets (for a readable diff).
+fn project(live: &Value, desired: &Value) -> Value {
+    match (desired, live) {
+        (Value::Object(d), Value::Object(l)) => {
+            let m: serde_json::Map<String, Value> = d
+                .iter()
+                .filter_map(|(k, dv)| l.get(k).map(|lv| (k.clone(), project(lv, dv))))
+                .collect();
+            Value::Object(m)
+        }
+        (Value::Array(d), Value::Array(l)) if d.len() == l.len() => {
+            Value::Array(d.iter().zip(l).map(|(dv, lv)| project(lv, dv)).collect())
+        }
+        _ => live.clone(),
+    }
+}
+
+/// A copy without the commit annotation, which differs on every commit by design.
+fn without_commit(obj: &Value) -> Value {
+    let mut obj = obj.clone();
+    if let Some(a) = obj.pointer_mut("/metadata/annotations").and_then(Value::as_object_mut) {
+        a.remove(COMMIT_ANNOTATION);
+    }
+    obj
+}
+
+/// A copy without what the server owns (for showing live objects).
+fn without_server_fields(obj: &Value) -> Value {
+    let mut obj = without_commit(obj);
+    if let Some(o) = obj.as_object_mut() {
+        o.remove("status");
+    }
+    if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        for f in [
+            "uid",
+            "resourceVersion",
+            "generation",
+            "creationTimestamp",
+            "managedFields",
+        ] {
+            m.remove(f);
+        }
+    }
+    obj
+}
+
+fn unified(old: &str, new: &str, object: &str) -> String {
+    similar::TextDiff::from_lines(old, new)
+        .unified_diff()
+        .context_radius(3)
+        .header(&format!("live/{object}"), &format!("git/{object}"))
+        .to_string()
+}
+
+/// Compares desired objects with live ones.
+pub fn compute(desired: Vec<(String, Value)>, live: Vec<Value>) -> Plan {
+    let mut live_by_id: BTreeMap<_, Value> = live.into_iter().map(|o| (identity(&o), o)).collect();
+    let mut changes = Vec::new();
+    for (source, want) in desired {
+        let object = manifest::describe(&want);
+        let shown_want = without_commit(&want);
+        match live_by_id.remove(&identity(&want)) {
+            None => changes.push(Change {
+                action: Action::Create,
+                diff: unified("", &manifest::to_yaml(&shown_want), &object),
+                object,
+                source: Some(source),
+                desired: Some(want),
+                live: None,
+            }),
+            Some(have) => {
+                let same = contains(&shown_want, &have);
+                let diff = if same {
+                    String::new()
+                } else {
+                    let shown_have = project(&without_commit(&have), &shown_want);
+                    unified(
+                        &manifest::to_yaml(&shown_have),
+                        &manifest::to_yaml(&shown_want),
+                        &object,
+                    )
+                };
+                changes.push(Change {
+                    action: if same { Action::Unchanged } else { Action::Update },
+                    object,
+                    source: Some(source),
+                    desired: Some(want),
+                    live: Some(have),
+                    diff,
+                });
+            }
+        }
+    }
+    // Whatever is still live and labelled for this app has left Git.
+    for (_, have) in live_by_id {
+        let object = manifest::describe(&have);
+        changes.push(Change {
+            action: Action::Prune,
+            diff: unified(&manifest::to_yaml(&without_server_fields(&have)), "", &object),
+            object,
+            source: None,
+            desired: None,
+            live: Some(have),
+        });
+    }
+    Plan { changes }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_fields_set_in_git_are_compared() {
+        let desired = json!({"spec": {"replicas": 2, "template": {"spec": {"containers": [{"name": "c"}]}}}});
+        let live = json!({"spec": {"replicas": 2, "revisionHistoryLimit": 10,
+            "template": {"spec": {"containers": [{"name": "c", "imagePullPolicy": "IfNotPresent"}]}}}, "status": {}});
+        assert!(contains(&desired, &live));
+        let more = json!({"spec": {"replicas": 3}});
+        assert!(!contains(&more, &live));
+        assert!(!contains(
+            &json!({"spec": {"template": {"spec": {"containers": []}}}}),
+            &live
+        ));
+    }
+
+    #[test]
+    fn plan_creates_updates_prunes_and_leaves_alone() {
+        let obj = |name: &str, replicas: i64| {
+            json!({"apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": name, "namespace": "default", "annotations": {COMMIT_ANNOTATION: "new"}},
+                "spec": {"replicas": replicas}})
+        };
+        let desired = vec![
+            ("a.yaml#0".to_string(), obj("same", 1)),
+            ("a.yaml#1".to_string(), obj("grow", 3)),
+            ("a.yaml#2".to_string(), obj("fresh", 1)),
+        ];
+        let mut live_same = obj("same", 1);
+        live_same["metadata"]["annotations"][COMMIT_ANNOTATION] = json!("old");
+        let live = vec![live_same, obj("grow", 2), obj("gone", 1)];
+        let plan = compute(desired, live);
+        let actions: Vec<_> = plan.changes.iter().map(|c| (c.action, c.object.clone())).collect();
+        assert_eq!(
+            actions,
+            vec![
+                (Action::Unchanged, "apps/v1/Deployment default/same".to_string()),
+                (Action::Update, "apps/v1/Deployment default/grow".to_string()),
+                (Action::Create, "apps/v1/Deployment default/fresh".to_string()),
+                (Action::Prune, "apps/v1/Deployment default/gone".to_string()),
+            ]
+        );
+        let update = &plan.changes[1].diff;
+        assert!(
+            update.contains("-  replicas: 2") && update.contains("+  replicas: 3"),
+            "{update}"
+        );
+        assert_eq!(
+            plan.summary(),
+            PlanSummary {
+                created: 1,
+                updated: 1,
+                pruned: 1,
+                unchanged: 1
+            }
+        );
+    }
+}

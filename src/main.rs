@@ -1,1 +1,67 @@
-fn main() {}
+//! `kairn`: one binary for the control plane, the node agent and the Git verbs.
+
+mod client;
+mod commands;
+mod examples;
+mod logging;
+mod shutdown;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Kairn: a Kubernetes-style cluster whose desired state lives in Git.
+#[derive(Debug, Parser)]
+#[command(name = "kairn", version, about)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = logging::Format::Text)]
+    log_format: logging::Format,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a control plane and a node in one process, syncing a Git repository.
+    Up(commands::up::UpArgs),
+    /// Run a control-plane member (store, API server, scheduler, controllers, reconciler).
+    Server(commands::server::ServerArgs),
+    /// Run a node agent against an API server.
+    Agent(commands::agent::AgentArgs),
+    /// Show objects: `kairn get pods`, `kairn get deploy web -o yaml`.
+    Get(commands::get::GetArgs),
+    /// Show what the next sync would change (exit 1 when there are differences).
+    Diff(commands::diff::DiffArgs),
+    /// Show each Application's synced commit, pending commit and last error.
+    Status(commands::status::StatusArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logging::init(cli.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Up(args) => commands::up::run(args).await,
+            Command::Server(args) => commands::server::run(args).await,
+            Command::Agent(args) => commands::agent::run(args).await,
+            Command::Get(args) => commands::get::run(args).await,
+            Command::Diff(args) => commands::diff::run(args).await,
+            Command::Status(args) => commands::status::run(args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,1 +1,158 @@
-//! placeholder
+//! Kairn's node agent: registers a Node, keeps its Lease, and runs the pods bound to it
+//! through a [`runtime::Runtime`] (host processes by default), reporting their status.
+
+mod node_status;
+pub mod pod;
+pub mod runtime;
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::watcher;
+use kube::{Api, ResourceExt};
+use tokio::sync::watch;
+
+use pod::PodWorker;
+use runtime::Runtime;
+
+/// How an agent runs.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// The Node's name.
+    pub node_name: String,
+    /// The address pods and the node are reachable at.
+    pub node_ip: String,
+    /// Where pod directories (`pods/<uid>/`: logs, working directories) live.
+    pub data_dir: PathBuf,
+}
+
+/// Errors that stop the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Registering the Node failed.
+    #[error("registering node {node}: {source}")]
+    Register { node: String, source: kube::Error },
+}
+
+/// Runs the agent until `shutdown` turns true, then stops every pod it runs.
+pub async fn run<R: Runtime>(
+    client: kube::Client,
+    config: AgentConfig,
+    runtime: R,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), Error> {
+    let node = config.node_name.clone();
+    // The API server may still be starting: retry registration for a while.
+    let mut attempt = 0;
+    loop {
+        match node_status::register(&client, &node, &config.node_ip).await {
+            Ok(()) => break,
+            Err(e) if attempt < 20 => {
+                attempt += 1;
+                tracing::debug!(node = %node, error = %e, "registration failed; retrying");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(source) => return Err(Error::Register { node, source }),
+        }
+    }
+    let beat = tokio::spawn(heartbeats(client.clone(), node.clone(), shutdown.clone()));
+    run_pods(client.clone(), &config, Arc::new(runtime), shutdown).await;
+    let _ = beat.await;
+    if let Err(e) = node_status::heartbeat(&client, &node, false).await {
+        tracing::debug!(node = %node, error = %e, "could not mark the node not ready");
+    }
+    Ok(())
+}
+
+async fn heartbeats(client: kube::Client, node: String, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        if let Err(e) = node_status::renew_lease(&client, &node).await {
+            tracing::warn!(node = %node, error = %e, "lease renewal failed");
+        }
+        if let Err(e) = node_status::heartbeat(&client, &node, true).await {
+            tracing::warn!(node = %node, error = %e, "node heartbeat failed");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(node_status::HEARTBEAT) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Follows the pods bound to this node: a worker per pod, stopped when the pod goes.
+async fn run_pods<R: Runtime>(
+    client: kube::Client,
+    config: &AgentConfig,
+    runtime: Arc<R>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let pods: Api<Pod> = Api::all(client.clone());
+    let bound_here = watcher::Config::default().fields(&format!("spec.nodeName={}", config.node_name));
+    let mut events = watcher(pods, bound_here).boxed();
+    let mut workers: HashMap<String, PodWorker> = HashMap::new();
+    // Pods seen during a relist; workers for pods missing from it are stopped after it.
+    let mut relisted: Option<HashSet<String>> = None;
+    loop {
+        let event = tokio::select! {
+            e = events.next() => e,
+            _ = shutdown.changed() => break,
+        };
+        let Some(event) = event else { break };
+        match event {
+            Ok(watcher::Event::Init) => relisted = Some(HashSet::new()),
+            Ok(watcher::Event::InitApply(pod)) | Ok(watcher::Event::Apply(pod)) => {
+                let Some(uid) = pod.uid() else { continue };
+                if let Some(seen) = relisted.as_mut() {
+                    seen.insert(uid.clone());
+                }
+                let phase = pod
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.phase.as_deref())
+                    .unwrap_or("Pending");
+                if workers.contains_key(&uid) || matches!(phase, "Succeeded" | "Failed") {
+                    continue;
+                }
+                tracing::info!(object = %format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any()), node = %config.node_name, "starting pod");
+                let dir = config.data_dir.join("pods").join(&uid);
+                workers.insert(
+                    uid,
+                    PodWorker::start(client.clone(), pod, runtime.clone(), dir, config.node_ip.clone()),
+                );
+            }
+            Ok(watcher::Event::InitDone) => {
+                if let Some(seen) = relisted.take() {
+                    let gone: Vec<String> = workers.keys().filter(|uid| !seen.contains(*uid)).cloned().collect();
+                    for uid in gone {
+                        if let Some(w) = workers.remove(&uid) {
+                            tokio::spawn(w.stop());
+                        }
+                    }
+                }
+            }
+            Ok(watcher::Event::Delete(pod)) => {
+                if let Some(w) = pod.uid().and_then(|uid| workers.remove(&uid)) {
+                    tracing::info!(object = %format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any()), "stopping deleted pod");
+                    // Stopping may take the grace period: do not hold up other pods.
+                    let dir = pod.uid().map(|uid| config.data_dir.join("pods").join(uid));
+                    tokio::spawn(async move {
+                        w.stop().await;
+                        if let Some(dir) = dir {
+                            let _ = tokio::fs::remove_dir_all(dir).await;
+                        }
+                    });
+                }
+            }
+            Err(e) => {
+                tracing::warn!(node = %config.node_name, error = %e, "watching pods");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+    // The agent is going away: its processes go with it, gracefully.
+    futures::future::join_all(workers.into_values().map(PodWorker::stop)).await;
+}

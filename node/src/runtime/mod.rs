@@ -1,0 +1,62 @@
+//! Container runtimes. The agent only knows this trait; the process runtime (default)
+//! runs a container's command as a host process, a CRI runtime can come later.
+
+pub mod process;
+
+use std::future::Future;
+use std::path::PathBuf;
+
+/// What a runtime needs to start one container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerConfig {
+    /// Container name (for messages).
+    pub name: String,
+    /// `command` followed by `args`.
+    pub argv: Vec<String>,
+    /// Environment variables, in order.
+    pub env: Vec<(String, String)>,
+    /// Working directory.
+    pub working_dir: PathBuf,
+    /// File that receives stdout and stderr (appended).
+    pub log_path: PathBuf,
+}
+
+/// How a container ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exit {
+    /// Exit code (128 + signal when killed by a signal, as shells report it).
+    pub code: i32,
+    /// The signal that ended it, if any.
+    pub signal: Option<i32>,
+}
+
+/// Errors from a runtime.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The container cannot be started as configured.
+    #[error("{0}")]
+    Config(String),
+    /// Starting, signalling or waiting failed.
+    #[error("{context}: {source}")]
+    Io { context: String, source: std::io::Error },
+}
+
+/// A running container.
+pub trait Container: Send + 'static {
+    /// Runtime-specific id, e.g. `process://1234`.
+    fn id(&self) -> String;
+    /// Waits for the container to end.
+    fn wait(&mut self) -> impl Future<Output = Result<Exit, RuntimeError>> + Send;
+    /// Asks the container to stop (SIGTERM).
+    fn terminate(&self) -> Result<(), RuntimeError>;
+    /// Stops the container now (SIGKILL).
+    fn kill(&self) -> Result<(), RuntimeError>;
+}
+
+/// Starts containers.
+pub trait Runtime: Send + Sync + 'static {
+    /// The container handle type.
+    type Container: Container;
+    /// Starts a container.
+    fn start(&self, config: &ContainerConfig) -> Result<Self::Container, RuntimeError>;
+}

@@ -1,0 +1,85 @@
+//! What every client verb shares: finding the kubeconfig, connecting, output options.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+/// Output formats of client verbs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// Columns, as kubectl prints them.
+    Table,
+    /// Columns including the wide ones.
+    Wide,
+    /// YAML.
+    Yaml,
+    /// JSON.
+    Json,
+}
+
+/// Flags common to every client verb.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClientArgs {
+    /// Kubeconfig to use (else $KUBECONFIG, else ./.kairn/kubeconfig, else ~/.kube/config).
+    #[arg(long, global = true)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Namespace.
+    #[arg(short = 'n', long, global = true)]
+    pub namespace: Option<String>,
+    /// Output format.
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+    /// Never color output (color is used only on a terminal anyway).
+    #[arg(long, global = true)]
+    pub no_color: bool,
+}
+
+impl ClientArgs {
+    /// Whether to color stdout.
+    pub fn color(&self) -> bool {
+        use std::io::IsTerminal;
+        !self.no_color && std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+    }
+
+    /// The kubeconfig path, by the conventions' order of precedence.
+    pub fn kubeconfig_path(&self) -> PathBuf {
+        if let Some(p) = &self.kubeconfig {
+            return p.clone();
+        }
+        if let Some(p) = std::env::var_os("KUBECONFIG").filter(|p| !p.is_empty()) {
+            return PathBuf::from(p);
+        }
+        let local = PathBuf::from(".kairn/kubeconfig");
+        if local.exists() {
+            return local;
+        }
+        std::env::var_os("HOME")
+            .map(|h| Path::new(&h).join(".kube/config"))
+            .unwrap_or(local)
+    }
+
+    /// Connects to the API server the kubeconfig names.
+    pub async fn connect(&self) -> anyhow::Result<kube::Client> {
+        let path = self.kubeconfig_path();
+        let kubeconfig = kube::config::Kubeconfig::read_from(&path)
+            .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
+            .await
+            .with_context(|| format!("loading kubeconfig {}", path.display()))?;
+        kube::Client::try_from(config).context("creating the API client")
+    }
+}
+
+/// Connects to an API server by URL (for processes started by `kairn` itself).
+pub fn connect_url(url: &str) -> anyhow::Result<kube::Client> {
+    let uri = url.parse().with_context(|| format!("bad API URL {url}"))?;
+    kube::Client::try_from(kube::Config::new(uri)).context("creating the API client")
+}
+
+/// Writes a kubeconfig for `url` whose context is named `kairn`.
+pub fn write_kubeconfig(path: &Path, url: &str) -> anyhow::Result<()> {
+    let content = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: kairn\n  cluster:\n    server: {url}\ncontexts:\n- name: kairn\n  context:\n    cluster: kairn\n    user: kairn\n    namespace: default\ncurrent-context: kairn\nusers:\n- name: kairn\n  user: {{}}\n"
+    );
+    std::fs::write(path, content).with_context(|| format!("writing {}", path.display()))
+}

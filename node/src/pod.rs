@@ -401,4 +401,77 @@ mod tests {
             "False"
         );
     }
+
+    fn state(shared: &Shared) -> ContainerState {
+        shared.containers.lock().unwrap()[0].clone()
+    }
+
+    async fn until(shared: &Shared, what: &str, f: impl Fn(&ContainerState) -> bool) -> ContainerState {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let s = state(shared);
+            if f(&s) {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}: {s:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn pid(s: &ContainerState) -> i32 {
+        s.id.strip_prefix("process://").and_then(|p| p.parse().ok()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_killed_container_restarts_and_a_stubborn_one_is_killed_after_the_grace_period() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = Arc::new(Shared {
+            containers: Mutex::new(vec![ContainerState::default()]),
+            changed: Notify::new(),
+        });
+        let config = ContainerConfig {
+            name: "c".into(),
+            // Ignores SIGTERM (and so do its children): only SIGKILL ends it.
+            argv: vec![
+                "sh".into(),
+                "-c".into(),
+                "trap '' TERM; while true; do sleep 0.1; done".into(),
+            ],
+            env: vec![("PATH".into(), std::env::var("PATH").unwrap_or_default())],
+            working_dir: dir.path().to_path_buf(),
+            log_path: dir.path().join("c.log"),
+        };
+        let (stop, stop_rx) = watch::channel(false);
+        let grace = Duration::from_millis(500);
+        let runtime = Arc::new(crate::runtime::process::ProcessRuntime);
+        let task = tokio::spawn(run_container(
+            runtime,
+            config,
+            0,
+            shared.clone(),
+            "Always".into(),
+            grace,
+            stop_rx,
+            "t/p".into(),
+        ));
+
+        let first = until(&shared, "the first start", |s| s.running).await;
+        unsafe { libc::kill(pid(&first), libc::SIGKILL) };
+        let second = until(&shared, "a restart", |s| s.running && s.restarts == 1).await;
+        assert_ne!(pid(&second), pid(&first));
+        assert!(
+            second.last_state.pointer("/terminated/signal") == Some(&json!(libc::SIGKILL)),
+            "{second:?}"
+        );
+
+        let asked = Instant::now();
+        stop.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(asked.elapsed() >= grace, "SIGKILL waits for the grace period");
+        let gone = unsafe { libc::kill(pid(&second), 0) } != 0;
+        assert!(gone, "the container's process is gone after stop");
+    }
 }

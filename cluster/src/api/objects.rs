@@ -224,6 +224,51 @@ pub async fn handle(
             );
             Ok(Json(patched.await?).into_response())
         }
+        (Method::GET, true, Some("scale")) if target.res.subresources.contains(&"scale") => {
+            let (obj, _) = read(&state, target.res, target.namespace.as_deref(), target.name()).await?;
+            Ok(Json(scale_of(&obj)).into_response())
+        }
+        (Method::PUT | Method::PATCH, true, Some("scale")) if target.res.subresources.contains(&"scale") => {
+            let body = parse_body(&body)?;
+            let patch_type = if method == Method::PATCH {
+                Some(patch_kind(content_type)?)
+            } else {
+                None
+            };
+            let change = |live: &Value| {
+                let mut scale = scale_of(live);
+                match patch_type {
+                    Some(kind) => scale = apply_patch(kind, &scale, &body)?,
+                    None => scale = body.clone(),
+                }
+                let replicas =
+                    scale
+                        .pointer("/spec/replicas")
+                        .and_then(Value::as_i64)
+                        .ok_or_else(|| ApiError::Invalid {
+                            kind: "Scale".into(),
+                            name: target.name().to_string(),
+                            causes: vec![super::error::Cause {
+                                field: "spec.replicas".into(),
+                                message: "Required value: an integer".into(),
+                            }],
+                        })?;
+                let mut out = live.clone();
+                out["spec"]["replicas"] = json!(replicas);
+                // The Scale's resourceVersion, if any, is the object's: keep it as a precondition.
+                match admission::resource_version(&scale) {
+                    Some(rv) if patch_type.is_none() => out["metadata"]["resourceVersion"] = json!(rv),
+                    _ => {
+                        if let Some(m) = out.get_mut("metadata").and_then(Value::as_object_mut) {
+                            m.remove("resourceVersion");
+                        }
+                    }
+                }
+                Ok(out)
+            };
+            let updated = update(&state, &target, false, change, dry_run(&params)).await?;
+            Ok(Json(scale_of(&updated)).into_response())
+        }
         (Method::DELETE, true, None) => {
             let opts: Value = if body.is_empty() { json!({}) } else { parse_body(&body)? };
             Ok(Json(delete(&state, &target, &opts, dry_run(&params)).await?).into_response())
@@ -455,6 +500,27 @@ async fn bind(state: &AppState, target: &Target, binding: &Value) -> Result<(), 
     };
     commit(state, txn, describe_for(target.res, target.name().to_string())).await?;
     Ok(())
+}
+
+/// The `autoscaling/v1` Scale view of a Deployment or ReplicaSet.
+fn scale_of(obj: &Value) -> Value {
+    let meta = obj.get("metadata").cloned().unwrap_or_default();
+    let labels = obj.pointer("/spec/selector/matchLabels").and_then(Value::as_object);
+    let selector = labels
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+        .collect::<Vec<_>>();
+    json!({
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": {
+            "name": meta.get("name"), "namespace": meta.get("namespace"), "uid": meta.get("uid"),
+            "resourceVersion": meta.get("resourceVersion"), "creationTimestamp": meta.get("creationTimestamp"),
+        },
+        "spec": {"replicas": obj.pointer("/spec/replicas").cloned().unwrap_or(json!(0))},
+        "status": {"replicas": obj.pointer("/status/replicas").cloned().unwrap_or(json!(0)), "selector": selector.join(",")},
+    })
 }
 
 /// The patch formats understood.

@@ -24,7 +24,8 @@ async fn start() -> Server {
         dir.path(),
         StoreConfig {
             node_id: 1,
-            advertise_addr: "127.0.0.1:0".into(),
+            raft_addr: "127.0.0.1:0".parse().unwrap(),
+            bootstrap: true,
         },
     )
     .await

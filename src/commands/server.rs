@@ -21,6 +21,9 @@ pub struct ControlPlaneArgs {
     /// Address the API server listens on (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:6443")]
     pub api_addr: SocketAddr,
+    /// Address the store serves Raft RPC on, for other members (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:6444")]
+    pub raft_addr: SocketAddr,
     /// This member's Raft id.
     #[arg(long, default_value_t = 1)]
     pub node_id: u64,
@@ -57,7 +60,8 @@ pub async fn start(args: &ControlPlaneArgs, shutdown: watch::Receiver<bool>) -> 
     let addr = listener.local_addr().context("reading the bound API address")?;
     let store_config = StoreConfig {
         node_id: args.node_id,
-        advertise_addr: addr.to_string(),
+        raft_addr: args.raft_addr,
+        bootstrap: true,
     };
     let store = Store::open(&data_dir.join("store"), store_config)
         .await

@@ -12,10 +12,12 @@ pub mod types;
 mod watch;
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, Config, Raft};
 
 pub use log_store::LogStore;
@@ -38,6 +40,9 @@ pub enum StoreError {
     /// A watch asked for events older than the store still keeps.
     #[error("requested revision {requested} is older than the oldest kept revision {oldest}")]
     Expired { requested: u64, oldest: u64 },
+    /// The Raft RPC address could not be bound.
+    #[error("raft rpc address: {0}")]
+    Listen(std::io::Error),
     /// An internal lock was poisoned by a panic.
     #[error("internal lock poisoned")]
     Poisoned,
@@ -54,8 +59,10 @@ impl From<openraft::StorageError<NodeId>> for StoreError {
 pub struct StoreConfig {
     /// This member's Raft id.
     pub node_id: NodeId,
-    /// Address peers reach this member at (recorded in the membership).
-    pub advertise_addr: String,
+    /// Address to serve Raft RPC on (port 0 picks one); peers dial the bound address.
+    pub raft_addr: SocketAddr,
+    /// On first start, make a new cluster of this one member (else wait to be added).
+    pub bootstrap: bool,
 }
 
 /// A handle to this process's store member; cheap to clone.
@@ -65,14 +72,21 @@ pub struct Store {
     sm: StateMachine,
     db: sled::Db,
     node_id: NodeId,
+    raft_addr: SocketAddr,
+    stop_rpc: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 use types::TypeConfig;
 
 impl Store {
-    /// Opens the member's data in `dir`, starts Raft and, on first start, initializes a
-    /// cluster of this one member. Returns once this member leads (or a timeout passes).
+    /// Opens the member's data in `dir`, starts Raft and its RPC server and, on first
+    /// start with `bootstrap`, initializes a cluster of this one member and waits until
+    /// it leads.
     pub async fn open(dir: &Path, config: StoreConfig) -> Result<Self, StoreError> {
+        let listener = tokio::net::TcpListener::bind(config.raft_addr)
+            .await
+            .map_err(StoreError::Listen)?;
+        let raft_addr = listener.local_addr().map_err(StoreError::Listen)?;
         let db = sled::Config::new().path(dir).open()?;
         let log = LogStore::open(&db)?;
         let sm = StateMachine::open(&db)?;
@@ -87,30 +101,87 @@ impl Store {
         let raft = Raft::new(config.node_id, raft_config, network::Network, log, sm.clone())
             .await
             .map_err(|e| StoreError::Raft(e.to_string()))?;
-        let initialized = raft
-            .is_initialized()
-            .await
-            .map_err(|e| StoreError::Raft(e.to_string()))?;
-        if !initialized {
-            let members = BTreeMap::from([(
-                config.node_id,
-                BasicNode {
-                    addr: config.advertise_addr.clone(),
-                },
-            )]);
-            raft.initialize(members)
-                .await
-                .map_err(|e| StoreError::Raft(e.to_string()))?;
-            tracing::info!(node = config.node_id, "initialized a new store cluster");
-        }
+        let (stop_rpc, mut rpc_stopped) = tokio::sync::watch::channel(false);
+        let rpc = network::serve(raft.clone(), listener, async move {
+            let _ = rpc_stopped.changed().await;
+        });
+        tokio::spawn(async move {
+            if let Err(e) = rpc.await {
+                tracing::error!(error = %e, "raft rpc server failed");
+            }
+        });
         let store = Store {
             raft,
             sm,
             db,
             node_id: config.node_id,
+            raft_addr,
+            stop_rpc: Arc::new(stop_rpc),
         };
-        store.wait_for_leader(Duration::from_secs(10)).await?;
+        if config.bootstrap {
+            let initialized = store
+                .raft
+                .is_initialized()
+                .await
+                .map_err(|e| StoreError::Raft(e.to_string()))?;
+            if !initialized {
+                let members = BTreeMap::from([(
+                    config.node_id,
+                    BasicNode {
+                        addr: raft_addr.to_string(),
+                    },
+                )]);
+                store
+                    .raft
+                    .initialize(members)
+                    .await
+                    .map_err(|e| StoreError::Raft(e.to_string()))?;
+                tracing::info!(node = config.node_id, raft = %raft_addr, "initialized a new store cluster");
+            }
+            store.wait_for_leader(Duration::from_secs(10)).await?;
+        }
         Ok(store)
+    }
+
+    /// The address this member serves Raft RPC on.
+    pub fn raft_addr(&self) -> SocketAddr {
+        self.raft_addr
+    }
+
+    /// Adds a member as a voter: first as a learner that catches up, then into the
+    /// voting configuration. Must be called on the leader.
+    pub async fn add_voter(&self, id: NodeId, addr: SocketAddr) -> Result<(), StoreError> {
+        let node = BasicNode { addr: addr.to_string() };
+        self.raft
+            .add_learner(id, node, true)
+            .await
+            .map_err(|e| StoreError::Raft(e.to_string()))?;
+        let mut voters: std::collections::BTreeSet<NodeId> = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect();
+        voters.insert(id);
+        self.raft
+            .change_membership(voters, false)
+            .await
+            .map_err(|e| StoreError::Raft(e.to_string()))?;
+        tracing::info!(node = id, raft = %addr, "store member added");
+        Ok(())
+    }
+
+    /// The member currently leading, if known.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    /// Reads one key from this member's state machine without a read barrier (may be
+    /// stale on a follower).
+    pub fn get_local(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        Ok(self.sm.get(key)?)
     }
 
     /// Waits until some member (maybe this one) is known to lead.
@@ -164,14 +235,21 @@ impl Store {
         Ok(self.sm.range(prefix, start_after, limit)?)
     }
 
-    /// Commits a transaction through Raft; returns once it is applied on this member.
+    /// Commits a transaction through Raft (forwarded to the leader when this member does
+    /// not lead); returns once it is committed.
     pub async fn txn(&self, txn: Txn) -> Result<TxnResult, StoreError> {
-        let resp = self
-            .raft
-            .client_write(txn)
-            .await
-            .map_err(|e| StoreError::Raft(e.to_string()))?;
-        Ok(resp.data)
+        match self.raft.client_write(txn.clone()).await {
+            Ok(resp) => Ok(resp.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(fwd))) => {
+                let Some(leader) = fwd.leader_node else {
+                    return Err(StoreError::Raft("no leader to forward the write to".into()));
+                };
+                network::forward_write(&leader.addr, &txn)
+                    .await
+                    .map_err(|e| StoreError::Raft(e.to_string()))
+            }
+            Err(e) => Err(StoreError::Raft(e.to_string())),
+        }
     }
 
     /// Watches keys under `prefix` for changes after revision `after`.
@@ -179,8 +257,9 @@ impl Store {
         self.sm.hub().watch(prefix, after)
     }
 
-    /// Stops Raft and flushes everything to disk.
+    /// Stops Raft and its RPC server, and flushes everything to disk.
     pub async fn shutdown(&self) -> Result<(), StoreError> {
+        let _ = self.stop_rpc.send(true);
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
         }

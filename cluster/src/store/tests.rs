@@ -40,7 +40,8 @@ fn put(key: &str, value: &str) -> Op {
 async fn open(dir: &std::path::Path) -> Store {
     let config = StoreConfig {
         node_id: 1,
-        advertise_addr: "127.0.0.1:0".into(),
+        raft_addr: "127.0.0.1:0".parse().unwrap(),
+        bootstrap: true,
     };
     Store::open(dir, config).await.expect("store opens")
 }

@@ -238,6 +238,18 @@ async fn batch_writes_all_or_nothing() {
         "nothing of a rejected batch lands"
     );
 
+    // An object in a namespace that neither exists nor comes with the batch is named.
+    let orphan = Batch {
+        operations: vec![op(BatchVerb::Create, cm("lost", json!({})), None)],
+        dry_run: false,
+    };
+    let err = api_error(batch(&s.client, &orphan).await.unwrap_err());
+    assert_eq!(err.code, 422);
+    assert_eq!(
+        err.details.unwrap().causes[0].field,
+        "operations[0].object.metadata.namespace"
+    );
+
     // A namespace and objects in it land together, at one revision.
     let good = Batch {
         operations: vec![

@@ -98,7 +98,8 @@ fn explain(applied: &[&Change], status: &kube::core::Status) -> ApplyError {
             message,
         }
     };
-    if status.reason == "Conflict" {
+    // A conflict, or an object gone between planning and applying, is a race: plan again.
+    if status.reason == "Conflict" || status.reason == "NotFound" {
         return ApplyError::Conflict(status.message.clone());
     }
     let causes = status.details.as_ref().map(|d| d.causes.clone()).unwrap_or_default();

@@ -30,6 +30,7 @@ fn paint(line: &str, color: bool) -> String {
         return line.to_string();
     }
     let code = match line.chars().next() {
+        _ if line.starts_with("===") => "1;33",
         _ if line.starts_with("+++") || line.starts_with("---") => "1",
         Some('+') => "32",
         Some('-') => "31",
@@ -83,10 +84,7 @@ pub async fn run(args: DiffArgs) -> anyhow::Result<ExitCode> {
                 Action::Unchanged => "unchanged",
             };
             let from = change.source.as_deref().map(|s| format!(" ({s})")).unwrap_or_default();
-            println!(
-                "{}",
-                paint(&format!("=== {verb} {}{from}", change.object), color).replace("\x1b[1m", "\x1b[1;33m")
-            );
+            println!("{}", paint(&format!("=== {verb} {}{from}", change.object), color));
             for line in change.diff.lines() {
                 println!("{}", paint(line, color));
             }

@@ -75,7 +75,7 @@ pub async fn apply(state: &AppState, batch: Batch) -> Result<BatchResult, ApiErr
                     new_namespaces.insert(name.clone());
                 }
                 if let Some(ns) = &ns {
-                    needed_namespaces.push(ns.clone());
+                    needed_namespaces.push((i, ns.clone()));
                 }
                 txn.compares.push(Compare {
                     key: key.clone(),
@@ -129,12 +129,26 @@ pub async fn apply(state: &AppState, batch: Batch) -> Result<BatchResult, ApiErr
             }
         }
     }
-    for ns in needed_namespaces {
+    for (i, ns) in needed_namespaces {
         if !new_namespaces.contains(&ns) && !objects::namespace_exists(state, &ns).await? {
-            return Err(ApiError::NotFound {
-                kind: "namespaces".into(),
-                name: ns,
-            });
+            let (name, _) = object_name(&objects[i]);
+            let kind = objects[i]
+                .get("kind")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            let cause = Cause {
+                field: "metadata.namespace".into(),
+                message: format!("namespace \"{ns}\" not found"),
+            };
+            return Err(at(
+                i,
+                ApiError::Invalid {
+                    kind,
+                    name,
+                    causes: vec![cause],
+                },
+            ));
         }
     }
     if batch.dry_run {

@@ -70,12 +70,6 @@ impl ClientArgs {
     }
 }
 
-/// Connects to an API server by URL (for processes started by `kairn` itself).
-pub fn connect_url(url: &str) -> anyhow::Result<kube::Client> {
-    let uri = url.parse().with_context(|| format!("bad API URL {url}"))?;
-    kube::Client::try_from(kube::Config::new(uri)).context("creating the API client")
-}
-
 /// Writes a kubeconfig for `url` whose context is named `kairn`.
 pub fn write_kubeconfig(path: &Path, url: &str) -> anyhow::Result<()> {
     let content = format!(

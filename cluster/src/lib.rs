@@ -4,5 +4,6 @@
 pub mod api;
 pub mod controllers;
 pub mod kinds;
+pub mod member;
 pub mod scheduler;
 pub mod store;

@@ -7,41 +7,40 @@ use std::time::Duration;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
 use kairn_cluster::kinds::{Batch, BatchOperation, BatchResult, BatchVerb};
-use kairn_cluster::store::{Store, StoreConfig};
+use kairn_cluster::member::Member;
+use kairn_cluster::store::StoreConfig;
 use kube::api::{ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
 use kube::Api;
 use serde_json::json;
 
 struct Server {
     client: kube::Client,
+    member: Option<Member>,
     _dir: tempfile::TempDir,
-    stop: tokio::sync::watch::Sender<bool>,
 }
 
 async fn start() -> Server {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(
-        dir.path(),
-        StoreConfig {
-            node_id: 1,
-            raft_addr: "127.0.0.1:0".parse().unwrap(),
-            bootstrap: true,
-        },
-    )
-    .await
-    .unwrap();
-    kairn_cluster::api::bootstrap(&store).await.unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, mut stopped) = tokio::sync::watch::channel(false);
-    tokio::spawn(kairn_cluster::api::serve(store, listener, async move {
-        let _ = stopped.changed().await;
-    }));
-    let client = kube::Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap();
+    let config = StoreConfig {
+        node_id: 1,
+        raft_addr: "127.0.0.1:0".parse().unwrap(),
+        bootstrap: true,
+    };
+    let member = Member::start(dir.path(), config, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
     Server {
-        client,
+        client: member.client().unwrap(),
+        member: Some(member),
         _dir: dir,
-        stop,
+    }
+}
+
+impl Server {
+    async fn stop(mut self) {
+        if let Some(m) = self.member.take() {
+            m.stop().await.unwrap();
+        }
     }
 }
 
@@ -143,7 +142,7 @@ async fn crud_with_kubernetes_errors() {
             .unwrap_err(),
     );
     assert_eq!(err.code, 404);
-    let _ = s.stop.send(true);
+    s.stop().await;
 }
 
 #[tokio::test]
@@ -197,7 +196,7 @@ async fn watch_streams_added_modified_deleted() {
         seen,
         vec![("ADDED", w.clone()), ("MODIFIED", w.clone()), ("DELETED", w)]
     );
-    let _ = s.stop.send(true);
+    s.stop().await;
 }
 
 async fn batch(client: &kube::Client, batch: &Batch) -> Result<BatchResult, kube::Error> {
@@ -293,7 +292,7 @@ async fn batch_writes_all_or_nothing() {
     };
     batch(&s.client, &mixed).await.unwrap();
     assert!(cms.get_opt("a").await.unwrap().is_none() && cms.get_opt("c").await.unwrap().is_some());
-    let _ = s.stop.send(true);
+    s.stop().await;
 }
 
 fn pod(name: &str, cpu: &str) -> Pod {
@@ -389,5 +388,5 @@ async fn subresources_and_the_scheduler() {
     assert_eq!(err.code, 409);
     let _ = stop.send(true);
     let _ = scheduler.await;
-    let _ = s.stop.send(true);
+    s.stop().await;
 }

@@ -6,8 +6,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use kairn_cluster::store::{Store, StoreConfig};
-use tokio::sync::{oneshot, watch};
+use kairn_cluster::member::Member;
+use kairn_cluster::store::StoreConfig;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::{client, shutdown};
@@ -44,44 +45,28 @@ pub struct ControlPlane {
     pub kubeconfig: PathBuf,
     /// A client of the API server.
     pub client: kube::Client,
-    store: Store,
+    member: Member,
     components: Vec<JoinHandle<()>>,
-    api: JoinHandle<std::io::Result<()>>,
-    stop_api: oneshot::Sender<()>,
 }
 
 /// Starts the store, the API server and the controllers; they stop when `shutdown` fires.
 pub async fn start(args: &ControlPlaneArgs, shutdown: watch::Receiver<bool>) -> anyhow::Result<ControlPlane> {
     std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
     let data_dir = args.data_dir.canonicalize().context("resolving the data directory")?;
-    let listener = tokio::net::TcpListener::bind(args.api_addr)
-        .await
-        .with_context(|| format!("binding the API address {}", args.api_addr))?;
-    let addr = listener.local_addr().context("reading the bound API address")?;
     let store_config = StoreConfig {
         node_id: args.node_id,
         raft_addr: args.raft_addr,
         bootstrap: true,
     };
-    let store = Store::open(&data_dir.join("store"), store_config)
-        .await
-        .context("opening the store")?;
-    kairn_cluster::api::bootstrap(&store)
-        .await
-        .context("creating the initial namespaces")?;
-
-    let (stop_api, api_stopped) = oneshot::channel::<()>();
-    let api = tokio::spawn(kairn_cluster::api::serve(store.clone(), listener, async move {
-        let _ = api_stopped.await;
-    }));
-    let api_url = format!("http://{addr}");
-    std::fs::write(data_dir.join("api-addr"), addr.to_string()).context("writing api-addr")?;
+    let member = Member::start(&data_dir.join("store"), store_config, args.api_addr).await?;
+    let api_url = member.api_url();
+    std::fs::write(data_dir.join("api-addr"), member.api_addr().to_string()).context("writing api-addr")?;
     let kubeconfig = data_dir.join("kubeconfig");
     client::write_kubeconfig(&kubeconfig, &api_url)?;
     eprintln!("kairn: API listening on {api_url}");
     tracing::info!(api = %api_url, data_dir = %data_dir.display(), "control plane started");
 
-    let client = client::connect_url(&api_url)?;
+    let client = member.client()?;
     let components = vec![
         tokio::spawn(kairn_cluster::scheduler::run(client.clone(), shutdown.clone())),
         tokio::spawn(kairn_cluster::controllers::run(client.clone(), shutdown.clone())),
@@ -91,10 +76,8 @@ pub async fn start(args: &ControlPlaneArgs, shutdown: watch::Receiver<bool>) -> 
         api_url,
         kubeconfig,
         client,
-        store,
+        member,
         components,
-        api,
-        stop_api,
     })
 }
 
@@ -104,9 +87,7 @@ impl ControlPlane {
         for c in self.components {
             let _ = c.await;
         }
-        let _ = self.stop_api.send(());
-        self.api.await.context("API server task")?.context("API server")?;
-        self.store.shutdown().await.context("flushing the store")?;
+        self.member.stop().await.context("stopping the store member")?;
         Ok(())
     }
 }

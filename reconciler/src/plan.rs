@@ -41,6 +41,18 @@ impl Catalog {
         self.kinds.get(&(api_version.to_string(), kind.to_string()))
     }
 
+    /// The apiVersions this cluster serves `kind` under.
+    pub fn versions_of(&self, kind: &str) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .kinds
+            .keys()
+            .filter(|(_, k)| k == kind)
+            .map(|(av, _)| av.clone())
+            .collect();
+        v.sort();
+        v
+    }
+
     /// Every served resource an Application may own (all but Kairn's own kinds).
     pub fn manageable(&self) -> impl Iterator<Item = &(ApiResource, bool)> {
         self.kinds
@@ -137,7 +149,13 @@ pub fn desired_objects(
                 source_path: source,
                 object: m.describe(),
                 field: "kind".into(),
-                message: format!("{api_version}/{kind} is not served by this cluster"),
+                message: match catalog.versions_of(&kind).as_slice() {
+                    [] => format!("{kind} is not served by this cluster"),
+                    served => format!(
+                        "{api_version} is not served for {kind} (an old or unknown version); use {}",
+                        served.join(" or ")
+                    ),
+                },
             });
             continue;
         };
@@ -231,6 +249,8 @@ pub fn contains(desired: &Value, live: &Value) -> bool {
         }),
         (Value::Array(d), Value::Array(l)) => d.len() == l.len() && d.iter().zip(l).all(|(dv, lv)| contains(dv, lv)),
         (Value::Number(d), Value::Number(l)) => d.as_f64() == l.as_f64(),
+        // A quantity written as a YAML number (`cpu: 1`) is stored as a string ("1").
+        (Value::Number(d), Value::String(l)) => l.parse::<f64>().ok() == d.as_f64(),
         (d, l) => d == l,
     }
 }

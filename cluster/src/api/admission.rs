@@ -118,7 +118,12 @@ fn check_type(res: &ResourceInfo, obj: &mut Value) -> Result<(), ApiError> {
 
 /// Admits a new object: names it, stamps server-owned metadata, defaults and validates.
 /// `path_ns` is the namespace of the URL (or the batch's namespace for the object).
-pub fn admit_create(res: &ResourceInfo, path_ns: Option<&str>, mut obj: Value) -> Result<Value, ApiError> {
+pub fn admit_create(
+    res: &ResourceInfo,
+    path_ns: Option<&str>,
+    mut obj: Value,
+    fields: FieldValidation,
+) -> Result<Value, ApiError> {
     check_type(res, &mut obj)?;
     let meta = meta_mut(&mut obj);
     if res.namespaced {
@@ -167,12 +172,17 @@ pub fn admit_create(res: &ResourceInfo, path_ns: Option<&str>, mut obj: Value) -
         meta_mut(&mut obj).insert("generation".into(), json!(1));
     }
     apply_defaults(res, &mut obj, true);
-    finish(res, &name, obj)
+    finish(res, &name, obj, fields)
 }
 
 /// Admits a replacement of `existing` by `new` through the main endpoint: server-owned
 /// metadata and (for kinds with a status subresource) the status are kept.
-pub fn admit_update(res: &ResourceInfo, existing: &Value, mut new: Value) -> Result<Value, ApiError> {
+pub fn admit_update(
+    res: &ResourceInfo,
+    existing: &Value,
+    mut new: Value,
+    fields: FieldValidation,
+) -> Result<Value, ApiError> {
     check_type(res, &mut new)?;
     let (name, ns) = object_name(existing);
     let (new_name, new_ns) = object_name(&new);
@@ -220,7 +230,7 @@ pub fn admit_update(res: &ResourceInfo, existing: &Value, mut new: Value) -> Res
             + 1;
         meta_mut(&mut new).insert("generation".into(), json!(generation));
     }
-    finish(res, &name, new)
+    finish(res, &name, new, fields)
 }
 
 /// Admits a write to the `status` subresource: only `.status` changes.
@@ -237,7 +247,8 @@ pub fn admit_status(res: &ResourceInfo, existing: &Value, new: &Value) -> Result
         }
     }
     meta_mut(&mut out).remove("resourceVersion");
-    finish(res, &name, out)
+    // Status is written by components through typed clients: unknown fields are dropped.
+    finish(res, &name, out, FieldValidation::Ignore)
 }
 
 /// 409 if `new` names a resourceVersion other than the live one.
@@ -256,13 +267,43 @@ pub fn check_precondition(res: &ResourceInfo, existing: &Value, new: &Value) -> 
     Ok(())
 }
 
+/// What to do with fields an object's type does not know (`?fieldValidation=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldValidation {
+    /// Reject the object, naming the field (kubectl's default, and the batch write's).
+    Strict,
+    /// Drop them silently.
+    Ignore,
+}
+
+impl FieldValidation {
+    /// From the `fieldValidation` query parameter (Kubernetes' `Warn` drops, like Ignore).
+    pub fn from_param(param: Option<&str>) -> Self {
+        match param {
+            Some("Strict") => FieldValidation::Strict,
+            _ => FieldValidation::Ignore,
+        }
+    }
+}
+
 /// Type-checks, normalizes and validates semantics.
-fn finish(res: &ResourceInfo, name: &str, obj: Value) -> Result<Value, ApiError> {
-    let obj = (res.normalize)(obj).map_err(|c| ApiError::Invalid {
+fn finish(res: &ResourceInfo, name: &str, obj: Value, fields: FieldValidation) -> Result<Value, ApiError> {
+    let invalid = |causes| ApiError::Invalid {
         kind: res.kind.to_string(),
         name: name.to_string(),
-        causes: vec![c],
-    })?;
+        causes,
+    };
+    let (obj, unknown) = (res.normalize)(obj).map_err(|c| invalid(vec![c]))?;
+    if fields == FieldValidation::Strict && !unknown.is_empty() {
+        let causes = unknown
+            .into_iter()
+            .map(|field| Cause {
+                field,
+                message: "unknown field".into(),
+            })
+            .collect();
+        return Err(invalid(causes));
+    }
     validate(res, name, &obj)?;
     Ok(obj)
 }
@@ -405,7 +446,7 @@ mod tests {
         let good = json!({"metadata": {"name": "web"}, "spec": {
             "selector": {"matchLabels": {"app": "web"}},
             "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "c", "image": "x"}]}}}});
-        let out = admit_create(res, Some("default"), good.clone()).unwrap();
+        let out = admit_create(res, Some("default"), good.clone(), FieldValidation::Strict).unwrap();
         assert_eq!(out["metadata"]["namespace"], "default");
         assert_eq!(out["metadata"]["generation"], 1);
         assert_eq!(out["spec"]["replicas"], 1);
@@ -413,15 +454,24 @@ mod tests {
 
         let mut wrong_type = good.clone();
         wrong_type["spec"]["replicas"] = json!("three");
-        match admit_create(res, Some("default"), wrong_type) {
+        match admit_create(res, Some("default"), wrong_type, FieldValidation::Strict) {
             Err(ApiError::Invalid { causes, .. }) => assert_eq!(causes[0].field, "spec.replicas"),
             other => panic!("expected Invalid, got {other:?}"),
         }
 
+        let mut typo = good.clone();
+        typo["spec"]["replicsa"] = json!(3);
+        match admit_create(res, Some("default"), typo.clone(), FieldValidation::Strict) {
+            Err(ApiError::Invalid { causes, .. }) => assert_eq!(causes[0].field, "spec.replicsa"),
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+        let dropped = admit_create(res, Some("default"), typo, FieldValidation::Ignore).unwrap();
+        assert!(dropped["spec"].get("replicsa").is_none());
+
         let mut mismatch = good;
         mismatch["spec"]["selector"]["matchLabels"]["app"] = json!("other");
         assert!(matches!(
-            admit_create(res, Some("default"), mismatch),
+            admit_create(res, Some("default"), mismatch, FieldValidation::Strict),
             Err(ApiError::Invalid { .. })
         ));
     }
@@ -433,6 +483,7 @@ mod tests {
             res,
             Some("default"),
             json!({"metadata": {"name": "c"}, "data": {"a": "1"}}),
+            FieldValidation::Strict,
         )
         .unwrap();
         let mut existing_rv = existing.clone();
@@ -441,13 +492,14 @@ mod tests {
             res,
             &existing_rv,
             json!({"metadata": {"name": "c"}, "data": {"a": "2"}}),
+            FieldValidation::Strict,
         )
         .unwrap();
         assert_eq!(updated["metadata"]["uid"], existing["metadata"]["uid"]);
         assert_eq!(updated["data"]["a"], "2");
         let stale = json!({"metadata": {"name": "c", "resourceVersion": "4"}, "data": {}});
         assert!(matches!(
-            admit_update(res, &existing_rv, stale),
+            admit_update(res, &existing_rv, stale, FieldValidation::Strict),
             Err(ApiError::Conflict { .. })
         ));
     }

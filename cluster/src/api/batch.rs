@@ -8,7 +8,7 @@ use std::collections::HashSet;
 
 use serde_json::Value;
 
-use super::admission::{self, object_name};
+use super::admission::{self, object_name, FieldValidation};
 use super::error::{ApiError, Cause};
 use super::objects::{self, encode, with_revision};
 use super::registry;
@@ -70,7 +70,8 @@ pub async fn apply(state: &AppState, batch: Batch) -> Result<BatchResult, ApiErr
         let pinned = pinned.transpose()?;
         match op.op {
             BatchVerb::Create => {
-                let obj = admission::admit_create(res, ns.as_deref(), op.object).map_err(|e| at(i, e))?;
+                let obj = admission::admit_create(res, ns.as_deref(), op.object, FieldValidation::Strict)
+                    .map_err(|e| at(i, e))?;
                 if res.kind == "Namespace" {
                     new_namespaces.insert(name.clone());
                 }
@@ -100,7 +101,8 @@ pub async fn apply(state: &AppState, batch: Batch) -> Result<BatchResult, ApiErr
                 if let Some(meta) = desired.get_mut("metadata").and_then(Value::as_object_mut) {
                     meta.remove("resourceVersion");
                 }
-                let obj = admission::admit_update(res, &live, desired).map_err(|e| at(i, e))?;
+                let obj =
+                    admission::admit_update(res, &live, desired, FieldValidation::Strict).map_err(|e| at(i, e))?;
                 txn.compares.push(Compare {
                     key: key.clone(),
                     expect: Expect::ModRevision(rev),

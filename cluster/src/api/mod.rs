@@ -142,7 +142,17 @@ pub async fn bootstrap(store: &Store) -> Result<(), ApiError> {
             name: None,
             sub: None,
         };
-        match objects::create(&state, &target, json!({"metadata": {"name": ns}}), false).await {
+        match objects::create(
+            &state,
+            &target,
+            json!({"metadata": {"name": ns}}),
+            objects::WriteOptions {
+                dry_run: false,
+                fields: admission::FieldValidation::Strict,
+            },
+        )
+        .await
+        {
             Ok(_) | Err(ApiError::AlreadyExists { .. }) => {}
             Err(e) => return Err(e),
         }

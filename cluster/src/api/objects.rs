@@ -186,7 +186,7 @@ pub async fn handle(
         }
         (Method::POST, false, None) => {
             let obj = parse_body(&body)?;
-            let created = create(&state, &target, obj, dry_run(&params)).await?;
+            let created = create(&state, &target, obj, WriteOptions::from_params(&params)).await?;
             Ok((StatusCode::CREATED, Json(created)).into_response())
         }
         (Method::GET, true, None | Some("status")) => {
@@ -205,7 +205,7 @@ pub async fn handle(
                     &target,
                     sub == Some("status"),
                     |_| Ok(obj.clone()),
-                    dry_run(&params),
+                    WriteOptions::from_params(&params),
                 )
                 .await?,
             )
@@ -220,7 +220,7 @@ pub async fn handle(
                 &target,
                 status_only,
                 |live| apply_patch(kind, live, &patch),
-                dry_run(&params),
+                WriteOptions::from_params(&params),
             );
             Ok(Json(patched.await?).into_response())
         }
@@ -266,12 +266,12 @@ pub async fn handle(
                 }
                 Ok(out)
             };
-            let updated = update(&state, &target, false, change, dry_run(&params)).await?;
+            let updated = update(&state, &target, false, change, WriteOptions::from_params(&params)).await?;
             Ok(Json(scale_of(&updated)).into_response())
         }
         (Method::DELETE, true, None) => {
             let opts: Value = if body.is_empty() { json!({}) } else { parse_body(&body)? };
-            Ok(Json(delete(&state, &target, &opts, dry_run(&params)).await?).into_response())
+            Ok(Json(delete(&state, &target, &opts, WriteOptions::from_params(&params)).await?).into_response())
         }
         (Method::POST, true, Some("binding")) if target.res.kind == "Pod" => {
             let binding = parse_body(&body)?;
@@ -287,8 +287,22 @@ pub async fn handle(
     }
 }
 
-fn dry_run(params: &Params) -> bool {
-    params.get("dryRun").is_some_and(|d| d == "All")
+/// Options of a write, from its query parameters.
+#[derive(Debug, Clone, Copy)]
+pub struct WriteOptions {
+    /// `dryRun=All`: admit but do not store.
+    pub dry_run: bool,
+    /// `fieldValidation=Strict`: unknown fields are an error.
+    pub fields: admission::FieldValidation,
+}
+
+impl WriteOptions {
+    fn from_params(params: &Params) -> Self {
+        WriteOptions {
+            dry_run: params.get("dryRun").is_some_and(|d| d == "All"),
+            fields: admission::FieldValidation::from_param(params.get("fieldValidation").map(String::as_str)),
+        }
+    }
 }
 
 fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
@@ -341,8 +355,8 @@ pub async fn list(state: &AppState, target: &Target, params: &Params) -> Result<
 }
 
 /// Creates an object; returns it as stored.
-pub async fn create(state: &AppState, target: &Target, obj: Value, dry_run: bool) -> Result<Value, ApiError> {
-    let obj = admission::admit_create(target.res, target.namespace.as_deref(), obj)?;
+pub async fn create(state: &AppState, target: &Target, obj: Value, opts: WriteOptions) -> Result<Value, ApiError> {
+    let obj = admission::admit_create(target.res, target.namespace.as_deref(), obj, opts.fields)?;
     let (name, ns) = object_name(&obj);
     if let Some(ns) = &ns {
         if !namespace_exists(state, ns).await? {
@@ -352,7 +366,7 @@ pub async fn create(state: &AppState, target: &Target, obj: Value, dry_run: bool
             });
         }
     }
-    if dry_run {
+    if opts.dry_run {
         return Ok(obj);
     }
     let key = target.res.key(ns.as_deref(), &name);
@@ -378,7 +392,7 @@ pub async fn update(
     target: &Target,
     status_only: bool,
     change: impl Fn(&Value) -> Result<Value, ApiError>,
-    dry_run: bool,
+    opts: WriteOptions,
 ) -> Result<Value, ApiError> {
     for _attempt in 0..5 {
         let (live, rev) = read(state, target.res, target.namespace.as_deref(), target.name()).await?;
@@ -387,9 +401,9 @@ pub async fn update(
         let obj = if status_only {
             admission::admit_status(target.res, &live, &desired)?
         } else {
-            admission::admit_update(target.res, &live, desired)?
+            admission::admit_update(target.res, &live, desired, opts.fields)?
         };
-        if dry_run {
+        if opts.dry_run {
             return Ok(with_revision(obj, rev));
         }
         let key = target.key();
@@ -417,7 +431,7 @@ pub async fn update(
 }
 
 /// Deletes an object (immediately); returns it as it was.
-pub async fn delete(state: &AppState, target: &Target, opts: &Value, dry_run: bool) -> Result<Value, ApiError> {
+pub async fn delete(state: &AppState, target: &Target, opts: &Value, write: WriteOptions) -> Result<Value, ApiError> {
     let (live, rev) = read(state, target.res, target.namespace.as_deref(), target.name()).await?;
     if let Some(want) = opts.pointer("/preconditions/resourceVersion").and_then(Value::as_str) {
         if want != rev.to_string() {
@@ -437,7 +451,7 @@ pub async fn delete(state: &AppState, target: &Target, opts: &Value, dry_run: bo
             });
         }
     }
-    if dry_run {
+    if write.dry_run {
         return Ok(live);
     }
     let key = target.key();

@@ -33,8 +33,9 @@ pub struct ResourceInfo {
     pub subresources: &'static [&'static str],
     /// Member of the `all` category (`kubectl get all`).
     pub in_all: bool,
-    /// Type-checks and normalizes an object of this kind.
-    pub normalize: fn(Value) -> Result<Value, Cause>,
+    /// Type-checks and normalizes an object of this kind; also returns the paths of
+    /// fields the type does not know (dropped from the normalized object).
+    pub normalize: fn(Value) -> Result<(Value, Vec<String>), Cause>,
 }
 
 impl ResourceInfo {
@@ -68,18 +69,48 @@ impl ResourceInfo {
 }
 
 /// Round-trips `value` through the typed struct `K`, naming the failing field.
-fn typed<K: DeserializeOwned + Serialize>(value: Value) -> Result<Value, Cause> {
-    let typed: K = serde_path_to_error::deserialize(value).map_err(|e| {
+fn typed<K: DeserializeOwned + Serialize>(value: Value) -> Result<(Value, Vec<String>), Cause> {
+    let typed: K = serde_path_to_error::deserialize(value.clone()).map_err(|e| {
         let path = e.path().to_string();
         Cause {
             field: if path == "." { String::new() } else { path },
             message: e.into_inner().to_string(),
         }
     })?;
-    serde_json::to_value(typed).map_err(|e| Cause {
+    let normalized = serde_json::to_value(typed).map_err(|e| Cause {
         field: String::new(),
         message: e.to_string(),
-    })
+    })?;
+    let mut unknown = Vec::new();
+    unknown_fields(&value, &normalized, "", &mut unknown);
+    Ok((normalized, unknown))
+}
+
+/// Paths of keys set in `input` that the typed round trip dropped: fields the type does
+/// not have (a typo such as `protectionDoamin`, or a field of another version).
+fn unknown_fields(input: &Value, output: &Value, path: &str, out: &mut Vec<String>) {
+    match (input, output) {
+        (Value::Object(i), Value::Object(o)) => {
+            for (k, v) in i {
+                let here = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                match o.get(k) {
+                    Some(ov) => unknown_fields(v, ov, &here, out),
+                    None if !v.is_null() => out.push(here),
+                    None => {}
+                }
+            }
+        }
+        (Value::Array(i), Value::Array(o)) => {
+            for (n, (iv, ov)) in i.iter().zip(o).enumerate() {
+                unknown_fields(iv, ov, &format!("{path}[{n}]"), out);
+            }
+        }
+        _ => {}
+    }
 }
 
 /// Every resource the server serves, in discovery order.

@@ -4,11 +4,8 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use kairn_cluster::kinds::Application;
 use kairn_reconciler::plan::Action;
 use kairn_reconciler::{source, sync};
-use kube::api::ListParams;
-use kube::Api;
 
 use crate::client::ClientArgs;
 
@@ -43,16 +40,7 @@ fn paint(line: &str, color: bool) -> String {
 /// Runs `kairn diff`.
 pub async fn run(args: DiffArgs) -> anyhow::Result<ExitCode> {
     let client = args.client.connect().await?;
-    let api: Api<Application> = Api::all(client.clone());
-    let apps = match &args.app {
-        Some(name) => vec![api.get(name).await.with_context(|| format!("application {name}"))?],
-        None => {
-            api.list(&ListParams::default())
-                .await
-                .context("listing applications")?
-                .items
-        }
-    };
+    let apps = super::applications(&client, args.app.as_deref()).await?;
     let color = args.client.color();
     let mut differences = false;
     let mut failed = false;

@@ -3,11 +3,6 @@
 
 use std::process::ExitCode;
 
-use anyhow::Context;
-use kairn_cluster::kinds::Application;
-use kube::api::ListParams;
-use kube::Api;
-
 use crate::client::{ClientArgs, Output};
 
 /// `kairn status` arguments.
@@ -26,16 +21,7 @@ fn short(sha: Option<&str>) -> String {
 /// Runs `kairn status`.
 pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let client = args.client.connect().await?;
-    let api: Api<Application> = Api::all(client);
-    let mut apps = match &args.app {
-        Some(name) => vec![api.get(name).await.with_context(|| format!("application {name}"))?],
-        None => {
-            api.list(&ListParams::default())
-                .await
-                .context("listing applications")?
-                .items
-        }
-    };
+    let mut apps = super::applications(&client, args.app.as_deref()).await?;
     apps.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     match args.client.output {
         Output::Yaml => print!("{}", kairn_reconciler::manifest::to_yaml(&serde_json::to_value(&apps)?)),

@@ -151,6 +151,20 @@ pub async fn commit(state: &AppState, txn: Txn, describe: impl Fn(&str) -> (Stri
     Ok(result.revision)
 }
 
+/// Writes `obj` at `key` only while the key is still at revision `rev`.
+fn replace_txn(key: String, rev: u64, obj: &Value) -> Result<Txn, ApiError> {
+    Ok(Txn {
+        compares: vec![Compare {
+            key: key.clone(),
+            expect: Expect::ModRevision(rev),
+        }],
+        ops: vec![Op::Put {
+            key,
+            value: encode(obj)?,
+        }],
+    })
+}
+
 fn describe_for(res: &'static ResourceInfo, name: String) -> impl Fn(&str) -> (String, String) {
     move |_| (res.plural.to_string(), name.clone())
 }
@@ -406,17 +420,7 @@ pub async fn update(
         if opts.dry_run {
             return Ok(with_revision(obj, rev));
         }
-        let key = target.key();
-        let txn = Txn {
-            compares: vec![Compare {
-                key: key.clone(),
-                expect: Expect::ModRevision(rev),
-            }],
-            ops: vec![Op::Put {
-                key,
-                value: encode(&obj)?,
-            }],
-        };
+        let txn = replace_txn(target.key(), rev, &obj)?;
         match commit(state, txn, describe_for(target.res, target.name().to_string())).await {
             Ok(new_rev) => return Ok(with_revision(obj, new_rev)),
             Err(ApiError::Conflict { .. }) if !pinned => continue,
@@ -501,17 +505,7 @@ async fn bind(state: &AppState, target: &Target, binding: &Value) -> Result<(), 
         Some(conds) => conds.push(scheduled),
         None => pod["status"]["conditions"] = json!([scheduled]),
     }
-    let key = target.key();
-    let txn = Txn {
-        compares: vec![Compare {
-            key: key.clone(),
-            expect: Expect::ModRevision(rev),
-        }],
-        ops: vec![Op::Put {
-            key,
-            value: encode(&pod)?,
-        }],
-    };
+    let txn = replace_txn(target.key(), rev, &pod)?;
     commit(state, txn, describe_for(target.res, target.name().to_string())).await?;
     Ok(())
 }

@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::source;
-use crate::sync::{self, SyncError};
+use crate::sync;
 
 /// How often the last good commit is re-applied to correct drift.
 const RESYNC: Duration = Duration::from_secs(30);
@@ -183,11 +183,7 @@ impl Worker {
             Err(e) => {
                 // Transient (API down, concurrent change): retried on the next tick.
                 tracing::warn!(object = %self.name, commit = %head.sha, error = %e, "sync failed; will retry");
-                let messages = match &e {
-                    SyncError::Apply(_) | SyncError::Api(_) | SyncError::Source(_) => e.messages(),
-                    SyncError::Invalid(_) => e.messages(),
-                };
-                self.record_error(Some(&head.sha), messages).await;
+                self.record_error(Some(&head.sha), e.messages()).await;
             }
         }
     }

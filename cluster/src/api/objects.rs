@@ -187,6 +187,10 @@ pub async fn handle(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json");
     match (method.clone(), target.name.is_some(), target.sub.as_deref()) {
+        (_, true, Some(sub)) if !target.res.subresources.contains(&sub) => Err(ApiError::NotFound {
+            kind: format!("{}/{sub}", target.res.plural),
+            name: target.name().to_string(),
+        }),
         (Method::GET, false, None) => {
             let watching = params.get("watch").is_some_and(|w| w == "true" || w == "1");
             if watching {
@@ -238,11 +242,11 @@ pub async fn handle(
             );
             Ok(Json(patched.await?).into_response())
         }
-        (Method::GET, true, Some("scale")) if target.res.subresources.contains(&"scale") => {
+        (Method::GET, true, Some("scale")) => {
             let (obj, _) = read(&state, target.res, target.namespace.as_deref(), target.name()).await?;
             Ok(Json(scale_of(&obj)).into_response())
         }
-        (Method::PUT | Method::PATCH, true, Some("scale")) if target.res.subresources.contains(&"scale") => {
+        (Method::PUT | Method::PATCH, true, Some("scale")) => {
             let body = parse_body(&body)?;
             let patch_type = if method == Method::PATCH {
                 Some(patch_kind(content_type)?)
@@ -287,16 +291,12 @@ pub async fn handle(
             let opts: Value = if body.is_empty() { json!({}) } else { parse_body(&body)? };
             Ok(Json(delete(&state, &target, &opts, WriteOptions::from_params(&params)).await?).into_response())
         }
-        (Method::POST, true, Some("binding")) if target.res.kind == "Pod" => {
+        (Method::POST, true, Some("binding")) => {
             let binding = parse_body(&body)?;
             bind(&state, &target, &binding).await?;
             let ok = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201});
             Ok((StatusCode::CREATED, Json(ok)).into_response())
         }
-        (_, true, Some(sub)) if !target.res.subresources.contains(&sub) => Err(ApiError::NotFound {
-            kind: format!("{}/{sub}", target.res.plural),
-            name: target.name().to_string(),
-        }),
         _ => Err(ApiError::MethodNotAllowed),
     }
 }

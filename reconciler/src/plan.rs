@@ -36,6 +36,15 @@ impl Catalog {
         Ok(Catalog { kinds })
     }
 
+    /// A catalog of the given resources (each with whether it is namespaced).
+    pub fn from_resources(resources: impl IntoIterator<Item = (ApiResource, bool)>) -> Self {
+        let kinds = resources
+            .into_iter()
+            .map(|(ar, ns)| ((ar.api_version.clone(), ar.kind.clone()), (ar, ns)))
+            .collect();
+        Catalog { kinds }
+    }
+
     /// The resource of an apiVersion/kind and whether it is namespaced.
     pub fn get(&self, api_version: &str, kind: &str) -> Option<&(ApiResource, bool)> {
         self.kinds.get(&(api_version.to_string(), kind.to_string()))
@@ -379,6 +388,90 @@ mod tests {
             &json!({"spec": {"template": {"spec": {"containers": []}}}}),
             &live
         ));
+        // A quantity written as a YAML number is stored as a string.
+        assert!(contains(
+            &json!({"cpu": 1, "memory": 0.5}),
+            &json!({"cpu": "1", "memory": "0.5"})
+        ));
+        assert!(!contains(&json!({"cpu": 1}), &json!({"cpu": "1m"})));
+    }
+
+    fn catalog() -> Catalog {
+        let ar = |group: &str, version: &str, kind: &str, plural: &str| ApiResource {
+            group: group.into(),
+            version: version.into(),
+            api_version: if group.is_empty() {
+                version.into()
+            } else {
+                format!("{group}/{version}")
+            },
+            kind: kind.into(),
+            plural: plural.into(),
+        };
+        Catalog::from_resources([
+            (ar("", "v1", "Namespace", "namespaces"), false),
+            (ar("apps", "v1", "Deployment", "deployments"), true),
+        ])
+    }
+
+    fn manifest(doc: usize, object: Value) -> Manifest {
+        Manifest {
+            file: "app.yaml".into(),
+            doc,
+            object,
+        }
+    }
+
+    #[test]
+    fn desired_objects_are_labelled_annotated_and_namespaced() {
+        let manifests = vec![
+            manifest(
+                0,
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "n", "namespace": "x"}}),
+            ),
+            manifest(
+                1,
+                json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d", "labels": {"a": "b"}}}),
+            ),
+        ];
+        let out = desired_objects(manifests, &catalog(), "app", "abc123").unwrap();
+        assert!(
+            out[0].1["metadata"].get("namespace").is_none(),
+            "cluster-scoped objects have no namespace"
+        );
+        let d = &out[1].1["metadata"];
+        assert_eq!(d["namespace"], "default");
+        assert_eq!(d["labels"], json!({"a": "b", APP_LABEL: "app"}));
+        assert_eq!(
+            d["annotations"],
+            json!({COMMIT_ANNOTATION: "abc123", SOURCE_PATH_ANNOTATION: "app.yaml#1"})
+        );
+    }
+
+    #[test]
+    fn unserved_kinds_old_versions_and_duplicates_are_named() {
+        let d = |doc, api: &str, kind: &str| {
+            manifest(doc, json!({"apiVersion": api, "kind": kind, "metadata": {"name": "x"}}))
+        };
+        let manifests = vec![
+            d(0, "extensions/v1beta1", "Deployment"),
+            d(1, "v1", "Service"),
+            d(2, "apps/v1", "Deployment"),
+            d(3, "apps/v1", "Deployment"),
+        ];
+        let errors: Vec<String> = desired_objects(manifests, &catalog(), "app", "c")
+            .unwrap_err()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            errors,
+            vec![
+                "app.yaml#0: extensions/v1beta1/Deployment x: kind: extensions/v1beta1 is not served for Deployment (an old or unknown version); use apps/v1",
+                "app.yaml#1: v1/Service x: kind: Service is not served by this cluster",
+                "app.yaml#3: apps/v1/Deployment default/x: defined twice (first at app.yaml#2)",
+            ]
+        );
     }
 
     #[test]

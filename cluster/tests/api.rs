@@ -374,6 +374,32 @@ async fn subresources_and_the_scheduler() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    // A node with room appearing is noticed at once (not at the next retry).
+    let big_node: Node = serde_json::from_value(json!({"metadata": {"name": "n2"}})).unwrap();
+    nodes.create(&PostParams::default(), &big_node).await.unwrap();
+    let big_status = json!({"status": {"allocatable": {"cpu": "8", "memory": "8Gi", "pods": "10"},
+        "conditions": [{"type": "Ready", "status": "True"}]}});
+    nodes
+        .patch_status("n2", &PatchParams::default(), &Patch::Merge(big_status))
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while pods
+        .get("too-big")
+        .await
+        .unwrap()
+        .spec
+        .and_then(|s| s.node_name)
+        .as_deref()
+        != Some("n2")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a pending pod was not bound when a node fit it"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     // A pod binds once: a second binding is a conflict.
     let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "fits"}, "target": {"kind": "Node", "name": "n2"}});
     let request = kube::core::Request::new("/api/v1/namespaces/default/pods")

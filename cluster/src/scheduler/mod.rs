@@ -16,6 +16,7 @@ use k8s_openapi::api::core::v1::{Binding, Node, ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use serde_json::json;
@@ -33,17 +34,23 @@ pub enum Error {
 }
 
 /// Runs the scheduler until shutdown.
-pub async fn run(client: kube::Client, mut shutdown: watch::Receiver<bool>) {
+pub async fn run(client: kube::Client, shutdown: watch::Receiver<bool>) {
     let pods: Api<Pod> = Api::all(client.clone());
     let pending = watcher::Config::default().fields("spec.nodeName=");
-    Controller::new(pods, pending)
-        .graceful_shutdown_on(async move {
-            while !*shutdown.borrow_and_update() {
-                if shutdown.changed().await.is_err() {
-                    return;
-                }
-            }
+    let controller = Controller::new(pods, pending);
+    // A node that appears, becomes ready or frees room may fit any pending pod: retry
+    // them all (the cache holds only unbound pods, so this stays small).
+    let waiting = controller.store();
+    let nodes: Api<Node> = Api::all(client.clone());
+    controller
+        .watches(nodes, watcher::Config::default(), move |_node: Node| {
+            waiting
+                .state()
+                .iter()
+                .map(|pod| ObjectRef::from_obj(pod.as_ref()))
+                .collect::<Vec<_>>()
         })
+        .graceful_shutdown_on(crate::controllers::stopped(shutdown))
         .run(
             schedule,
             |_, _, _| Action::requeue(Duration::from_secs(2)),
@@ -235,7 +242,8 @@ async fn schedule(pod: Arc<Pod>, client: Arc<kube::Client>) -> Result<Action, Er
                 pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))
                     .await?;
             }
-            Ok(Action::requeue(Duration::from_secs(3)))
+            // Node changes retrigger scheduling; the requeue is a safety net.
+            Ok(Action::requeue(Duration::from_secs(10)))
         }
     }
 }

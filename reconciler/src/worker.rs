@@ -97,14 +97,13 @@ async fn follow(client: kube::Client, app: Application, mut shutdown: watch::Rec
     let mut worker = Worker {
         api: Api::all(client.clone()),
         client,
+        good: app.status.as_ref().and_then(|s| s.synced_revision.clone()),
         app,
         name,
         last_attempt: None,
-        good: None,
         last_resync: Instant::now(),
         last_error: None,
     };
-    worker.good = worker.app.status.as_ref().and_then(|s| s.synced_revision.clone());
     loop {
         worker.tick().await;
         tokio::select! {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::{alive, running_pods, wait_for, Kairn, Repo};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::ListParams;
+use kube::api::{ListParams, LogParams};
 use kube::Api;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -108,6 +108,15 @@ async fn commits_flow_to_running_processes() {
     );
     let labels = web.metadata.labels.clone().unwrap_or_default();
     assert_eq!(labels.get("app.kairn.dev/name").map(String::as_str), Some("repo"));
+
+    // Their output is captured and served as `kubectl logs` would read it.
+    let pods: Api<Pod> = Api::namespaced(kairn.client.clone(), "e2e");
+    let first_pod = two[0].0.metadata.name.clone().unwrap();
+    wait_for("the pod's log", TIMEOUT, || async {
+        let log = pods.logs(&first_pod, &LogParams::default()).await.ok()?;
+        log.contains("tick").then_some(())
+    })
+    .await;
 
     // 2. replicas: 3 -> 3 processes.
     let scaled = repo.commit_file("apps/web.yaml", &deployment(3), "web: 3 replicas");

@@ -1,11 +1,13 @@
 //! Kairn's node agent: registers a Node, keeps its Lease, and runs the pods bound to it
 //! through a [`runtime::Runtime`] (host processes by default), reporting their status.
 
+pub mod logs;
 mod node_status;
 pub mod pod;
 pub mod runtime;
 
 use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +30,8 @@ pub struct AgentConfig {
     pub node_ip: String,
     /// Where pod directories (`pods/<uid>/`: logs, working directories) live.
     pub data_dir: PathBuf,
+    /// Where the agent serves container logs to the API server (port 0 picks one).
+    pub log_addr: SocketAddr,
 }
 
 /// Errors that stop the agent.
@@ -36,6 +40,9 @@ pub enum Error {
     /// Registering the Node failed.
     #[error("registering node {node}: {source}")]
     Register { node: String, source: kube::Error },
+    /// The log endpoint could not be served.
+    #[error("serving logs on {addr}: {source}")]
+    Logs { addr: SocketAddr, source: std::io::Error },
 }
 
 /// Runs the agent until `shutdown` turns true, then stops every pod it runs.
@@ -46,10 +53,27 @@ pub async fn run<R: Runtime>(
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), Error> {
     let node = config.node_name.clone();
+    let logs_err = |source| Error::Logs {
+        addr: config.log_addr,
+        source,
+    };
+    let listener = tokio::net::TcpListener::bind(config.log_addr).await.map_err(logs_err)?;
+    let log_port = listener.local_addr().map_err(logs_err)?.port();
+    let pod_dirs = logs::PodDirs::default();
+    let mut log_stop = shutdown.clone();
+    let log_server =
+        axum::serve(listener, logs::router(pod_dirs.clone(), shutdown.clone())).with_graceful_shutdown(async move {
+            let _ = log_stop.changed().await;
+        });
+    let log_task = tokio::spawn(async move {
+        if let Err(e) = log_server.await {
+            tracing::error!(error = %e, "log endpoint failed");
+        }
+    });
     // The API server may still be starting: retry registration for a while.
     let mut attempt = 0;
     loop {
-        match node_status::register(&client, &node, &config.node_ip).await {
+        match node_status::register(&client, &node, &config.node_ip, log_port).await {
             Ok(()) => break,
             Err(e) if attempt < 20 => {
                 attempt += 1;
@@ -60,8 +84,9 @@ pub async fn run<R: Runtime>(
         }
     }
     let beat = tokio::spawn(heartbeats(client.clone(), node.clone(), shutdown.clone()));
-    run_pods(client.clone(), &config, Arc::new(runtime), shutdown).await;
+    run_pods(client.clone(), &config, Arc::new(runtime), pod_dirs, shutdown).await;
     let _ = beat.await;
+    let _ = log_task.await;
     if let Err(e) = node_status::heartbeat(&client, &node, false).await {
         tracing::debug!(node = %node, error = %e, "could not mark the node not ready");
     }
@@ -88,12 +113,14 @@ async fn run_pods<R: Runtime>(
     client: kube::Client,
     config: &AgentConfig,
     runtime: Arc<R>,
+    pod_dirs: logs::PodDirs,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let pods: Api<Pod> = Api::all(client.clone());
     let bound_here = watcher::Config::default().fields(&format!("spec.nodeName={}", config.node_name));
     let mut events = watcher(pods, bound_here).boxed();
-    let mut workers: HashMap<String, PodWorker> = HashMap::new();
+    // By pod uid: the pod's namespace and name (for the log endpoint) and its worker.
+    let mut workers: HashMap<String, (String, String, PodWorker)> = HashMap::new();
     // Pods seen during a relist; workers for pods missing from it are stopped after it.
     let mut relisted: Option<HashSet<String>> = None;
     loop {
@@ -119,23 +146,25 @@ async fn run_pods<R: Runtime>(
                 }
                 tracing::info!(object = %format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any()), node = %config.node_name, "starting pod");
                 let dir = config.data_dir.join("pods").join(&uid);
-                workers.insert(
-                    uid,
-                    PodWorker::start(client.clone(), pod, runtime.clone(), dir, config.node_ip.clone()),
-                );
+                let (ns, name) = (pod.namespace().unwrap_or_default(), pod.name_any());
+                pod_dirs.insert(&ns, &name, dir.clone());
+                let worker = PodWorker::start(client.clone(), pod, runtime.clone(), dir, config.node_ip.clone());
+                workers.insert(uid, (ns, name, worker));
             }
             Ok(watcher::Event::InitDone) => {
                 if let Some(seen) = relisted.take() {
                     let gone: Vec<String> = workers.keys().filter(|uid| !seen.contains(*uid)).cloned().collect();
                     for uid in gone {
-                        if let Some(w) = workers.remove(&uid) {
+                        if let Some((ns, name, w)) = workers.remove(&uid) {
+                            pod_dirs.remove(&ns, &name);
                             tokio::spawn(w.stop());
                         }
                     }
                 }
             }
             Ok(watcher::Event::Delete(pod)) => {
-                if let Some(w) = pod.uid().and_then(|uid| workers.remove(&uid)) {
+                if let Some((ns, name, w)) = pod.uid().and_then(|uid| workers.remove(&uid)) {
+                    pod_dirs.remove(&ns, &name);
                     tracing::info!(object = %format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any()), "stopping deleted pod");
                     // Stopping may take the grace period: do not hold up other pods.
                     let dir = pod.uid().map(|uid| config.data_dir.join("pods").join(uid));
@@ -154,5 +183,5 @@ async fn run_pods<R: Runtime>(
         }
     }
     // The agent is going away: its processes go with it, gracefully.
-    futures::future::join_all(workers.into_values().map(PodWorker::stop)).await;
+    futures::future::join_all(workers.into_values().map(|(_, _, w)| w.stop())).await;
 }

@@ -70,7 +70,7 @@ fn conditions(ready: bool) -> Value {
 }
 
 /// The Node's status as the agent sees the host.
-fn status(node_ip: &str, name: &str) -> Value {
+fn status(node_ip: &str, name: &str, log_port: u16) -> Value {
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let capacity = json!({"cpu": cpus.to_string(), "memory": format!("{}Ki", memory_kib()), "pods": "110"});
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
@@ -82,6 +82,8 @@ fn status(node_ip: &str, name: &str) -> Value {
         "allocatable": capacity,
         "conditions": conditions(true),
         "addresses": [{"type": "InternalIP", "address": node_ip}, {"type": "Hostname", "address": name}],
+        // Where the API server proxies `pods/<name>/log` to (the kubelet port, in Kubernetes).
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": log_port}},
         "nodeInfo": {
             "architecture": std::env::consts::ARCH, "operatingSystem": std::env::consts::OS,
             "kernelVersion": kernel, "osImage": "", "bootID": "", "machineID": "", "systemUUID": "",
@@ -92,7 +94,7 @@ fn status(node_ip: &str, name: &str) -> Value {
 }
 
 /// Creates the Node if absent and writes its status.
-pub async fn register(client: &kube::Client, name: &str, node_ip: &str) -> Result<(), kube::Error> {
+pub async fn register(client: &kube::Client, name: &str, node_ip: &str, log_port: u16) -> Result<(), kube::Error> {
     let nodes: Api<Node> = Api::all(client.clone());
     let node: Node = serde_json::from_value(json!({
         "metadata": {"name": name, "labels": {
@@ -106,7 +108,7 @@ pub async fn register(client: &kube::Client, name: &str, node_ip: &str) -> Resul
         Err(kube::Error::Api(s)) if s.code == 409 => tracing::info!(node = name, "node already registered"),
         Err(e) => return Err(e),
     }
-    let patch = json!({"status": status(node_ip, name)});
+    let patch = json!({"status": status(node_ip, name, log_port)});
     nodes
         .patch_status(name, &PatchParams::default(), &Patch::Merge(patch))
         .await?;

@@ -1,5 +1,6 @@
 //! `kairn agent`: a node agent running pods as host processes.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -22,6 +23,9 @@ pub struct AgentArgs {
     /// Data directory (pod logs and working directories).
     #[arg(long, default_value = ".kairn")]
     pub data_dir: PathBuf,
+    /// Address the agent serves container logs on, for the API server (port 0: any).
+    #[arg(long, default_value = "127.0.0.1:10250")]
+    pub log_addr: SocketAddr,
 }
 
 /// The host's name, the default Node name.
@@ -43,6 +47,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         node_name: args.node_name.unwrap_or_else(hostname),
         node_ip: args.node_ip,
         data_dir: args.data_dir,
+        log_addr: args.log_addr,
     };
     kairn_node::run(client, config, ProcessRuntime, stop).await?;
     Ok(ExitCode::SUCCESS)

@@ -37,6 +37,9 @@ pub struct UpArgs {
     /// Name of the node (default: the host name).
     #[arg(long)]
     pub node_name: Option<String>,
+    /// Address the node serves container logs on, for the API server (port 0: any).
+    #[arg(long, default_value = "127.0.0.1:10250")]
+    pub log_addr: std::net::SocketAddr,
 }
 
 /// A valid object name made from a directory name.
@@ -123,6 +126,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         node_name: args.node_name.clone().unwrap_or_else(hostname),
         node_ip: "127.0.0.1".into(),
         data_dir: data_dir.clone(),
+        log_addr: args.log_addr,
     };
     let agent = tokio::spawn(kairn_node::run(
         cp.client.clone(),

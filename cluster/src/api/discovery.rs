@@ -64,13 +64,20 @@ pub fn resources(group: &str, version: &str) -> Option<Value> {
         }
         list.push(entry);
         for sub in r.subresources {
-            let verbs = if *sub == "binding" {
-                json!(["create"])
-            } else {
-                json!(["get", "patch", "update"])
+            let (kind, verbs) = match *sub {
+                "binding" => ("Binding", json!(["create"])),
+                "log" => ("Pod", json!(["get"])),
+                "scale" => ("Scale", json!(["get", "patch", "update"])),
+                _ => (r.kind, json!(["get", "patch", "update"])),
             };
-            let kind = if *sub == "binding" { "Binding" } else { r.kind };
-            list.push(json!({"name": format!("{}/{sub}", r.plural), "singularName": "", "namespaced": r.namespaced, "kind": kind, "verbs": verbs}));
+            let mut entry = json!({"name": format!("{}/{sub}", r.plural), "singularName": "",
+                "namespaced": r.namespaced, "kind": kind, "verbs": verbs});
+            // kubectl scale finds the Scale kind's group and version here.
+            if *sub == "scale" {
+                entry["group"] = json!("autoscaling");
+                entry["version"] = json!("v1");
+            }
+            list.push(entry);
         }
     }
     if group == crate::kinds::GROUP && version == crate::kinds::VERSION {

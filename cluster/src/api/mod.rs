@@ -7,6 +7,7 @@ mod admission;
 mod batch;
 mod discovery;
 mod error;
+mod logs;
 mod objects;
 pub mod registry;
 mod selectors;

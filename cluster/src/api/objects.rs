@@ -242,6 +242,7 @@ pub async fn handle(
             );
             Ok(Json(patched.await?).into_response())
         }
+        (Method::GET, true, Some("log")) => super::logs::proxy(&state, &target, &params).await,
         (Method::GET, true, Some("scale")) => {
             let (obj, _) = read(&state, target.res, target.namespace.as_deref(), target.name()).await?;
             Ok(Json(scale_of(&obj)).into_response())

@@ -147,7 +147,7 @@ pub static RESOURCES: &[ResourceInfo] = &[
         singular: "pod",
         namespaced: true,
         short_names: &["po"],
-        subresources: &["status", "binding"],
+        subresources: &["status", "binding", "log"],
         in_all: true,
         normalize: typed::<core::Pod>,
     },

@@ -118,8 +118,19 @@ async fn commits_flow_to_running_processes() {
     })
     .await;
 
-    // 2. replicas: 3 -> 3 processes.
+    // 2. replicas: 3, proposed on a branch and reviewed with `kairn diff` before merging.
+    repo.git(&["switch", "-q", "-c", "grow"]);
     let scaled = repo.commit_file("apps/web.yaml", &deployment(3), "web: 3 replicas");
+    repo.git(&["switch", "-q", "main"]);
+    let (code, diff, _) = kairn.cli(&["diff", "--revision", "grow"]);
+    assert_eq!(code, 1, "differences found:\n{diff}");
+    assert!(
+        diff.contains("=== update apps/v1/Deployment e2e/web (apps/web.yaml#1)"),
+        "{diff}"
+    );
+    assert!(diff.contains("-  replicas: 2\n+  replicas: 3"), "{diff}");
+    assert_eq!(web_replicas(&deployments).await, 2, "diff changes nothing");
+    repo.git(&["merge", "-q", "--ff-only", "grow"]);
     synced_to(&kairn, &scaled).await;
     wait_running(&kairn, 3, "3 running pods").await;
 

@@ -70,6 +70,14 @@ impl ClientArgs {
     }
 }
 
+/// An API error as the server words it (kube-rs' own message repeats the whole Status).
+pub fn server_error(e: kube::Error) -> anyhow::Error {
+    match e {
+        kube::Error::Api(status) => anyhow::anyhow!("{}", status.message),
+        other => other.into(),
+    }
+}
+
 /// Writes a kubeconfig for `url` whose context is named `kairn`.
 pub fn write_kubeconfig(path: &Path, url: &str) -> anyhow::Result<()> {
     let content = format!(

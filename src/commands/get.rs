@@ -7,7 +7,7 @@ use kube::api::{ApiResource, DynamicObject, ListParams};
 use kube::Api;
 use serde_json::Value;
 
-use crate::client::{ClientArgs, Output};
+use crate::client::{self, ClientArgs, Output};
 
 /// `kairn get` arguments.
 #[derive(Debug, clap::Args)]
@@ -171,7 +171,11 @@ pub async fn run(args: GetArgs) -> anyhow::Result<ExitCode> {
                 )
                 .body(Vec::new())
                 .context("building the request")?;
-            let table: Value = client.request(request).await.context("reading objects")?;
+            let table: Value = client
+                .request(request)
+                .await
+                .map_err(client::server_error)
+                .context("reading objects")?;
             print_table(
                 &table,
                 args.client.output == Output::Wide,
@@ -184,9 +188,18 @@ pub async fn run(args: GetArgs) -> anyhow::Result<ExitCode> {
                 _ => Api::all_with(client, &res.resource),
             };
             let value = match &args.name {
-                Some(name) => serde_json::to_value(api.get(name).await.with_context(|| format!("getting {name}"))?)?,
+                Some(name) => serde_json::to_value(
+                    api.get(name)
+                        .await
+                        .map_err(client::server_error)
+                        .with_context(|| format!("getting {name}"))?,
+                )?,
                 None => {
-                    let list = api.list(&ListParams::default()).await.context("listing")?;
+                    let list = api
+                        .list(&ListParams::default())
+                        .await
+                        .map_err(client::server_error)
+                        .context("listing")?;
                     serde_json::json!({"apiVersion": "v1", "kind": "List", "items": list.items})
                 }
             };

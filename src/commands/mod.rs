@@ -15,15 +15,11 @@ use kube::Api;
 /// The Application named `name`, or every Application.
 pub async fn applications(client: &kube::Client, name: Option<&str>) -> anyhow::Result<Vec<Application>> {
     let api: Api<Application> = Api::all(client.clone());
-    match name {
-        Some(name) => Ok(vec![api
-            .get(name)
-            .await
-            .with_context(|| format!("application {name}"))?]),
-        None => Ok(api
-            .list(&ListParams::default())
-            .await
-            .context("listing applications")?
-            .items),
-    }
+    let found = match name {
+        Some(name) => api.get(name).await.map(|app| vec![app]),
+        None => api.list(&ListParams::default()).await.map(|list| list.items),
+    };
+    found
+        .map_err(crate::client::server_error)
+        .context("reading applications")
 }

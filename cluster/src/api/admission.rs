@@ -256,12 +256,7 @@ pub fn check_precondition(res: &ResourceInfo, existing: &Value, new: &Value) -> 
     if let Some(want) = resource_version(new) {
         if resource_version(existing).as_deref() != Some(want.as_str()) {
             let (name, _) = object_name(existing);
-            return Err(ApiError::Conflict {
-                kind: res.plural.to_string(),
-                name,
-                message: "the object has been modified; please apply your changes to the latest version and try again"
-                    .into(),
-            });
+            return Err(ApiError::modified(res.plural, name));
         }
     }
     Ok(())

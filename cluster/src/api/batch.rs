@@ -11,7 +11,7 @@ use serde_json::Value;
 use super::admission::{self, object_name, FieldValidation};
 use super::error::{ApiError, Cause};
 use super::objects::{self, encode, with_revision};
-use super::registry;
+use super::registry::{self, ResourceInfo};
 use super::AppState;
 use crate::kinds::{Batch, BatchResult, BatchVerb};
 use crate::store::{Compare, Expect, Op, Txn};
@@ -37,6 +37,21 @@ fn at(index: usize, e: ApiError) -> ApiError {
         ApiError::BadRequest(m) => ApiError::BadRequest(format!("operations[{index}]: {m}")),
         other => other,
     }
+}
+
+/// Reads the live object, refusing it if the batch pinned another version.
+async fn read_pinned(
+    state: &AppState,
+    res: &ResourceInfo,
+    ns: Option<&str>,
+    name: &str,
+    pinned: Option<u64>,
+) -> Result<(Value, u64), ApiError> {
+    let (live, rev) = objects::read(state, res, ns, name).await?;
+    if pinned.is_some_and(|p| p != rev) {
+        return Err(ApiError::modified(res.plural, name));
+    }
+    Ok((live, rev))
 }
 
 /// Admits and commits a batch.
@@ -89,39 +104,20 @@ pub async fn apply(state: &AppState, batch: Batch) -> Result<BatchResult, ApiErr
                 objects.push(obj);
             }
             BatchVerb::Update => {
-                let (live, rev) = objects::read(state, res, ns.as_deref(), &name).await?;
-                if pinned.is_some_and(|p| p != rev) {
-                    return Err(ApiError::Conflict {
-                        kind: res.plural.into(),
-                        name,
-                        message: "the object has been modified; please apply your changes to the latest version and try again".into(),
-                    });
-                }
+                let (live, rev) = read_pinned(state, res, ns.as_deref(), &name, pinned).await?;
                 let mut desired = op.object;
                 if let Some(meta) = desired.get_mut("metadata").and_then(Value::as_object_mut) {
                     meta.remove("resourceVersion");
                 }
                 let obj =
                     admission::admit_update(res, &live, desired, FieldValidation::Strict).map_err(|e| at(i, e))?;
-                txn.compares.push(Compare {
-                    key: key.clone(),
-                    expect: Expect::ModRevision(rev),
-                });
-                txn.ops.push(Op::Put {
-                    key,
-                    value: encode(&obj)?,
-                });
+                let write = objects::replace_txn(key, rev, &obj)?;
+                txn.compares.extend(write.compares);
+                txn.ops.extend(write.ops);
                 objects.push(obj);
             }
             BatchVerb::Delete => {
-                let (live, rev) = objects::read(state, res, ns.as_deref(), &name).await?;
-                if pinned.is_some_and(|p| p != rev) {
-                    return Err(ApiError::Conflict {
-                        kind: res.plural.into(),
-                        name,
-                        message: "the object has been modified since the batch was planned".into(),
-                    });
-                }
+                let (live, rev) = read_pinned(state, res, ns.as_deref(), &name, pinned).await?;
                 txn.compares.push(Compare {
                     key: key.clone(),
                     expect: Expect::ModRevision(rev),

@@ -59,6 +59,16 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// The 409 for a write based on a version that is no longer the live one.
+    pub fn modified(kind: impl Into<String>, name: impl Into<String>) -> Self {
+        ApiError::Conflict {
+            kind: kind.into(),
+            name: name.into(),
+            message: "the object has been modified; please apply your changes to the latest version and try again"
+                .into(),
+        }
+    }
+
     /// HTTP status code and Kubernetes `reason` of this error.
     pub fn code_and_reason(&self) -> (StatusCode, &'static str) {
         match self {

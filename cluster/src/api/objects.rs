@@ -140,19 +140,14 @@ pub async fn commit(state: &AppState, txn: Txn, describe: impl Fn(&str) -> (Stri
         return Err(match cmp.expect {
             Expect::Absent => ApiError::AlreadyExists { kind, name },
             _ if actual == 0 => ApiError::NotFound { kind, name },
-            _ => ApiError::Conflict {
-                kind,
-                name,
-                message: "the object has been modified; please apply your changes to the latest version and try again"
-                    .into(),
-            },
+            _ => ApiError::modified(kind, name),
         });
     }
     Ok(result.revision)
 }
 
 /// Writes `obj` at `key` only while the key is still at revision `rev`.
-fn replace_txn(key: String, rev: u64, obj: &Value) -> Result<Txn, ApiError> {
+pub fn replace_txn(key: String, rev: u64, obj: &Value) -> Result<Txn, ApiError> {
     Ok(Txn {
         compares: vec![Compare {
             key: key.clone(),

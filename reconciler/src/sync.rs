@@ -49,8 +49,7 @@ pub fn repo_path(app: &Application) -> &Path {
 }
 
 /// Plans the cluster's move to `commit`: reads, parses and checks its manifests, then
-/// compares them with the live objects the Application owns, and has the API server
-/// validate every change (a dry-run batch) so that an invalid object is reported now.
+/// compares them with the live objects the Application owns.
 pub async fn plan(client: &kube::Client, app: &Application, commit: &str) -> Result<Plan, SyncError> {
     let name = app.metadata.name.as_deref().unwrap_or_default();
     let files = source::read_manifests(repo_path(app), commit, &app.spec.path).await?;
@@ -62,11 +61,19 @@ pub async fn plan(client: &kube::Client, app: &Application, commit: &str) -> Res
     if !app.spec.prune {
         plan.changes.retain(|c| c.action != plan::Action::Prune);
     }
+    Ok(plan)
+}
+
+/// A plan the API server has validated change by change (a dry-run batch), so that an
+/// invalid object is reported before anything is applied: what `kairn diff` shows.
+pub async fn review(client: &kube::Client, app: &Application, commit: &str) -> Result<Plan, SyncError> {
+    let plan = plan(client, app, commit).await?;
     apply::apply(client, &plan, true).await?;
     Ok(plan)
 }
 
 /// Plans and applies `commit`; returns the plan and the store revision it landed at.
+/// The batch is validated as it is applied, so no separate dry run is needed.
 pub async fn sync(client: &kube::Client, app: &Application, commit: &CommitInfo) -> Result<(Plan, u64), SyncError> {
     let plan = plan(client, app, &commit.sha).await?;
     let revision = apply::apply(client, &plan, false).await?;

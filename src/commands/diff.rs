@@ -53,7 +53,7 @@ pub async fn run(args: DiffArgs) -> anyhow::Result<ExitCode> {
         let commit = source::resolve(sync::repo_path(app), &revision)
             .await
             .with_context(|| format!("application {name}: resolving {revision}"))?;
-        let plan = match sync::plan(&client, app, &commit.sha).await {
+        let plan = match sync::review(&client, app, &commit.sha).await {
             Ok(plan) => plan,
             Err(e) => {
                 for m in e.messages() {

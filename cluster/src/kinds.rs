@@ -18,6 +18,13 @@ pub const COMMIT_ANNOTATION: &str = "kairn.dev/commit";
 /// Annotation holding the repo-relative file (and `#N` document index) of an object.
 pub const SOURCE_PATH_ANNOTATION: &str = "kairn.dev/source-path";
 
+/// The current time in the Kubernetes `Time` format: RFC 3339, UTC, to the second.
+pub fn now() -> String {
+    k8s_openapi::jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}
+
 fn api_version() -> String {
     API_VERSION.to_string()
 }

@@ -9,16 +9,12 @@ use kube::api::{Patch, PatchParams, PostParams};
 use kube::Api;
 use serde_json::{json, Value};
 
+use crate::pod::now;
+
 /// How often the Lease is renewed and the Ready condition refreshed.
 pub const HEARTBEAT: Duration = Duration::from_secs(5);
 /// How long a Lease is valid without renewal.
 pub const LEASE_SECONDS: i32 = 40;
-
-fn now() -> String {
-    k8s_openapi::jiff::Timestamp::now()
-        .strftime("%Y-%m-%dT%H:%M:%SZ")
-        .to_string()
-}
 
 fn micro_now() -> String {
     k8s_openapi::jiff::Timestamp::now()

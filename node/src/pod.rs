@@ -13,7 +13,8 @@ use tokio::sync::{watch, Notify};
 
 use crate::runtime::{Container, ContainerConfig, Exit, Runtime};
 
-fn now() -> String {
+/// The current time in the Kubernetes `Time` format (RFC 3339, UTC, seconds).
+pub(crate) fn now() -> String {
     k8s_openapi::jiff::Timestamp::now()
         .strftime("%Y-%m-%dT%H:%M:%SZ")
         .to_string()

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use kairn_cluster::kinds::{Application, ApplicationSpec};
+use kairn_cluster::kinds::{self, Application, ApplicationSpec};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::watcher;
 use kube::Api;
@@ -22,12 +22,6 @@ use crate::sync;
 
 /// How often the last good commit is re-applied to correct drift.
 const RESYNC: Duration = Duration::from_secs(30);
-
-fn now() -> String {
-    k8s_openapi::jiff::Timestamp::now()
-        .strftime("%Y-%m-%dT%H:%M:%SZ")
-        .to_string()
-}
 
 /// Runs the reconciler until `shutdown` turns true: watches Applications and keeps one
 /// worker per Application.
@@ -171,7 +165,7 @@ impl Worker {
                 self.last_error = None;
                 let status = json!({"status": {
                     "syncStatus": "Synced", "syncedRevision": head.sha, "pendingRevision": null,
-                    "lastSyncTime": now(), "lastPlan": summary, "lastError": null}});
+                    "lastSyncTime": kinds::now(), "lastPlan": summary, "lastError": null}});
                 self.patch_status(status).await;
             }
             Err(e) if e.is_rejection() => {
@@ -195,7 +189,7 @@ impl Worker {
         let revision = commit.unwrap_or_default();
         let status = json!({"status": {
             "syncStatus": "OutOfSync", "pendingRevision": commit,
-            "lastError": {"revision": revision, "messages": messages, "time": now()}}});
+            "lastError": {"revision": revision, "messages": messages, "time": kinds::now()}}});
         self.patch_status(status).await;
     }
 

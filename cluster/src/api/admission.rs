@@ -8,13 +8,6 @@ use serde_json::{json, Map, Value};
 use super::error::{ApiError, Cause};
 use super::registry::ResourceInfo;
 
-/// Current time as RFC 3339 in UTC, to the second (the Kubernetes `Time` format).
-pub fn now() -> String {
-    k8s_openapi::jiff::Timestamp::now()
-        .strftime("%Y-%m-%dT%H:%M:%SZ")
-        .to_string()
-}
-
 fn invalid(res: &ResourceInfo, name: &str, field: &str, message: impl Into<String>) -> ApiError {
     ApiError::Invalid {
         kind: res.kind.to_string(),
@@ -158,7 +151,7 @@ pub fn admit_create(
     valid_name(&name, res.kind == "Namespace").map_err(|m| invalid(res, &name, "metadata.name", m))?;
     meta.insert("name".into(), json!(name));
     meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
-    meta.insert("creationTimestamp".into(), json!(now()));
+    meta.insert("creationTimestamp".into(), json!(crate::kinds::now()));
     for server_owned in [
         "resourceVersion",
         "deletionTimestamp",

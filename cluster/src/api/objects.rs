@@ -496,7 +496,7 @@ async fn bind(state: &AppState, target: &Target, binding: &Value) -> Result<(), 
     if let Some(conds) = pod.pointer_mut("/status/conditions").and_then(Value::as_array_mut) {
         conds.retain(|c| c.get("type").and_then(Value::as_str) != Some("PodScheduled"));
     }
-    let scheduled = json!({"type": "PodScheduled", "status": "True", "lastTransitionTime": admission::now()});
+    let scheduled = json!({"type": "PodScheduled", "status": "True", "lastTransitionTime": crate::kinds::now()});
     match pod.pointer_mut("/status/conditions").and_then(Value::as_array_mut) {
         Some(conds) => conds.push(scheduled),
         None => pod["status"]["conditions"] = json!([scheduled]),

@@ -86,11 +86,7 @@ async fn reconcile(deploy: Arc<Deployment>, client: Arc<kube::Client>) -> Result
     let rs_api: Api<ReplicaSet> = Api::namespaced((*client).clone(), &ns);
 
     let selector = spec.selector.match_labels.clone().unwrap_or_default();
-    let selector_str = selector
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",");
+    let selector_str = super::selector_string(&selector);
     let mut owned: Vec<ReplicaSet> = rs_api
         .list(&ListParams::default().labels(&selector_str))
         .await?

@@ -53,6 +53,15 @@ pub(crate) async fn stopped(mut rx: watch::Receiver<bool>) {
     }
 }
 
+/// `k=v,k2=v2` for a `matchLabels` map, as a list's labelSelector parameter.
+pub(crate) fn selector_string(labels: &std::collections::BTreeMap<String, String>) -> String {
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// Whether `obj`'s controller owner reference points at uid `owner`.
 pub(crate) fn controlled_by(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta, owner: &str) -> bool {
     meta.owner_references

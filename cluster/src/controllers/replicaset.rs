@@ -60,12 +60,7 @@ async fn reconcile(rs: Arc<ReplicaSet>, client: Arc<kube::Client>) -> Result<Act
         .ok_or_else(|| Error::Malformed(format!("replicaset {name} has no spec")))?;
     let want = spec.replicas.unwrap_or(1).max(0) as usize;
     let pods_api: Api<Pod> = Api::namespaced((*client).clone(), &ns);
-    let selector = spec.selector.match_labels.clone().unwrap_or_default();
-    let selector = selector
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",");
+    let selector = super::selector_string(&spec.selector.match_labels.clone().unwrap_or_default());
     let owned: Vec<Pod> = pods_api
         .list(&ListParams::default().labels(&selector))
         .await?

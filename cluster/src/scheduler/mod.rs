@@ -227,7 +227,7 @@ async fn schedule(pod: Arc<Pod>, client: Arc<kube::Client>) -> Result<Action, Er
             if !already {
                 tracing::info!(object = %format!("{ns}/{name}"), reason = %message, "pod is unschedulable");
                 let condition = json!({"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-                    "message": message, "lastTransitionTime": k8s_openapi::jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()});
+                    "message": message, "lastTransitionTime": crate::kinds::now()});
                 let mut conditions: Vec<serde_json::Value> = pod
                     .status
                     .as_ref()

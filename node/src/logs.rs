@@ -67,6 +67,13 @@ fn not_found(what: String) -> Response {
     (StatusCode::NOT_FOUND, what).into_response()
 }
 
+/// The log file of `container` in a pod directory. The name comes from the URL, so
+/// only a container name (a DNS label) may pick the file: nothing like `../x`.
+fn log_file(pod_dir: &std::path::Path, container: &str) -> Option<PathBuf> {
+    let is_name = !container.is_empty() && container.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+    is_name.then(|| pod_dir.join(format!("{container}.log")))
+}
+
 /// The last `n` lines of `text`.
 fn tail(text: &[u8], n: usize) -> &[u8] {
     let mut newlines = 0;
@@ -99,14 +106,17 @@ async fn container_logs(
     let Some(dir) = state.pods.get(&namespace, &pod) else {
         return not_found(format!("pod {namespace}/{pod} is not running on this node"));
     };
-    let path = dir.join(format!("{container}.log"));
+    let Some(path) = log_file(&dir, &container) else {
+        return not_found(format!("no container {container:?} in pod {namespace}/{pod}"));
+    };
     let content = match tokio::fs::read(&path).await {
         Ok(c) => c,
         Err(_) => return not_found(format!("container {container} of pod {namespace}/{pod} has no log yet")),
     };
+    let mut offset = content.len() as u64;
     let mut first = match params.tail_lines {
         Some(n) => tail(&content, n).to_vec(),
-        None => content.clone(),
+        None => content,
     };
     if let Some(limit) = params.limit_bytes {
         first.truncate(limit);
@@ -117,7 +127,6 @@ async fn container_logs(
     // Follow: send what is there, then whatever is appended, until the client goes.
     let (tx, rx) = mpsc::channel::<Bytes>(16);
     let mut shutdown = state.shutdown.clone();
-    let mut offset = content.len() as u64;
     tokio::spawn(async move {
         if tx.send(Bytes::from(first)).await.is_err() {
             return;
@@ -158,7 +167,16 @@ async fn container_logs(
 
 #[cfg(test)]
 mod tests {
-    use super::tail;
+    use super::{log_file, tail};
+
+    #[test]
+    fn only_container_names_pick_a_log_file() {
+        let dir = std::path::Path::new("/data/pods/u");
+        assert_eq!(log_file(dir, "web-1"), Some(dir.join("web-1.log")));
+        for bad in ["", "../x", "a/b", "..", "a.b"] {
+            assert_eq!(log_file(dir, bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn tail_counts_lines_from_the_end() {

@@ -15,7 +15,7 @@ use super::error::ApiError;
 use super::objects::{self, Params, Target};
 use super::selectors::{labels_of, FieldSelector, LabelSelector};
 use super::AppState;
-use crate::store::{EventKind, StoreError};
+use crate::store::EventKind;
 
 fn line(kind: &str, object: &Value) -> Bytes {
     let mut out = serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
@@ -98,10 +98,7 @@ pub async fn serve(state: AppState, target: Target, params: Params) -> Result<Re
             };
             let ev = match event {
                 None => return,
-                Some(Err(e @ StoreError::Expired { .. })) => {
-                    let _ = tx.send(line("ERROR", &ApiError::Store(e).status())).await;
-                    return;
-                }
+                // Expired becomes a 410 Status: the client relists.
                 Some(Err(e)) => {
                     let _ = tx.send(line("ERROR", &ApiError::Store(e).status())).await;
                     return;

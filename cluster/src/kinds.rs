@@ -2,6 +2,7 @@
 //! Kubernetes' kinds from k8s-openapi. Clients use them through kube-rs like any kind.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// The API group of Kairn's kinds.
@@ -34,8 +35,9 @@ fn application_kind() -> String {
 }
 
 /// A Git source the reconciler keeps the cluster in step with (cluster-scoped).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(rename = "dev.kairn.v1.Application")]
 pub struct Application {
     /// Always `kairn.dev/v1`.
     #[serde(default = "api_version")]
@@ -70,8 +72,9 @@ impl Application {
 }
 
 /// Where an Application's manifests live.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(rename = "dev.kairn.v1.ApplicationSpec")]
 pub struct ApplicationSpec {
     /// Repository: a local path or a URL.
     pub repo_url: String,
@@ -90,8 +93,9 @@ fn yes() -> bool {
 }
 
 /// The reconciler's view of an Application.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(rename = "dev.kairn.v1.ApplicationStatus")]
 pub struct ApplicationStatus {
     /// `Synced`, `OutOfSync`, `Failed` or `Unknown`.
     #[serde(default)]
@@ -114,8 +118,9 @@ pub struct ApplicationStatus {
 }
 
 /// How many objects a sync created, updated, pruned or left alone.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(rename = "dev.kairn.v1.PlanSummary")]
 pub struct PlanSummary {
     /// Objects created.
     pub created: u32,
@@ -128,8 +133,9 @@ pub struct PlanSummary {
 }
 
 /// A rejected commit and why.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(rename = "dev.kairn.v1.SyncError")]
 pub struct SyncError {
     /// Full SHA of the rejected commit.
     pub revision: String,

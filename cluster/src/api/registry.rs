@@ -8,7 +8,10 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 
+use schemars::SchemaGenerator;
+
 use super::error::Cause;
+use super::schema::schema_name_of;
 use crate::kinds::Application;
 use k8s_openapi::api::{apps::v1 as apps, coordination::v1 as coordination, core::v1 as core};
 
@@ -36,6 +39,8 @@ pub struct ResourceInfo {
     /// Type-checks and normalizes an object of this kind; also returns the paths of
     /// fields the type does not know (dropped from the normalized object).
     pub normalize: fn(Value) -> Result<(Value, Vec<String>), Cause>,
+    /// Registers the kind's schema with a generator and returns its definition name.
+    pub schema: fn(&mut SchemaGenerator) -> String,
 }
 
 impl ResourceInfo {
@@ -126,6 +131,7 @@ pub static RESOURCES: &[ResourceInfo] = &[
         subresources: &["status"],
         in_all: false,
         normalize: typed::<core::Namespace>,
+        schema: schema_name_of::<core::Namespace>,
     },
     ResourceInfo {
         group: "",
@@ -138,6 +144,7 @@ pub static RESOURCES: &[ResourceInfo] = &[
         subresources: &["status"],
         in_all: false,
         normalize: typed::<core::Node>,
+        schema: schema_name_of::<core::Node>,
     },
     ResourceInfo {
         group: "",
@@ -150,6 +157,7 @@ pub static RESOURCES: &[ResourceInfo] = &[
         subresources: &["status", "binding", "log"],
         in_all: true,
         normalize: typed::<core::Pod>,
+        schema: schema_name_of::<core::Pod>,
     },
     ResourceInfo {
         group: "",
@@ -162,6 +170,7 @@ pub static RESOURCES: &[ResourceInfo] = &[
         subresources: &[],
         in_all: false,
         normalize: typed::<core::ConfigMap>,
+        schema: schema_name_of::<core::ConfigMap>,
     },
     ResourceInfo {
         group: "",
@@ -174,6 +183,7 @@ pub static RESOURCES: &[ResourceInfo] = &[
         subresources: &[],
         in_all: false,
         normalize: typed::<core::Secret>,
+        schema: schema_name_of::<core::Secret>,
     },
     ResourceInfo {
         group: "",
@@ -186,6 +196,7 @@ pub static RESOURCES: &[ResourceInfo] = &[
         subresources: &[],
         in_all: false,
         normalize: typed::<core::Event>,
+        schema: schema_name_of::<core::Event>,
     },
     ResourceInfo {
         group: "apps",
@@ -198,6 +209,7 @@ pub static RESOURCES: &[ResourceInfo] = &[
         subresources: &["status", "scale"],
         in_all: true,
         normalize: typed::<apps::Deployment>,
+        schema: schema_name_of::<apps::Deployment>,
     },
     ResourceInfo {
         group: "apps",
@@ -210,6 +222,7 @@ pub static RESOURCES: &[ResourceInfo] = &[
         subresources: &["status", "scale"],
         in_all: true,
         normalize: typed::<apps::ReplicaSet>,
+        schema: schema_name_of::<apps::ReplicaSet>,
     },
     ResourceInfo {
         group: "coordination.k8s.io",
@@ -222,6 +235,7 @@ pub static RESOURCES: &[ResourceInfo] = &[
         subresources: &[],
         in_all: false,
         normalize: typed::<coordination::Lease>,
+        schema: schema_name_of::<coordination::Lease>,
     },
     ResourceInfo {
         group: crate::kinds::GROUP,
@@ -234,6 +248,7 @@ pub static RESOURCES: &[ResourceInfo] = &[
         subresources: &["status"],
         in_all: false,
         normalize: typed::<Application>,
+        schema: schema_name_of::<Application>,
     },
 ];
 

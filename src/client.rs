@@ -78,10 +78,14 @@ pub fn server_error(e: kube::Error) -> anyhow::Error {
     }
 }
 
-/// Writes a kubeconfig for `url` whose context is named `kairn`.
-pub fn write_kubeconfig(path: &Path, url: &str) -> anyhow::Result<()> {
+/// Writes a kubeconfig for `url` whose context is named `kairn`, authenticating with
+/// `token` (readable by its owner only: it holds a credential).
+pub fn write_kubeconfig(path: &Path, url: &str, token: &str) -> anyhow::Result<()> {
     let content = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: kairn\n  cluster:\n    server: {url}\ncontexts:\n- name: kairn\n  context:\n    cluster: kairn\n    user: kairn\n    namespace: default\ncurrent-context: kairn\nusers:\n- name: kairn\n  user: {{}}\n"
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: kairn\n  cluster:\n    server: {url}\ncontexts:\n- name: kairn\n  context:\n    cluster: kairn\n    user: kairn-admin\n    namespace: default\ncurrent-context: kairn\nusers:\n- name: kairn-admin\n  user:\n    token: {token}\n"
     );
-    std::fs::write(path, content).with_context(|| format!("writing {}", path.display()))
+    // Written aside and renamed, so a reader never sees half a file.
+    let tmp = path.with_extension("tmp");
+    kairn_cluster::api::auth::write_private(&tmp, &content).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
 }

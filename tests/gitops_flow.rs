@@ -57,6 +57,7 @@ spec:
     spec:
       containers:
         - name: c
+          image: busybox
           command: ["sleep", "300"]
 "#;
 

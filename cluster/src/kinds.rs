@@ -12,6 +12,9 @@ pub const VERSION: &str = "v1";
 /// `group/version` of Kairn's kinds.
 pub const API_VERSION: &str = "kairn.dev/v1";
 
+/// The namespace Applications live in unless said otherwise (as Argo CD's `argocd`).
+pub const APP_NAMESPACE: &str = "kairn-system";
+
 /// Label naming the Application that owns a GitOps-managed object.
 pub const APP_LABEL: &str = "app.kairn.dev/name";
 /// Annotation holding the full SHA of the commit an object was last applied from.
@@ -34,7 +37,7 @@ fn application_kind() -> String {
     "Application".to_string()
 }
 
-/// A Git source the reconciler keeps the cluster in step with (cluster-scoped).
+/// A Git source the reconciler keeps the cluster in step with (namespaced, as Argo CD's).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(rename = "dev.kairn.v1.Application")]
@@ -56,13 +59,14 @@ pub struct Application {
 }
 
 impl Application {
-    /// A new Application named `name`.
+    /// A new Application named `name` in [`APP_NAMESPACE`].
     pub fn new(name: &str, spec: ApplicationSpec) -> Self {
         Application {
             api_version: api_version(),
             kind: application_kind(),
             metadata: ObjectMeta {
                 name: Some(name.to_string()),
+                namespace: Some(APP_NAMESPACE.to_string()),
                 ..Default::default()
             },
             spec,
@@ -151,7 +155,7 @@ impl k8s_openapi::Resource for Application {
     const KIND: &'static str = "Application";
     const VERSION: &'static str = VERSION;
     const URL_PATH_SEGMENT: &'static str = "applications";
-    type Scope = k8s_openapi::ClusterResourceScope;
+    type Scope = k8s_openapi::NamespaceResourceScope;
 }
 
 impl k8s_openapi::ListableResource for Application {

@@ -3,11 +3,12 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::api::{self, ApiError};
+use crate::api::{self, ApiError, Authenticator};
 use crate::store::{Store, StoreConfig, StoreError};
 
 /// Why a member could not start or stop cleanly.
@@ -20,7 +21,7 @@ pub enum MemberError {
     #[error("store: {0}")]
     Store(#[from] StoreError),
     /// The initial namespaces could not be created.
-    #[error("creating the initial namespaces: {0}")]
+    #[error("creating the initial objects: {0}")]
     Bootstrap(#[from] ApiError),
     /// The API server failed.
     #[error("API server: {0}")]
@@ -34,14 +35,20 @@ pub enum MemberError {
 pub struct Member {
     store: Store,
     addr: SocketAddr,
+    auth: Arc<Authenticator>,
     stop: oneshot::Sender<()>,
     api: JoinHandle<std::io::Result<()>>,
 }
 
 impl Member {
-    /// Opens the store in `store_dir`, creates the initial namespaces and serves the API
-    /// on `api_addr` (port 0 picks a free port).
-    pub async fn start(store_dir: &Path, config: StoreConfig, api_addr: SocketAddr) -> Result<Member, MemberError> {
+    /// Opens the store in `store_dir`, creates the initial objects and serves the API on
+    /// `api_addr` (port 0 picks a free port) to the users `auth` knows.
+    pub async fn start(
+        store_dir: &Path,
+        config: StoreConfig,
+        api_addr: SocketAddr,
+        auth: Authenticator,
+    ) -> Result<Member, MemberError> {
         let listener = tokio::net::TcpListener::bind(api_addr)
             .await
             .map_err(|source| MemberError::Bind { addr: api_addr, source })?;
@@ -49,13 +56,39 @@ impl Member {
             .local_addr()
             .map_err(|source| MemberError::Bind { addr: api_addr, source })?;
         let store = Store::open(store_dir, config).await?;
-        api::bootstrap(&store).await?;
+        let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+        let state = api::AppState::new(store.clone(), shutdown_rx);
+        api::bootstrap(&state).await?;
+        api::publish_api_service(&state, addr).await?;
+        let auth = Arc::new(auth);
         let (stop, stopped) = oneshot::channel::<()>();
-        let api = tokio::spawn(api::serve(store.clone(), listener, async move {
+        let api = tokio::spawn(api::serve(state, listener, auth.clone(), async move {
             let _ = stopped.await;
+            // Ends open watches and the watch caches, so the graceful shutdown completes.
+            let _ = shutdown_tx.send(true);
         }));
         tracing::info!(api = %addr, raft = %store.raft_addr(), "store member serving");
-        Ok(Member { store, addr, stop, api })
+        Ok(Member {
+            store,
+            addr,
+            auth,
+            stop,
+            api,
+        })
+    }
+
+    /// A one-member cluster on loopback ports the OS picks, with the standard users and
+    /// `extra_users` (e.g. node identities): what tests and benchmarks start.
+    pub async fn start_local(store_dir: &Path, extra_users: &[&str]) -> Result<Member, MemberError> {
+        let config = StoreConfig {
+            node_id: 1,
+            raft_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            bootstrap: true,
+        };
+        let mut users: Vec<(&str, &[&str])> = api::auth::STANDARD_USERS.to_vec();
+        users.extend(extra_users.iter().map(|u| (*u, &[][..])));
+        let auth = Authenticator::with_users(&users);
+        Member::start(store_dir, config, SocketAddr::from(([127, 0, 0, 1], 0)), auth).await
     }
 
     /// The address the API server is bound to.
@@ -68,13 +101,29 @@ impl Member {
         format!("http://{}", self.addr)
     }
 
-    /// A kube-rs client of this member's API.
-    pub fn client(&self) -> Result<kube::Client, MemberError> {
+    /// A kube-rs client of this member's API acting as `user` (who must have a token).
+    pub fn client_as(&self, user: &str) -> Result<kube::Client, MemberError> {
         let uri = self
             .api_url()
             .parse()
             .map_err(|e| MemberError::Serve(format!("bad API URL: {e}")))?;
-        Ok(kube::Client::try_from(kube::Config::new(uri))?)
+        let token = self
+            .auth
+            .token_of(user)
+            .ok_or_else(|| MemberError::Serve(format!("no token for user {user}")))?;
+        let mut config = kube::Config::new(uri);
+        config.auth_info.token = Some(token.to_string().into());
+        Ok(kube::Client::try_from(config)?)
+    }
+
+    /// A kube-rs client of this member's API acting as the admin.
+    pub fn client(&self) -> Result<kube::Client, MemberError> {
+        self.client_as(api::auth::ADMIN)
+    }
+
+    /// The users the API server knows.
+    pub fn authenticator(&self) -> &Authenticator {
+        &self.auth
     }
 
     /// The store under the API (for members' own operations such as adding a member).

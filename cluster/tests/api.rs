@@ -8,7 +8,6 @@ use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
 use kairn_cluster::kinds::{Batch, BatchOperation, BatchResult, BatchVerb};
 use kairn_cluster::member::Member;
-use kairn_cluster::store::StoreConfig;
 use kube::api::{ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
 use kube::Api;
 use serde_json::json;
@@ -21,14 +20,7 @@ struct Server {
 
 async fn start() -> Server {
     let dir = tempfile::tempdir().unwrap();
-    let config = StoreConfig {
-        node_id: 1,
-        raft_addr: "127.0.0.1:0".parse().unwrap(),
-        bootstrap: true,
-    };
-    let member = Member::start(dir.path(), config, "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let member = Member::start_local(dir.path(), &[]).await.unwrap();
     Server {
         client: member.client().unwrap(),
         member: Some(member),
@@ -297,7 +289,7 @@ async fn batch_writes_all_or_nothing() {
 
 fn pod(name: &str, cpu: &str) -> Pod {
     serde_json::from_value(json!({"metadata": {"name": name}, "spec": {"containers": [
-        {"name": "c", "command": ["true"], "resources": {"requests": {"cpu": cpu}}}]}}))
+        {"name": "c", "image": "busybox", "command": ["true"], "resources": {"requests": {"cpu": cpu}}}]}}))
     .unwrap()
 }
 

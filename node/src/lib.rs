@@ -108,6 +108,35 @@ async fn heartbeats(client: kube::Client, node: String, mut shutdown: watch::Rec
     }
 }
 
+/// Ends a graceful deletion: stops the pod's containers (if they run here), then deletes
+/// the pod for good (grace period 0, only this very pod by its uid).
+async fn finish_deletion(client: kube::Client, pod: Pod, worker: Option<PodWorker>, dir: PathBuf) {
+    if let Some(w) = worker {
+        w.stop().await;
+    }
+    let _ = tokio::fs::remove_dir_all(&dir).await;
+    let (Some(ns), Some(uid)) = (pod.namespace(), pod.uid()) else {
+        return;
+    };
+    let api: Api<Pod> = Api::namespaced(client, &ns);
+    let params = kube::api::DeleteParams {
+        grace_period_seconds: Some(0),
+        preconditions: Some(kube::api::Preconditions {
+            uid: Some(uid),
+            resource_version: None,
+        }),
+        ..Default::default()
+    };
+    match api.delete(&pod.name_any(), &params).await {
+        Ok(_) => {}
+        // Already gone, or replaced by a new pod of the same name.
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+        Err(e) => {
+            tracing::warn!(object = %format!("{ns}/{}", pod.name_any()), error = %e, "could not finish deleting the pod")
+        }
+    }
+}
+
 /// Follows the pods bound to this node: a worker per pod, stopped when the pod goes.
 async fn run_pods<R: Runtime>(
     client: kube::Client,
@@ -123,6 +152,8 @@ async fn run_pods<R: Runtime>(
     let mut workers: HashMap<String, (String, String, PodWorker)> = HashMap::new();
     // Pods seen during a relist; workers for pods missing from it are stopped after it.
     let mut relisted: Option<HashSet<String>> = None;
+    // Pods whose graceful deletion this agent is finishing.
+    let mut terminating: HashSet<String> = HashSet::new();
     loop {
         let event = tokio::select! {
             e = events.next() => e,
@@ -135,6 +166,20 @@ async fn run_pods<R: Runtime>(
                 let Some(uid) = pod.uid() else { continue };
                 if let Some(seen) = relisted.as_mut() {
                     seen.insert(uid.clone());
+                }
+                if pod.metadata.deletion_timestamp.is_some() {
+                    if !terminating.insert(uid.clone()) {
+                        continue;
+                    }
+                    // Deleted gracefully: stop the containers, then let the pod go.
+                    let worker = workers.remove(&uid);
+                    if let Some((ns, name, _)) = &worker {
+                        pod_dirs.remove(ns, name);
+                        tracing::info!(object = %format!("{ns}/{name}"), "stopping terminating pod");
+                    }
+                    let dir = config.data_dir.join("pods").join(&uid);
+                    tokio::spawn(finish_deletion(client.clone(), pod, worker.map(|(_, _, w)| w), dir));
+                    continue;
                 }
                 let phase = pod
                     .status
@@ -163,6 +208,9 @@ async fn run_pods<R: Runtime>(
                 }
             }
             Ok(watcher::Event::Delete(pod)) => {
+                if let Some(uid) = pod.uid() {
+                    terminating.remove(&uid);
+                }
                 if let Some((ns, name, w)) = pod.uid().and_then(|uid| workers.remove(&uid)) {
                     pod_dirs.remove(&ns, &name);
                     tracing::info!(object = %format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any()), "stopping deleted pod");

@@ -210,6 +210,10 @@ pub fn desired_objects(
                 target[k] = v.clone();
             }
         }
+        if api_version == "v1" && kind == "Secret" {
+            // The server keeps `stringData` as `data`: compare what it will keep.
+            kairn_cluster::api::resources::core::fold_string_data(&mut obj);
+        }
         if let Some(first) = seen.insert(identity(&obj), source.clone()) {
             errors.push(ManifestError {
                 source_path: source,

@@ -39,7 +39,7 @@ pub async fn run(client: kube::Client, shutdown: watch::Receiver<bool>) {
         let app = match event {
             Ok(watcher::Event::Apply(app) | watcher::Event::InitApply(app)) => app,
             Ok(watcher::Event::Delete(app)) => {
-                if let Some((_, handle)) = app.metadata.name.as_ref().and_then(|n| workers.remove(n)) {
+                if let Some((_, handle)) = workers.remove(&app_key(&app)) {
                     handle.abort();
                 }
                 continue;
@@ -51,9 +51,10 @@ pub async fn run(client: kube::Client, shutdown: watch::Receiver<bool>) {
                 continue;
             }
         };
-        let Some(name) = app.metadata.name.clone() else {
+        if app.metadata.name.is_none() {
             continue;
-        };
+        }
+        let name = app_key(&app);
         if workers
             .get(&name)
             .is_some_and(|(spec, handle)| *spec == app.spec && !handle.is_finished())
@@ -72,6 +73,15 @@ pub async fn run(client: kube::Client, shutdown: watch::Receiver<bool>) {
     }
 }
 
+/// `namespace/name` of an Application: workers are keyed by it.
+fn app_key(app: &Application) -> String {
+    format!(
+        "{}/{}",
+        app.metadata.namespace.as_deref().unwrap_or_default(),
+        app.metadata.name.as_deref().unwrap_or_default()
+    )
+}
+
 /// Follows one Application's branch until shutdown.
 async fn follow(client: kube::Client, app: Application, mut shutdown: watch::Receiver<bool>) {
     let name = app.metadata.name.clone().unwrap_or_default();
@@ -88,8 +98,13 @@ async fn follow(client: kube::Client, app: Application, mut shutdown: watch::Rec
             None
         }
     };
+    let namespace = app
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| kairn_cluster::kinds::APP_NAMESPACE.to_string());
     let mut worker = Worker {
-        api: Api::all(client.clone()),
+        api: Api::namespaced(client.clone(), &namespace),
         client,
         good: app.status.as_ref().and_then(|s| s.synced_revision.clone()),
         app,

@@ -9,7 +9,6 @@
 use std::path::{Path, PathBuf};
 
 use kairn_cluster::member::Member;
-use kairn_cluster::store::StoreConfig;
 use kairn_reconciler::manifest::{self, Manifest};
 use kairn_reconciler::plan::{self, Action, Catalog};
 use kairn_reconciler::{apply, source::SourceFile};
@@ -22,6 +21,14 @@ const INVALID: &[(&str, &str)] = &[
         "kubernetes-examples/_archived/storage/vitess/vttablet-pod-template.yaml#0",
         "metadata.name",
     ), // `{{uid}}` template
+    (
+        "kubernetes-examples/_archived/volumes/aws_ebs/aws-ebs-web.yaml#0",
+        "spec.containers[0].ports[0].protocol",
+    ), // `tcp`: protocols are upper case
+    (
+        "kubernetes-examples/_archived/volumes/cinder/cinder-web.yaml#0",
+        "spec.containers[0].ports[0].protocol",
+    ), // `tcp`
     (
         "kubernetes-examples/_archived/volumes/fibre_channel/fc.yaml#0",
         "spec.volumes[0].fc.lun",
@@ -88,14 +95,7 @@ async fn real_world_manifests_apply_cleanly_or_are_refused_by_name() {
     assert!(files.len() >= 200, "only {} corpus files found", files.len());
 
     let dir = tempfile::tempdir().unwrap();
-    let config = StoreConfig {
-        node_id: 1,
-        raft_addr: "127.0.0.1:0".parse().unwrap(),
-        bootstrap: true,
-    };
-    let member = Member::start(dir.path(), config, "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let member = Member::start_local(dir.path(), &[]).await.unwrap();
     let client = member.client().unwrap();
     let catalog = Catalog::discover(&client).await.unwrap();
 

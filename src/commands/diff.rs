@@ -40,7 +40,7 @@ fn paint(line: &str, color: bool) -> String {
 /// Runs `kairn diff`.
 pub async fn run(args: DiffArgs) -> anyhow::Result<ExitCode> {
     let client = args.client.connect().await?;
-    let apps = super::applications(&client, args.app.as_deref()).await?;
+    let apps = super::applications(&client, args.client.namespace.as_deref(), args.app.as_deref()).await?;
     let color = args.client.color();
     let mut differences = false;
     let mut failed = false;

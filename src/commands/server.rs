@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use kairn_cluster::api::auth;
 use kairn_cluster::member::Member;
 use kairn_cluster::store::StoreConfig;
 use tokio::sync::watch;
@@ -28,6 +29,11 @@ pub struct ControlPlaneArgs {
     /// This member's Raft id.
     #[arg(long, default_value_t = 1)]
     pub node_id: u64,
+    /// Static bearer tokens, one `token,user,uid,"groups"` line each, as kube-apiserver's
+    /// `--token-auth-file` (default `<data-dir>/tokens.csv`, created with the admin's and
+    /// the components' tokens).
+    #[arg(long)]
+    pub token_auth_file: Option<PathBuf>,
 }
 
 /// `kairn server` flags.
@@ -43,34 +49,60 @@ pub struct ControlPlane {
     pub api_url: String,
     /// Path of the kubeconfig written for it.
     pub kubeconfig: PathBuf,
-    /// A client of the API server.
+    /// A client of the API server, as the admin.
     pub client: kube::Client,
-    member: Member,
+    /// The store member and its API server.
+    pub member: Member,
     components: Vec<JoinHandle<()>>,
 }
 
 /// Starts the store, the API server and the controllers; they stop when `shutdown` fires.
-pub async fn start(args: &ControlPlaneArgs, shutdown: watch::Receiver<bool>) -> anyhow::Result<ControlPlane> {
+/// `extra_users` get tokens beside the standard ones (a node agent in the same process).
+pub async fn start(
+    args: &ControlPlaneArgs,
+    extra_users: &[String],
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<ControlPlane> {
     std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
     let data_dir = args.data_dir.canonicalize().context("resolving the data directory")?;
+    let token_file = args
+        .token_auth_file
+        .clone()
+        .unwrap_or_else(|| data_dir.join("tokens.csv"));
+    let mut users: Vec<(&str, &[&str])> = auth::STANDARD_USERS.to_vec();
+    users.extend(extra_users.iter().map(|u| (u.as_str(), &["system:nodes"][..])));
+    let authenticator = auth::ensure_token_file(&token_file, &users)?;
     let store_config = StoreConfig {
         node_id: args.node_id,
         raft_addr: args.raft_addr,
         bootstrap: true,
     };
-    let member = Member::start(&data_dir.join("store"), store_config, args.api_addr).await?;
+    let member = Member::start(&data_dir.join("store"), store_config, args.api_addr, authenticator).await?;
     let api_url = member.api_url();
     std::fs::write(data_dir.join("api-addr"), member.api_addr().to_string()).context("writing api-addr")?;
     let kubeconfig = data_dir.join("kubeconfig");
-    client::write_kubeconfig(&kubeconfig, &api_url)?;
+    let admin_token = member
+        .authenticator()
+        .token_of(auth::ADMIN)
+        .context("the token file has no admin token")?;
+    client::write_kubeconfig(&kubeconfig, &api_url, admin_token)?;
     eprintln!("kairn: API listening on {api_url}");
     tracing::info!(api = %api_url, data_dir = %data_dir.display(), "control plane started");
 
     let client = member.client()?;
     let components = vec![
-        tokio::spawn(kairn_cluster::scheduler::run(client.clone(), shutdown.clone())),
-        tokio::spawn(kairn_cluster::controllers::run(client.clone(), shutdown.clone())),
-        tokio::spawn(kairn_reconciler::run(client.clone(), shutdown.clone())),
+        tokio::spawn(kairn_cluster::scheduler::run(
+            member.client_as(auth::SCHEDULER)?,
+            shutdown.clone(),
+        )),
+        tokio::spawn(kairn_cluster::controllers::run(
+            member.client_as(auth::CONTROLLER_MANAGER)?,
+            shutdown.clone(),
+        )),
+        tokio::spawn(kairn_reconciler::run(
+            member.client_as(auth::RECONCILER)?,
+            shutdown.clone(),
+        )),
     ];
     Ok(ControlPlane {
         api_url,
@@ -95,7 +127,7 @@ impl ControlPlane {
 /// Runs `kairn server` until a signal.
 pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
     let stop = shutdown::on_signal();
-    let cp = start(&args.control_plane, stop.clone()).await?;
+    let cp = start(&args.control_plane, &[], stop.clone()).await?;
     println!("API: {}\nkubeconfig: {}", cp.api_url, cp.kubeconfig.display());
     shutdown::wait(stop).await;
     cp.stop().await?;

@@ -21,7 +21,7 @@ fn short(sha: Option<&str>) -> String {
 /// Runs `kairn status`.
 pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let client = args.client.connect().await?;
-    let mut apps = super::applications(&client, args.app.as_deref()).await?;
+    let mut apps = super::applications(&client, args.client.namespace.as_deref(), args.app.as_deref()).await?;
     apps.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     match args.client.output {
         Output::Yaml => print!("{}", kairn_reconciler::manifest::to_yaml(&serde_json::to_value(&apps)?)),

@@ -62,7 +62,7 @@ fn app_name(repo: &Path) -> String {
 
 /// Creates the Application, or points an existing one at this source.
 async fn ensure_application(client: &kube::Client, name: &str, spec: ApplicationSpec) -> anyhow::Result<()> {
-    let apps: Api<Application> = Api::all(client.clone());
+    let apps: Api<Application> = Api::namespaced(client.clone(), kairn_cluster::kinds::APP_NAMESPACE);
     match apps
         .create(&PostParams::default(), &Application::new(name, spec.clone()))
         .await
@@ -81,7 +81,9 @@ async fn ensure_application(client: &kube::Client, name: &str, spec: Application
 /// Runs everything until a signal.
 pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let stop = shutdown::on_signal();
-    let cp = server::start(&args.control_plane, stop.clone()).await?;
+    let node_name = args.node_name.clone().unwrap_or_else(hostname);
+    let node_user = kairn_cluster::api::auth::node_user(&node_name);
+    let cp = server::start(&args.control_plane, std::slice::from_ref(&node_user), stop.clone()).await?;
     let data_dir = args
         .control_plane
         .data_dir
@@ -123,13 +125,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     ensure_application(&cp.client, &app, spec).await?;
 
     let agent_config = AgentConfig {
-        node_name: args.node_name.clone().unwrap_or_else(hostname),
+        node_name,
         node_ip: "127.0.0.1".into(),
         data_dir: data_dir.clone(),
         log_addr: args.log_addr,
     };
     let agent = tokio::spawn(kairn_node::run(
-        cp.client.clone(),
+        cp.member.client_as(&node_user)?,
         agent_config,
         ProcessRuntime,
         stop.clone(),

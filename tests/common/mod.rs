@@ -97,6 +97,7 @@ impl Kairn {
     pub async fn up(data_dir: &Path, repo: &Path) -> Kairn {
         std::fs::create_dir_all(data_dir).unwrap();
         let _ = std::fs::remove_file(data_dir.join("api-addr"));
+        let _ = std::fs::remove_file(data_dir.join("kubeconfig"));
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -119,14 +120,17 @@ impl Kairn {
             .stderr(log)
             .spawn()
             .expect("kairn starts");
-        let addr_file = data_dir.join("api-addr");
-        let addr = wait_for("the API address file", Duration::from_secs(60), || {
-            let f = addr_file.clone();
-            async move { std::fs::read_to_string(f).ok().filter(|s| !s.is_empty()) }
+        // The kubeconfig (with the admin's token) is written once the API serves.
+        let kubeconfig_file = data_dir.join("kubeconfig");
+        let kubeconfig = wait_for("the kubeconfig", Duration::from_secs(60), || {
+            let f = kubeconfig_file.clone();
+            async move { kube::config::Kubeconfig::read_from(f).ok() }
         })
         .await;
-        let url = format!("http://{addr}");
-        let client = kube::Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap();
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+            .await
+            .unwrap();
+        let client = kube::Client::try_from(config).unwrap();
         Kairn {
             child: Some(child),
             data_dir: data_dir.to_path_buf(),

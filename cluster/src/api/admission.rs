@@ -7,15 +7,13 @@ use serde_json::{json, Map, Value};
 
 use super::error::{ApiError, Cause};
 use super::registry::ResourceInfo;
+use super::validation::{self, Errors};
 
 fn invalid(res: &ResourceInfo, name: &str, field: &str, message: impl Into<String>) -> ApiError {
     ApiError::Invalid {
-        kind: res.kind.to_string(),
+        kind: res.qualified_kind(),
         name: name.to_string(),
-        causes: vec![Cause {
-            field: field.to_string(),
-            message: message.into(),
-        }],
+        causes: vec![Cause::invalid(field, message)],
     }
 }
 
@@ -49,28 +47,6 @@ fn meta_mut(obj: &mut Value) -> &mut Map<String, Value> {
     obj["metadata"]
         .as_object_mut()
         .expect("metadata was just made an object")
-}
-
-/// Whether `name` is a valid DNS-1123 subdomain (or label, when `label` is set).
-fn valid_name(name: &str, label: bool) -> Result<(), String> {
-    let max = if label { 63 } else { 253 };
-    if name.is_empty() || name.len() > max {
-        return Err(format!("must be 1 to {max} characters"));
-    }
-    let ok_chars = name
-        .chars()
-        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || (c == '.' && !label));
-    let ok_ends = name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && name.chars().last().is_some_and(|c| c.is_ascii_alphanumeric());
-    if ok_chars && ok_ends {
-        Ok(())
-    } else {
-        Err(format!(
-            "a lowercase RFC 1123 {} must consist of lower case alphanumeric characters, '-'{}, and must start and end with an alphanumeric character",
-            if label { "label" } else { "subdomain" },
-            if label { "" } else { " or '.'" }
-        ))
-    }
 }
 
 fn random_suffix() -> String {
@@ -109,6 +85,15 @@ fn check_type(res: &ResourceInfo, obj: &mut Value) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// An admitted object, and the warnings to send with the response.
+#[derive(Debug, Clone)]
+pub struct Admitted {
+    /// The object as it will be stored.
+    pub object: Value,
+    /// `Warning` headers, e.g. `unknown field "spec.replicsa"`.
+    pub warnings: Vec<String>,
+}
+
 /// Admits a new object: names it, stamps server-owned metadata, defaults and validates.
 /// `path_ns` is the namespace of the URL (or the batch's namespace for the object).
 pub fn admit_create(
@@ -116,7 +101,7 @@ pub fn admit_create(
     path_ns: Option<&str>,
     mut obj: Value,
     fields: FieldValidation,
-) -> Result<Value, ApiError> {
+) -> Result<Admitted, ApiError> {
     check_type(res, &mut obj)?;
     let meta = meta_mut(&mut obj);
     if res.namespaced {
@@ -143,12 +128,18 @@ pub fn admit_create(
     let name = if name.is_empty() {
         match meta.get("generateName").and_then(Value::as_str) {
             Some(prefix) if !prefix.is_empty() => format!("{prefix}{}", random_suffix()),
-            _ => return Err(invalid(res, "", "metadata.name", "name or generateName is required")),
+            _ => {
+                return Err(invalid(
+                    res,
+                    "",
+                    "metadata.name",
+                    "Required value: name or generateName is required",
+                ))
+            }
         }
     } else {
         name
     };
-    valid_name(&name, res.kind == "Namespace").map_err(|m| invalid(res, &name, "metadata.name", m))?;
     meta.insert("name".into(), json!(name));
     meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
     meta.insert("creationTimestamp".into(), json!(crate::kinds::now()));
@@ -156,7 +147,6 @@ pub fn admit_create(
         "resourceVersion",
         "deletionTimestamp",
         "deletionGracePeriodSeconds",
-        "managedFields",
         "selfLink",
     ] {
         meta.remove(server_owned);
@@ -164,8 +154,9 @@ pub fn admit_create(
     if obj.get("spec").is_some() {
         meta_mut(&mut obj).insert("generation".into(), json!(1));
     }
-    apply_defaults(res, &mut obj, true);
-    finish(res, &name, obj, fields)
+    (res.defaults)(&mut obj);
+    (res.prepare_create)(&mut obj);
+    finish(res, &name, obj, None, fields)
 }
 
 /// Admits a replacement of `existing` by `new` through the main endpoint: server-owned
@@ -175,7 +166,7 @@ pub fn admit_update(
     existing: &Value,
     mut new: Value,
     fields: FieldValidation,
-) -> Result<Value, ApiError> {
+) -> Result<Admitted, ApiError> {
     check_type(res, &mut new)?;
     let (name, ns) = object_name(existing);
     let (new_name, new_ns) = object_name(&new);
@@ -184,11 +175,16 @@ pub fn admit_update(
             res,
             &name,
             "metadata.name",
-            format!("field is immutable (was {name}, got {new_name})"),
+            format!("Invalid value: {new_name:?}: field is immutable"),
         ));
     }
     if res.namespaced && new_ns.is_some() && new_ns != ns {
-        return Err(invalid(res, &name, "metadata.namespace", "field is immutable"));
+        return Err(invalid(
+            res,
+            &name,
+            "metadata.namespace",
+            "Invalid value: field is immutable",
+        ));
     }
     check_precondition(res, existing, &new)?;
     let old_meta = existing.get("metadata").cloned().unwrap_or_default();
@@ -197,7 +193,13 @@ pub fn admit_update(
     if let Some(ns) = &ns {
         meta.insert("namespace".into(), json!(ns));
     }
-    for kept in ["uid", "creationTimestamp", "generation", "deletionTimestamp"] {
+    for kept in [
+        "uid",
+        "creationTimestamp",
+        "generation",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+    ] {
         match old_meta.get(kept) {
             Some(v) => meta.insert(kept.into(), v.clone()),
             None => meta.remove(kept),
@@ -214,7 +216,8 @@ pub fn admit_update(
             }
         }
     }
-    apply_defaults(res, &mut new, false);
+    (res.prepare_update)(&mut new, existing);
+    (res.defaults)(&mut new);
     if new.get("spec") != existing.get("spec") && new.get("spec").is_some() {
         let generation = existing
             .pointer("/metadata/generation")
@@ -223,11 +226,11 @@ pub fn admit_update(
             + 1;
         meta_mut(&mut new).insert("generation".into(), json!(generation));
     }
-    finish(res, &name, new, fields)
+    finish(res, &name, new, Some(existing), fields)
 }
 
 /// Admits a write to the `status` subresource: only `.status` changes.
-pub fn admit_status(res: &ResourceInfo, existing: &Value, new: &Value) -> Result<Value, ApiError> {
+pub fn admit_status(res: &ResourceInfo, existing: &Value, new: &Value) -> Result<Admitted, ApiError> {
     check_precondition(res, existing, new)?;
     let (name, _) = object_name(existing);
     let mut out = existing.clone();
@@ -241,7 +244,23 @@ pub fn admit_status(res: &ResourceInfo, existing: &Value, new: &Value) -> Result
     }
     meta_mut(&mut out).remove("resourceVersion");
     // Status is written by components through typed clients: unknown fields are dropped.
-    finish(res, &name, out, FieldValidation::Ignore)
+    finish(res, &name, out, Some(existing), FieldValidation::Ignore)
+}
+
+/// Admits a write to a Namespace's `finalize` subresource: only `spec.finalizers` changes.
+pub fn admit_finalize(res: &ResourceInfo, existing: &Value, new: &Value) -> Result<Admitted, ApiError> {
+    check_precondition(res, existing, new)?;
+    let (name, _) = object_name(existing);
+    let mut out = existing.clone();
+    let finalizers = new.pointer("/spec/finalizers").cloned().unwrap_or_else(|| json!([]));
+    match out.get_mut("spec").and_then(Value::as_object_mut) {
+        Some(spec) => {
+            spec.insert("finalizers".into(), finalizers);
+        }
+        None => out["spec"] = json!({"finalizers": finalizers}),
+    }
+    meta_mut(&mut out).remove("resourceVersion");
+    finish(res, &name, out, Some(existing), FieldValidation::Ignore)
 }
 
 /// 409 if `new` names a resourceVersion other than the live one.
@@ -249,7 +268,7 @@ pub fn check_precondition(res: &ResourceInfo, existing: &Value, new: &Value) -> 
     if let Some(want) = resource_version(new) {
         if resource_version(existing).as_deref() != Some(want.as_str()) {
             let (name, _) = object_name(existing);
-            return Err(ApiError::modified(res.plural, name));
+            return Err(ApiError::modified(res.qualified_plural(), name));
         }
     }
     Ok(())
@@ -258,169 +277,66 @@ pub fn check_precondition(res: &ResourceInfo, existing: &Value, new: &Value) -> 
 /// What to do with fields an object's type does not know (`?fieldValidation=`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FieldValidation {
-    /// Reject the object, naming the field (kubectl's default, and the batch write's).
+    /// Reject the object, naming the field (kubectl's default).
     Strict,
+    /// Drop them and say so in a `Warning` header (the server's default).
+    Warn,
     /// Drop them silently.
     Ignore,
 }
 
 impl FieldValidation {
-    /// From the `fieldValidation` query parameter (Kubernetes' `Warn` drops, like Ignore).
-    pub fn from_param(param: Option<&str>) -> Self {
+    /// From the `fieldValidation` query parameter; Kubernetes defaults to `Warn`.
+    pub fn from_param(param: Option<&str>) -> Result<Self, ApiError> {
         match param {
-            Some("Strict") => FieldValidation::Strict,
-            _ => FieldValidation::Ignore,
+            Some("Strict") => Ok(FieldValidation::Strict),
+            Some("Warn") | None | Some("") => Ok(FieldValidation::Warn),
+            Some("Ignore") => Ok(FieldValidation::Ignore),
+            Some(other) => Err(ApiError::BadRequest(format!(
+                "fieldValidation parameter unsupported: {other}"
+            ))),
         }
     }
 }
 
-/// Type-checks, normalizes and validates semantics.
-fn finish(res: &ResourceInfo, name: &str, obj: Value, fields: FieldValidation) -> Result<Value, ApiError> {
+/// Type-checks, normalizes and validates semantics (against `old` for an update).
+fn finish(
+    res: &ResourceInfo,
+    name: &str,
+    obj: Value,
+    old: Option<&Value>,
+    fields: FieldValidation,
+) -> Result<Admitted, ApiError> {
     let invalid = |causes| ApiError::Invalid {
-        kind: res.kind.to_string(),
+        kind: res.qualified_kind(),
         name: name.to_string(),
         causes,
     };
     let (obj, unknown) = (res.normalize)(obj).map_err(|c| invalid(vec![c]))?;
-    if fields == FieldValidation::Strict && !unknown.is_empty() {
-        let causes = unknown
-            .into_iter()
-            .map(|field| Cause {
-                field,
-                message: "unknown field".into(),
+    let warnings = match fields {
+        FieldValidation::Strict if !unknown.is_empty() => {
+            return Err(ApiError::StrictDecoding {
+                kind: res.kind.to_string(),
+                version: res.version.to_string(),
+                name: name.to_string(),
+                fields: unknown,
             })
-            .collect();
-        return Err(invalid(causes));
-    }
-    validate(res, name, &obj)?;
-    Ok(obj)
-}
-
-fn set_default(obj: &mut Value, pointer: &str, value: Value) {
-    if obj.pointer(pointer).is_some() {
-        return;
-    }
-    let mut cur = obj;
-    let parts: Vec<&str> = pointer.trim_start_matches('/').split('/').collect();
-    for (i, part) in parts.iter().enumerate() {
-        if !cur.is_object() {
-            return;
         }
-        if i + 1 == parts.len() {
-            cur[*part] = value;
-            return;
-        }
-        if cur.get(*part).is_none() {
-            cur[*part] = json!({});
-        }
-        cur = &mut cur[*part];
-    }
-}
-
-fn default_pod_spec(obj: &mut Value, base: &str) {
-    if obj.pointer(base).is_none() {
-        return;
-    }
-    set_default(obj, &format!("{base}/restartPolicy"), json!("Always"));
-    set_default(obj, &format!("{base}/terminationGracePeriodSeconds"), json!(30));
-    set_default(obj, &format!("{base}/schedulerName"), json!("default-scheduler"));
-    set_default(obj, &format!("{base}/dnsPolicy"), json!("ClusterFirst"));
-}
-
-/// The defaults Kubernetes applies that Kairn's components rely on.
-fn apply_defaults(res: &ResourceInfo, obj: &mut Value, creating: bool) {
-    match res.kind {
-        "Pod" => {
-            default_pod_spec(obj, "/spec");
-            if creating {
-                set_default(obj, "/status/phase", json!("Pending"));
-            }
-        }
-        "Deployment" => {
-            set_default(obj, "/spec/replicas", json!(1));
-            set_default(obj, "/spec/revisionHistoryLimit", json!(10));
-            set_default(obj, "/spec/progressDeadlineSeconds", json!(600));
-            set_default(
-                obj,
-                "/spec/strategy",
-                json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}}),
-            );
-            default_pod_spec(obj, "/spec/template/spec");
-        }
-        "ReplicaSet" => {
-            set_default(obj, "/spec/replicas", json!(1));
-            default_pod_spec(obj, "/spec/template/spec");
-        }
-        "Namespace" if creating => set_default(obj, "/status/phase", json!("Active")),
-        _ => {}
-    }
-}
-
-/// Semantic checks beyond types, for the kinds whose controllers depend on them.
-fn validate(res: &ResourceInfo, name: &str, obj: &Value) -> Result<(), ApiError> {
-    let check_pod_spec = |base: &str| -> Result<(), ApiError> {
-        let containers = obj.pointer(&format!("{base}/containers")).and_then(Value::as_array);
-        let containers = containers.filter(|c| !c.is_empty()).ok_or_else(|| {
-            invalid(
-                res,
-                name,
-                &format!("{}.containers", base.trim_start_matches('/').replace('/', ".")),
-                "Required value",
-            )
-        })?;
-        let mut seen = std::collections::HashSet::new();
-        for (i, c) in containers.iter().enumerate() {
-            let cname = c.get("name").and_then(Value::as_str).unwrap_or_default();
-            let field = format!(
-                "{}.containers[{i}].name",
-                base.trim_start_matches('/').replace('/', ".")
-            );
-            valid_name(cname, true).map_err(|m| invalid(res, name, &field, m))?;
-            if !seen.insert(cname) {
-                return Err(invalid(res, name, &field, format!("Duplicate value: \"{cname}\"")));
-            }
-        }
-        Ok(())
+        FieldValidation::Warn => unknown.iter().map(|f| format!("unknown field {f:?}")).collect(),
+        _ => Vec::new(),
     };
-    match res.kind {
-        "Pod" => check_pod_spec("/spec")?,
-        "Deployment" | "ReplicaSet" => {
-            if obj
-                .pointer("/spec/replicas")
-                .and_then(Value::as_i64)
-                .is_some_and(|r| r < 0)
-            {
-                return Err(invalid(
-                    res,
-                    name,
-                    "spec.replicas",
-                    "must be greater than or equal to 0",
-                ));
-            }
-            let selector = obj.pointer("/spec/selector/matchLabels").and_then(Value::as_object);
-            let selector = selector.filter(|s| !s.is_empty()).ok_or_else(|| {
-                invalid(
-                    res,
-                    name,
-                    "spec.selector",
-                    "Required value: matchLabels must not be empty",
-                )
-            })?;
-            let labels = obj.pointer("/spec/template/metadata/labels").and_then(Value::as_object);
-            let matches = selector.iter().all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v));
-            if !matches {
-                return Err(invalid(
-                    res,
-                    name,
-                    "spec.template.metadata.labels",
-                    "Invalid value: `selector` does not match template `labels`",
-                ));
-            }
-            check_pod_spec("/spec/template/spec")?;
-        }
-        _ => {}
+    let mut errs = Errors::default();
+    validation::object_meta(
+        &mut errs,
+        obj.get("metadata").unwrap_or(&Value::Null),
+        res.name_rule,
+        res.namespaced,
+    );
+    (res.validate)(&obj, old, &mut errs);
+    if !errs.is_empty() {
+        return Err(invalid(errs.0));
     }
-    Ok(())
+    Ok(Admitted { object: obj, warnings })
 }
 
 #[cfg(test)]
@@ -434,7 +350,9 @@ mod tests {
         let good = json!({"metadata": {"name": "web"}, "spec": {
             "selector": {"matchLabels": {"app": "web"}},
             "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "c", "image": "x"}]}}}});
-        let out = admit_create(res, Some("default"), good.clone(), FieldValidation::Strict).unwrap();
+        let out = admit_create(res, Some("default"), good.clone(), FieldValidation::Strict)
+            .unwrap()
+            .object;
         assert_eq!(out["metadata"]["namespace"], "default");
         assert_eq!(out["metadata"]["generation"], 1);
         assert_eq!(out["spec"]["replicas"], 1);
@@ -450,11 +368,17 @@ mod tests {
         let mut typo = good.clone();
         typo["spec"]["replicsa"] = json!(3);
         match admit_create(res, Some("default"), typo.clone(), FieldValidation::Strict) {
-            Err(ApiError::Invalid { causes, .. }) => assert_eq!(causes[0].field, "spec.replicsa"),
-            other => panic!("expected Invalid, got {other:?}"),
+            Err(e @ ApiError::StrictDecoding { .. }) => assert_eq!(
+                e.to_string(),
+                "Deployment in version \"v1\" cannot be handled as a Deployment: strict decoding error: unknown field \"spec.replicsa\""
+            ),
+            other => panic!("expected a strict decoding error, got {other:?}"),
         }
-        let dropped = admit_create(res, Some("default"), typo, FieldValidation::Ignore).unwrap();
-        assert!(dropped["spec"].get("replicsa").is_none());
+        let dropped = admit_create(res, Some("default"), typo.clone(), FieldValidation::Ignore).unwrap();
+        assert!(dropped.object["spec"].get("replicsa").is_none());
+        assert!(dropped.warnings.is_empty());
+        let warned = admit_create(res, Some("default"), typo, FieldValidation::Warn).unwrap();
+        assert_eq!(warned.warnings, ["unknown field \"spec.replicsa\""]);
 
         let mut mismatch = good;
         mismatch["spec"]["selector"]["matchLabels"]["app"] = json!("other");
@@ -473,7 +397,8 @@ mod tests {
             json!({"metadata": {"name": "c"}, "data": {"a": "1"}}),
             FieldValidation::Strict,
         )
-        .unwrap();
+        .unwrap()
+        .object;
         let mut existing_rv = existing.clone();
         existing_rv["metadata"]["resourceVersion"] = json!("5");
         let updated = admit_update(
@@ -482,7 +407,8 @@ mod tests {
             json!({"metadata": {"name": "c"}, "data": {"a": "2"}}),
             FieldValidation::Strict,
         )
-        .unwrap();
+        .unwrap()
+        .object;
         assert_eq!(updated["metadata"]["uid"], existing["metadata"]["uid"]);
         assert_eq!(updated["data"]["a"], "2");
         let stale = json!({"metadata": {"name": "c", "resourceVersion": "4"}, "data": {}});

@@ -10,14 +10,26 @@ use serde_json::Value;
 
 use super::admission::{self, object_name, FieldValidation};
 use super::error::{ApiError, Cause};
-use super::objects::{self, encode, with_revision};
+use super::objects::{self, with_revision};
 use super::registry::{self, ResourceInfo};
+use super::write::WriteSet;
 use super::AppState;
 use crate::kinds::{Batch, BatchResult, BatchVerb};
-use crate::store::{Compare, Expect, Op, Txn};
 
 /// Prefixes an error with the operation it came from, so the client can point at it.
 fn at(index: usize, e: ApiError) -> ApiError {
+    // The batch names every unknown field as a cause, like any invalid field.
+    let e = match e {
+        ApiError::StrictDecoding { kind, name, fields, .. } => ApiError::Invalid {
+            kind,
+            name,
+            causes: fields
+                .into_iter()
+                .map(|f| Cause::new("FieldValueInvalid", f, "unknown field"))
+                .collect(),
+        },
+        other => other,
+    };
     match e {
         ApiError::Invalid { kind, name, causes } => ApiError::Invalid {
             kind,
@@ -30,7 +42,7 @@ fn at(index: usize, e: ApiError) -> ApiError {
                         if c.field.is_empty() { "" } else { "." },
                         c.field
                     ),
-                    message: c.message,
+                    ..c
                 })
                 .collect(),
         },
@@ -49,14 +61,14 @@ async fn read_pinned(
 ) -> Result<(Value, u64), ApiError> {
     let (live, rev) = objects::read(state, res, ns, name).await?;
     if pinned.is_some_and(|p| p != rev) {
-        return Err(ApiError::modified(res.plural, name));
+        return Err(ApiError::modified(res.qualified_plural(), name));
     }
     Ok((live, rev))
 }
 
 /// Admits and commits a batch.
 pub async fn apply(state: &AppState, batch: Batch) -> Result<BatchResult, ApiError> {
-    let mut txn = Txn::default();
+    let mut set = WriteSet::default();
     let mut objects = Vec::with_capacity(batch.operations.len());
     let mut keys = HashSet::new();
     let mut new_namespaces = HashSet::new();
@@ -85,22 +97,16 @@ pub async fn apply(state: &AppState, batch: Batch) -> Result<BatchResult, ApiErr
         let pinned = pinned.transpose()?;
         match op.op {
             BatchVerb::Create => {
-                let obj = admission::admit_create(res, ns.as_deref(), op.object, FieldValidation::Strict)
-                    .map_err(|e| at(i, e))?;
+                let mut obj = admission::admit_create(res, ns.as_deref(), op.object, FieldValidation::Strict)
+                    .map_err(|e| at(i, e))?
+                    .object;
                 if res.kind == "Namespace" {
                     new_namespaces.insert(name.clone());
                 }
                 if let Some(ns) = &ns {
                     needed_namespaces.push((i, ns.clone()));
                 }
-                txn.compares.push(Compare {
-                    key: key.clone(),
-                    expect: Expect::Absent,
-                });
-                txn.ops.push(Op::Put {
-                    key,
-                    value: encode(&obj)?,
-                });
+                set.create(res, key, &mut obj).map_err(|e| at(i, e))?;
                 objects.push(obj);
             }
             BatchVerb::Update => {
@@ -109,54 +115,50 @@ pub async fn apply(state: &AppState, batch: Batch) -> Result<BatchResult, ApiErr
                 if let Some(meta) = desired.get_mut("metadata").and_then(Value::as_object_mut) {
                     meta.remove("resourceVersion");
                 }
-                let obj =
-                    admission::admit_update(res, &live, desired, FieldValidation::Strict).map_err(|e| at(i, e))?;
-                let write = objects::replace_txn(key, rev, &obj)?;
-                txn.compares.extend(write.compares);
-                txn.ops.extend(write.ops);
+                let mut obj = admission::admit_update(res, &live, desired, FieldValidation::Strict)
+                    .map_err(|e| at(i, e))?
+                    .object;
+                set.update(res, key, rev, &live, &mut obj).map_err(|e| at(i, e))?;
                 objects.push(obj);
             }
             BatchVerb::Delete => {
                 let (live, rev) = read_pinned(state, res, ns.as_deref(), &name, pinned).await?;
-                txn.compares.push(Compare {
-                    key: key.clone(),
-                    expect: Expect::ModRevision(rev),
-                });
-                txn.ops.push(Op::Delete { key });
+                set.delete(res, key, rev, &live);
                 objects.push(live);
             }
         }
     }
     for (i, ns) in needed_namespaces {
-        if !new_namespaces.contains(&ns) && !objects::namespace_exists(state, &ns).await? {
-            let (name, _) = object_name(&objects[i]);
-            let kind = objects[i]
-                .get("kind")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string();
-            let cause = Cause {
-                field: "metadata.namespace".into(),
-                message: format!("namespace \"{ns}\" not found"),
-            };
-            return Err(at(
-                i,
-                ApiError::Invalid {
-                    kind,
-                    name,
-                    causes: vec![cause],
-                },
-            ));
+        if new_namespaces.contains(&ns) {
+            continue;
         }
+        let (name, _) = object_name(&objects[i]);
+        let kind = objects[i]
+            .get("kind")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let problem = match objects::namespace(state, &ns).await? {
+            None => format!("namespace \"{ns}\" not found"),
+            Some(n) if n.pointer("/metadata/deletionTimestamp").is_some() => {
+                format!("namespace \"{ns}\" is being terminated")
+            }
+            Some(_) => continue,
+        };
+        let cause = Cause::new("FieldValueNotFound", "metadata.namespace", problem);
+        return Err(at(
+            i,
+            ApiError::Invalid {
+                kind,
+                name,
+                causes: vec![cause],
+            },
+        ));
     }
     if batch.dry_run {
         return Ok(BatchResult { revision: 0, objects });
     }
-    let describe = |key: &str| {
-        let name = key.rsplit('/').next().unwrap_or(key).to_string();
-        (key.to_string(), name)
-    };
-    let revision = objects::commit(state, txn, describe).await?;
+    let revision = set.commit(state).await?;
     tracing::info!(revision, objects = objects.len(), "batch committed");
     let objects = objects.into_iter().map(|o| with_revision(o, revision)).collect();
     Ok(BatchResult { revision, objects })

@@ -54,28 +54,37 @@ pub fn resources(group: &str, version: &str) -> Option<Value> {
             "singularName": r.singular,
             "namespaced": r.namespaced,
             "kind": r.kind,
-            "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"],
+            "verbs": ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"],
         });
         if !r.short_names.is_empty() {
             entry["shortNames"] = json!(r.short_names);
         }
-        if r.in_all {
-            entry["categories"] = json!(["all"]);
+        if !r.categories.is_empty() {
+            entry["categories"] = json!(r.categories);
         }
         list.push(entry);
         for sub in r.subresources {
             let (kind, verbs) = match *sub {
                 "binding" => ("Binding", json!(["create"])),
+                "eviction" => ("Eviction", json!(["create"])),
+                "finalize" => (r.kind, json!(["update"])),
                 "log" => ("Pod", json!(["get"])),
                 "scale" => ("Scale", json!(["get", "patch", "update"])),
                 _ => (r.kind, json!(["get", "patch", "update"])),
             };
             let mut entry = json!({"name": format!("{}/{sub}", r.plural), "singularName": "",
                 "namespaced": r.namespaced, "kind": kind, "verbs": verbs});
-            // kubectl scale finds the Scale kind's group and version here.
-            if *sub == "scale" {
-                entry["group"] = json!("autoscaling");
-                entry["version"] = json!("v1");
+            // kubectl finds the group and version of Scale and Eviction here.
+            match *sub {
+                "scale" => {
+                    entry["group"] = json!("autoscaling");
+                    entry["version"] = json!("v1");
+                }
+                "eviction" => {
+                    entry["group"] = json!("policy");
+                    entry["version"] = json!("v1");
+                }
+                _ => {}
             }
             list.push(entry);
         }

@@ -9,10 +9,28 @@ use crate::store::StoreError;
 /// One invalid field, as in `Status.details.causes`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cause {
+    /// Kubernetes' machine-readable reason, e.g. `FieldValueRequired`.
+    pub reason: &'static str,
     /// Dotted path of the field, e.g. `spec.replicas`.
     pub field: String,
     /// What is wrong with it.
     pub message: String,
+}
+
+impl Cause {
+    /// A cause with the given reason.
+    pub fn new(reason: &'static str, field: impl Into<String>, message: impl Into<String>) -> Self {
+        Cause {
+            reason,
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    /// A `FieldValueInvalid` cause.
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Cause::new("FieldValueInvalid", field, message)
+    }
 }
 
 /// An error answered to an API client.
@@ -38,9 +56,39 @@ pub enum ApiError {
         name: String,
         causes: Vec<Cause>,
     },
+    /// Fields the object's type does not know, with `fieldValidation=Strict`.
+    #[error("{kind} in version {version:?} cannot be handled as a {kind}: strict decoding error: {}", fields.iter().map(|f| format!("unknown field {f:?}")).collect::<Vec<_>>().join(", "))]
+    StrictDecoding {
+        kind: String,
+        version: String,
+        name: String,
+        fields: Vec<String>,
+    },
     /// A malformed request (bad JSON, bad selector, bad path).
     #[error("{0}")]
     BadRequest(String),
+    /// The request carries no valid credentials.
+    #[error("Unauthorized")]
+    Unauthorized,
+    /// The request is refused (e.g. new objects in a terminating namespace).
+    #[error("{0}")]
+    Forbidden(String),
+    /// The request body is larger than the server accepts.
+    #[error("Request entity too large: limit is {limit}")]
+    TooLarge { limit: usize },
+    /// A list's continue token is older than the server keeps; `token` continues
+    /// inconsistently from where it stopped.
+    #[error("The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list.")]
+    ContinueExpired { token: String },
+    /// A randomly drawn cluster IP or node port was taken meanwhile (drawn again).
+    #[error("a randomly chosen cluster IP or node port was taken; try again")]
+    AllocationRace,
+    /// The server could not answer in time (e.g. a resourceVersion it has not reached).
+    #[error("{0}")]
+    Timeout(String),
+    /// The server is not ready to answer (e.g. its cache is still filling).
+    #[error("{0}")]
+    Unavailable(String),
     /// The verb does not apply to this resource.
     #[error("the server does not allow this method on the requested resource")]
     MethodNotAllowed,
@@ -76,7 +124,14 @@ impl ApiError {
             ApiError::AlreadyExists { .. } => (StatusCode::CONFLICT, "AlreadyExists"),
             ApiError::Conflict { .. } => (StatusCode::CONFLICT, "Conflict"),
             ApiError::Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "Invalid"),
-            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "BadRequest"),
+            ApiError::BadRequest(_) | ApiError::StrictDecoding { .. } => (StatusCode::BAD_REQUEST, "BadRequest"),
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "Unauthorized"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "Forbidden"),
+            ApiError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "RequestEntityTooLarge"),
+            ApiError::ContinueExpired { .. } => (StatusCode::GONE, "Expired"),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable"),
+            ApiError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "Timeout"),
+            ApiError::AllocationRace => (StatusCode::CONFLICT, "Conflict"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed"),
             ApiError::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UnsupportedMediaType"),
             ApiError::Expired(_) => (StatusCode::GONE, "Expired"),
@@ -99,10 +154,19 @@ impl ApiError {
             }
             ApiError::Invalid { kind, name, causes } => {
                 details.insert("name".into(), json!(name));
-                details.insert("kind".into(), json!(kind));
+                // `Deployment.apps` in the message; kind and group apart in the details.
+                match kind.split_once('.') {
+                    Some((k, g)) => {
+                        details.insert("kind".into(), json!(k));
+                        details.insert("group".into(), json!(g));
+                    }
+                    None => {
+                        details.insert("kind".into(), json!(kind));
+                    }
+                }
                 let causes: Vec<_> = causes
                     .iter()
-                    .map(|c| json!({"reason": "FieldValueInvalid", "field": c.field, "message": c.message}))
+                    .map(|c| json!({"reason": c.reason, "field": c.field, "message": c.message}))
                     .collect();
                 details.insert("causes".into(), json!(causes));
             }
@@ -119,6 +183,9 @@ impl ApiError {
         });
         if !details.is_empty() {
             status["details"] = serde_json::Value::Object(details);
+        }
+        if let ApiError::ContinueExpired { token } = self {
+            status["metadata"] = json!({"continue": token});
         }
         status
     }

@@ -2,48 +2,77 @@
 //!
 //! Paths follow Kubernetes: `/api/v1/...` for the core group, `/apis/<group>/<version>/...`
 //! for the others; errors are `Status` objects; `kubectl` and kube-rs work against it.
+//! Every request is authenticated (`auth`); lists and watches are served by per-resource
+//! watch caches (`cache`); every write goes through `admission` and `write`.
 
 mod admission;
+pub mod auth;
 mod batch;
+pub mod cache;
 mod discovery;
 mod error;
 mod logs;
 mod objects;
 pub mod patch;
 pub mod registry;
+pub mod resources;
 pub mod schema;
 mod selectors;
+mod subresources;
 mod table;
+pub mod validation;
 mod watch;
+mod write;
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, Method};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde_json::json;
 
+pub use auth::{Authenticator, UserInfo};
 pub use error::{ApiError, Cause};
 pub use table::human_age;
 
 use crate::kinds::Batch;
 use crate::store::Store;
 
+/// kube-apiserver's limit on one request body (`MaxRequestBodyBytes`).
+pub const MAX_OBJECT_BODY: usize = 3 * 1024 * 1024;
+/// The limit of an atomic batch: a whole commit of manifests (10,000 objects and more).
+pub const MAX_BATCH_BODY: usize = 512 * 1024 * 1024;
+
 /// Shared state of the API server's handlers.
 #[derive(Clone)]
 pub struct AppState {
     store: Store,
+    caches: Arc<cache::Caches>,
     /// Flips to true when the server shuts down, ending open watches.
     shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
-/// Builds the router over `store`; `shutdown` ends open watches when it changes.
-pub fn router(store: Store, shutdown: tokio::sync::watch::Receiver<bool>) -> Router {
-    let state = AppState { store, shutdown };
+impl AppState {
+    /// The state of an API server over `store`: starts its watch caches, which run until
+    /// `shutdown` turns true.
+    pub fn new(store: Store, shutdown: tokio::sync::watch::Receiver<bool>) -> Self {
+        let caches = cache::Caches::start(&store, shutdown.clone());
+        AppState {
+            store,
+            caches,
+            shutdown,
+        }
+    }
+}
+
+/// Builds the router; every request but the public ones needs a token `auth` knows.
+pub fn router(state: AppState, auth: Arc<Authenticator>) -> Router {
     Router::new()
         .route("/version", get(|| async { Json(discovery::version()) }))
         .route("/healthz", get(|| async { "ok" }))
@@ -57,7 +86,10 @@ pub fn router(store: Store, shutdown: tokio::sync::watch::Receiver<bool>) -> Rou
             "/apis/{group}/{version}",
             get(|Path((g, v)): Path<(String, String)>| async move { resource_list(&g, &v) }),
         )
-        .route("/apis/kairn.dev/v1/batches", post(batch_handler))
+        .route(
+            "/apis/kairn.dev/v1/batches",
+            post(batch_handler).layer(DefaultBodyLimit::max(MAX_BATCH_BODY)),
+        )
         .route("/apis/{group}/{version}/{*rest}", any(group_handler))
         .fallback(|| async {
             ApiError::NotFound {
@@ -65,6 +97,8 @@ pub fn router(store: Store, shutdown: tokio::sync::watch::Receiver<bool>) -> Rou
                 name: String::new(),
             }
         })
+        .layer(DefaultBodyLimit::max(MAX_OBJECT_BODY))
+        .layer(axum::middleware::from_fn_with_state(auth, auth::authenticate))
         .with_state(state)
 }
 
@@ -79,102 +113,178 @@ fn resource_list(group: &str, version: &str) -> Response {
     }
 }
 
+/// A body, or the 413 (as a Status) when it is over the route's limit.
+fn body_or_error(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::TooLarge { limit }
+        } else {
+            ApiError::BadRequest(rejection.body_text())
+        }
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn core_handler(
     State(state): State<AppState>,
+    Extension(user): Extension<Arc<UserInfo>>,
     method: Method,
     Path(rest): Path<String>,
     Query(params): Query<HashMap<String, String>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    dispatch(state, method, "", "v1", &rest, params, headers, body).await
+    dispatch(state, user, method, "", "v1", &rest, params, headers, body).await
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn group_handler(
     State(state): State<AppState>,
+    Extension(user): Extension<Arc<UserInfo>>,
     method: Method,
     Path((group, version, rest)): Path<(String, String, String)>,
     Query(params): Query<HashMap<String, String>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    dispatch(state, method, &group, &version, &rest, params, headers, body).await
+    dispatch(state, user, method, &group, &version, &rest, params, headers, body).await
 }
 
 #[allow(clippy::too_many_arguments)]
 async fn dispatch(
     state: AppState,
+    user: Arc<UserInfo>,
     method: Method,
     group: &str,
     version: &str,
     rest: &str,
     params: HashMap<String, String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let result = match objects::Target::parse(group, version, rest) {
-        Ok(target) => objects::handle(state, method, target, params, headers, body).await,
-        Err(e) => Err(e),
+    let result = async {
+        let body = body_or_error(body, MAX_OBJECT_BODY)?;
+        let target = objects::Target::parse(group, version, rest)?;
+        let req = objects::Request {
+            method,
+            params,
+            headers,
+            body,
+            user,
+        };
+        objects::handle(state, target, req).await
     };
-    result.unwrap_or_else(IntoResponse::into_response)
+    result.await.unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn batch_handler(State(state): State<AppState>, body: Bytes) -> Response {
-    let batch: Batch = match serde_json::from_slice(&body) {
-        Ok(b) => b,
-        Err(e) => return ApiError::BadRequest(format!("the batch is not valid: {e}")).into_response(),
+async fn batch_handler(
+    State(state): State<AppState>,
+    Extension(user): Extension<Arc<UserInfo>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let result = async {
+        let body = body_or_error(body, MAX_BATCH_BODY)?;
+        let batch: Batch =
+            serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("the batch is not valid: {e}")))?;
+        tracing::debug!(user = %user.name, operations = batch.operations.len(), "batch");
+        batch::apply(&state, batch).await
     };
-    match batch::apply(&state, batch).await {
-        Ok(result) => (axum::http::StatusCode::CREATED, Json(result)).into_response(),
+    match result.await {
+        Ok(result) => (StatusCode::CREATED, Json(result)).into_response(),
         Err(e) => e.into_response(),
     }
 }
 
-/// Creates the namespaces every cluster starts with, if missing.
-pub async fn bootstrap(store: &Store) -> Result<(), ApiError> {
-    let (_tx, rx) = tokio::sync::watch::channel(false);
-    let state = AppState {
-        store: store.clone(),
-        shutdown: rx,
-    };
-    let res = registry::by_plural("", "v1", "namespaces").ok_or_else(|| ApiError::Internal("no namespaces".into()))?;
-    for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
-        let target = objects::Target {
+/// Creates what every cluster starts with, if missing: the initial namespaces (with
+/// `kairn-system` for Applications), the system PriorityClasses and the `default`
+/// ServiceAccounts.
+pub async fn bootstrap(state: &AppState) -> Result<(), ApiError> {
+    let opts = objects::WriteOptions::system();
+    let create = |plural: &'static str, group: &'static str, version: &'static str, ns: Option<&str>, obj| {
+        let target = registry::by_plural(group, version, plural).map(|res| objects::Target {
             res,
-            namespace: None,
+            namespace: ns.map(String::from),
             name: None,
             sub: None,
-        };
-        match objects::create(
-            &state,
-            &target,
-            json!({"metadata": {"name": ns}}),
-            objects::WriteOptions {
-                dry_run: false,
-                fields: admission::FieldValidation::Strict,
-            },
-        )
-        .await
-        {
-            Ok(_) | Err(ApiError::AlreadyExists { .. }) => {}
-            Err(e) => return Err(e),
+        });
+        let opts = &opts;
+        async move {
+            let target = target.ok_or_else(|| ApiError::Internal(format!("{plural} not served")))?;
+            match objects::create(state, &target, obj, opts).await {
+                Ok(_) | Err(ApiError::AlreadyExists { .. }) => Ok(()),
+                Err(e) => Err(e),
+            }
         }
+    };
+    for ns in [
+        "default",
+        "kube-system",
+        "kube-public",
+        "kube-node-lease",
+        crate::kinds::APP_NAMESPACE,
+    ] {
+        create("namespaces", "", "v1", None, json!({"metadata": {"name": ns}})).await?;
+        create(
+            "serviceaccounts",
+            "",
+            "v1",
+            Some(ns),
+            json!({"metadata": {"name": "default", "namespace": ns}}),
+        )
+        .await?;
+    }
+    for (name, value, description) in resources::core::SYSTEM_PRIORITY_CLASSES {
+        let pc = json!({"metadata": {"name": name}, "value": value, "description": description});
+        create("priorityclasses", "scheduling.k8s.io", "v1", None, pc).await?;
     }
     Ok(())
 }
 
-/// Serves the API on `listener` until `shutdown` resolves; open watches end then too.
+/// Points the `kubernetes` Service in `default` at this API server (created on first
+/// start; its Endpoints follow the address the server is bound to).
+pub async fn publish_api_service(state: &AppState, addr: std::net::SocketAddr) -> Result<(), ApiError> {
+    let opts = objects::WriteOptions::system();
+    let target = |plural: &str| -> Result<objects::Target, ApiError> {
+        let res =
+            registry::by_plural("", "v1", plural).ok_or_else(|| ApiError::Internal(format!("{plural} not served")))?;
+        Ok(objects::Target {
+            res,
+            namespace: Some("default".into()),
+            name: Some("kubernetes".into()),
+            sub: None,
+        })
+    };
+    let labels = json!({"component": "apiserver", "provider": "kubernetes"});
+    let svc = json!({"metadata": {"name": "kubernetes", "namespace": "default", "labels": labels},
+        "spec": {"type": "ClusterIP", "clusterIP": resources::service::API_SERVICE_IP,
+            "ports": [{"name": "http", "port": 443, "protocol": "TCP", "targetPort": addr.port()}]}});
+    match objects::create(state, &target("services")?, svc, &opts).await {
+        Ok(_) | Err(ApiError::AlreadyExists { .. }) => {}
+        Err(e) => return Err(e),
+    }
+    let endpoints = json!({"metadata": {"name": "kubernetes", "namespace": "default", "labels": labels},
+        "subsets": [{"addresses": [{"ip": addr.ip().to_string()}],
+            "ports": [{"name": "http", "port": addr.port(), "protocol": "TCP"}]}]});
+    let target = target("endpoints")?;
+    match objects::create(state, &target, endpoints.clone(), &opts).await {
+        Ok(_) => Ok(()),
+        Err(ApiError::AlreadyExists { .. }) => {
+            objects::update(state, &target, objects::Mode::Main, |_| Ok(endpoints.clone()), &opts)
+                .await
+                .map(|_| ())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Serves the API on `listener` until `shutdown` resolves.
 pub async fn serve(
-    store: Store,
+    state: AppState,
     listener: tokio::net::TcpListener,
+    auth: Arc<Authenticator>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    let app = router(store, rx);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            let _ = tx.send(true);
-        })
+    axum::serve(listener, router(state, auth))
+        .with_graceful_shutdown(shutdown)
         .await
 }

@@ -1,20 +1,24 @@
-//! REST handlers for objects: get, list, create, update, patch, delete, and the `status`
-//! and `binding` subresources. Reads and writes go to the store here and nowhere else.
+//! REST handlers for objects: get, list, watch, create, update, patch, delete and
+//! deletecollection, and the routing of subresources. Reads of one object go to the store
+//! (linearizable); lists and watches are served by the watch cache.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::http::{HeaderMap, Method, StatusCode};
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use serde_json::{json, Value};
 
-use super::admission::{self, object_name};
+use super::admission::{self, object_name, Admitted, FieldValidation};
+use super::auth::UserInfo;
+use super::cache::{Filter, ReadAt};
 use super::error::ApiError;
 use super::registry::{self, ResourceInfo};
-use super::selectors::{labels_of, FieldSelector, LabelSelector};
-use super::{table, watch, AppState};
-use crate::store::{Compare, Expect, KeyValue, Op, Txn};
+use super::selectors::{FieldSelector, LabelSelector};
+use super::write::{self, Outcome, WriteSet};
+use super::{subresources, table, watch, AppState};
+use crate::store::KeyValue;
 
 /// What a request path addresses.
 #[derive(Debug, Clone)]
@@ -65,11 +69,13 @@ impl Target {
         }
     }
 
-    fn name(&self) -> &str {
+    /// The object name ("" for a collection).
+    pub fn name(&self) -> &str {
         self.name.as_deref().unwrap_or_default()
     }
 
-    fn key(&self) -> String {
+    /// The store key of the addressed object.
+    pub fn key(&self) -> String {
         self.res.key(self.namespace.as_deref(), self.name())
     }
 }
@@ -106,12 +112,12 @@ pub fn with_revision(mut obj: Value, revision: u64) -> Value {
 
 fn not_found(res: &ResourceInfo, name: &str) -> ApiError {
     ApiError::NotFound {
-        kind: res.plural.to_string(),
+        kind: res.qualified_plural(),
         name: name.to_string(),
     }
 }
 
-/// Reads one object, with the revision of its last write.
+/// Reads one object (linearizable), with the revision of its last write.
 pub async fn read(
     state: &AppState,
     res: &ResourceInfo,
@@ -126,273 +132,386 @@ pub async fn read(
     Ok((decode(&kv)?, kv.mod_revision))
 }
 
-/// Whether a namespace exists.
-pub async fn namespace_exists(state: &AppState, ns: &str) -> Result<bool, ApiError> {
+/// The live namespace `ns`, if it exists.
+pub async fn namespace(state: &AppState, ns: &str) -> Result<Option<Value>, ApiError> {
     let res = registry::by_plural("", "v1", "namespaces").ok_or_else(|| ApiError::Internal("no namespaces".into()))?;
-    Ok(state.store.get(&res.key(None, ns)).await?.is_some())
-}
-
-/// Commits one transaction, turning a failed compare into the matching API error.
-pub async fn commit(state: &AppState, txn: Txn, describe: impl Fn(&str) -> (String, String)) -> Result<u64, ApiError> {
-    let result = state.store.txn(txn).await?;
-    if let Some((cmp, actual)) = result.failed {
-        let (kind, name) = describe(&cmp.key);
-        return Err(match cmp.expect {
-            Expect::Absent => ApiError::AlreadyExists { kind, name },
-            _ if actual == 0 => ApiError::NotFound { kind, name },
-            _ => ApiError::modified(kind, name),
-        });
+    match read(state, res, None, ns).await {
+        Ok((obj, _)) => Ok(Some(obj)),
+        Err(ApiError::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e),
     }
-    Ok(result.revision)
 }
 
-/// Writes `obj` at `key` only while the key is still at revision `rev`.
-pub fn replace_txn(key: String, rev: u64, obj: &Value) -> Result<Txn, ApiError> {
-    Ok(Txn {
-        compares: vec![Compare {
-            key: key.clone(),
-            expect: Expect::ModRevision(rev),
-        }],
-        ops: vec![Op::Put {
-            key,
-            value: encode(obj)?,
-        }],
-    })
+/// Refuses new objects in a namespace that does not exist or is being deleted.
+pub async fn check_namespace_open(state: &AppState, res: &ResourceInfo, ns: &str, name: &str) -> Result<(), ApiError> {
+    match namespace(state, ns).await? {
+        None => Err(ApiError::NotFound {
+            kind: "namespaces".into(),
+            name: ns.to_string(),
+        }),
+        Some(n) if n.pointer("/metadata/deletionTimestamp").is_some() => Err(ApiError::Forbidden(format!(
+            "{} \"{name}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
+            res.qualified_plural()
+        ))),
+        Some(_) => Ok(()),
+    }
 }
 
-fn describe_for(res: &'static ResourceInfo, name: String) -> impl Fn(&str) -> (String, String) {
-    move |_| (res.plural.to_string(), name.clone())
+/// How a response body is shaped, from the request's `Accept` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// The objects themselves.
+    Full,
+    /// A `meta.k8s.io/v1` Table (`kubectl get`).
+    Table,
+    /// `PartialObjectMetadata` (metadata-only clients such as the garbage collector).
+    Metadata,
+}
+
+impl Shape {
+    /// The shape the client asked for.
+    pub fn from_headers(headers: &HeaderMap) -> Self {
+        let accept = headers
+            .get(axum::http::header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        // The first acceptable media type wins, as the client orders its preference.
+        for part in accept.split(',') {
+            if part.contains("as=Table") {
+                return Shape::Table;
+            }
+            if part.contains("as=PartialObjectMetadata") {
+                return Shape::Metadata;
+            }
+            if part.trim_start().starts_with("application/json") || part.contains("*/*") {
+                return Shape::Full;
+            }
+        }
+        Shape::Full
+    }
+}
+
+/// Everything a handler needs to know of a request besides its target.
+pub struct Request {
+    /// The method.
+    pub method: Method,
+    /// Query parameters.
+    pub params: Params,
+    /// Headers.
+    pub headers: HeaderMap,
+    /// The body.
+    pub body: Bytes,
+    /// Who asks.
+    pub user: Arc<UserInfo>,
+}
+
+impl Request {
+    /// The `Content-Type` (JSON when absent).
+    pub fn content_type(&self) -> &str {
+        self.headers
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/json")
+    }
+
+    /// The body as a JSON value.
+    pub fn json(&self) -> Result<Value, ApiError> {
+        parse_body(&self.body)
+    }
+
+    /// Write options from the query parameters and the user.
+    pub fn write_options(&self) -> Result<WriteOptions, ApiError> {
+        let manager = match self.params.get("fieldManager").filter(|m| !m.is_empty()) {
+            Some(m) => m.clone(),
+            // Kubernetes' default: the user agent up to its first '/'.
+            None => self
+                .headers
+                .get(axum::http::header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|ua| ua.split('/').next())
+                .unwrap_or("unknown")
+                .to_string(),
+        };
+        Ok(WriteOptions {
+            dry_run: self.params.get("dryRun").is_some_and(|d| d == "All"),
+            fields: FieldValidation::from_param(self.params.get("fieldValidation").map(String::as_str))?,
+            manager,
+            user: self.user.clone(),
+        })
+    }
+}
+
+/// A JSON response with Kubernetes `Warning` headers.
+pub fn reply(status: StatusCode, body: &Value, warnings: &[String]) -> Response {
+    let mut resp = (status, axum::Json(body)).into_response();
+    for w in warnings {
+        let text = format!("299 - {}", serde_json::to_string(w).unwrap_or_default());
+        if let Ok(v) = HeaderValue::from_str(&text) {
+            resp.headers_mut().append("warning", v);
+        }
+    }
+    resp
 }
 
 /// Serves one request below `/api/v1/` or `/apis/<group>/<version>/`.
-pub async fn handle(
-    state: AppState,
-    method: Method,
-    target: Target,
-    params: Params,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    let wants_table = headers
-        .get(axum::http::header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|a| a.contains("as=Table"));
-    let content_type = headers
-        .get(axum::http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("application/json");
-    match (method.clone(), target.name.is_some(), target.sub.as_deref()) {
-        (_, true, Some(sub)) if !target.res.subresources.contains(&sub) => Err(ApiError::NotFound {
-            kind: format!("{}/{sub}", target.res.plural),
-            name: target.name().to_string(),
-        }),
+pub async fn handle(state: AppState, target: Target, req: Request) -> Result<Response, ApiError> {
+    let shape = Shape::from_headers(&req.headers);
+    let has_name = target.name.is_some();
+    if let (true, Some(sub)) = (has_name, target.sub.as_deref()) {
+        if !target.res.subresources.contains(&sub) {
+            return Err(ApiError::NotFound {
+                kind: format!("{}/{sub}", target.res.qualified_plural()),
+                name: target.name().to_string(),
+            });
+        }
+    }
+    match (req.method.clone(), has_name, target.sub.as_deref()) {
         (Method::GET, false, None) => {
-            let watching = params.get("watch").is_some_and(|w| w == "true" || w == "1");
-            if watching {
-                return watch::serve(state, target, params).await;
+            if req.params.get("watch").is_some_and(|w| w == "true" || w == "1") {
+                return watch::serve(state, target, req.params, shape).await;
             }
-            let list = list(&state, &target, &params).await?;
-            if wants_table {
-                return Ok(Json(table::table(target.res, &list)).into_response());
-            }
-            Ok(Json(list).into_response())
+            list(&state, &target, &req.params, shape).await
         }
         (Method::POST, false, None) => {
-            let obj = parse_body(&body)?;
-            let created = create(&state, &target, obj, WriteOptions::from_params(&params)).await?;
-            Ok((StatusCode::CREATED, Json(created)).into_response())
+            let opts = req.write_options()?;
+            let admitted = create(&state, &target, req.json()?, &opts).await?;
+            Ok(reply(StatusCode::CREATED, &admitted.object, &admitted.warnings))
         }
+        (Method::DELETE, false, None) => delete_collection(&state, &target, &req).await,
         (Method::GET, true, None | Some("status")) => {
-            let (obj, _) = read(&state, target.res, target.namespace.as_deref(), target.name()).await?;
-            if wants_table {
-                let list = json!({"items": [obj], "metadata": {}});
-                return Ok(Json(table::table(target.res, &list)).into_response());
-            }
-            Ok(Json(obj).into_response())
+            let obj = get(&state, &target, &req.params).await?;
+            Ok(match shape {
+                Shape::Table => {
+                    axum::Json(table::table(target.res, &json!({"items": [obj], "metadata": {}}))).into_response()
+                }
+                Shape::Metadata => axum::Json(table::partial_metadata(&obj)).into_response(),
+                Shape::Full => axum::Json(obj).into_response(),
+            })
         }
-        (Method::PUT, true, sub @ (None | Some("status"))) => {
-            let obj = parse_body(&body)?;
-            Ok(Json(
-                update(
-                    &state,
-                    &target,
-                    sub == Some("status"),
-                    |_| Ok(obj.clone()),
-                    WriteOptions::from_params(&params),
-                )
-                .await?,
-            )
-            .into_response())
+        (Method::PUT, true, sub @ (None | Some("status") | Some("finalize"))) => {
+            let body = req.json()?;
+            let mode = match sub {
+                Some("status") => Mode::Status,
+                Some("finalize") => Mode::Finalize,
+                _ => Mode::Main,
+            };
+            let opts = req.write_options()?;
+            let admitted = update(&state, &target, mode, |_| Ok(body.clone()), &opts).await?;
+            Ok(reply(StatusCode::OK, &admitted.object, &admitted.warnings))
         }
         (Method::PATCH, true, sub @ (None | Some("status"))) => {
-            let patch = parse_body(&body)?;
-            let kind = patch_kind(content_type)?;
-            let status_only = sub == Some("status");
-            let patched = update(
-                &state,
-                &target,
-                status_only,
-                |live| apply_patch(kind, live, &patch),
-                WriteOptions::from_params(&params),
-            );
-            Ok(Json(patched.await?).into_response())
-        }
-        (Method::GET, true, Some("log")) => super::logs::proxy(&state, &target, &params).await,
-        (Method::GET, true, Some("scale")) => {
-            let (obj, _) = read(&state, target.res, target.namespace.as_deref(), target.name()).await?;
-            Ok(Json(scale_of(&obj)).into_response())
-        }
-        (Method::PUT | Method::PATCH, true, Some("scale")) => {
-            let body = parse_body(&body)?;
-            let patch_type = if method == Method::PATCH {
-                Some(patch_kind(content_type)?)
+            let patch = req.json()?;
+            let kind = patch_kind(req.content_type())?;
+            let mode = if sub == Some("status") {
+                Mode::Status
             } else {
-                None
+                Mode::Main
             };
-            let change = |live: &Value| {
-                let mut scale = scale_of(live);
-                match patch_type {
-                    Some(kind) => scale = apply_patch(kind, &scale, &body)?,
-                    None => scale = body.clone(),
-                }
-                let replicas =
-                    scale
-                        .pointer("/spec/replicas")
-                        .and_then(Value::as_i64)
-                        .ok_or_else(|| ApiError::Invalid {
-                            kind: "Scale".into(),
-                            name: target.name().to_string(),
-                            causes: vec![super::error::Cause {
-                                field: "spec.replicas".into(),
-                                message: "Required value: an integer".into(),
-                            }],
-                        })?;
-                let mut out = live.clone();
-                out["spec"]["replicas"] = json!(replicas);
-                // The Scale's resourceVersion, if any, is the object's: keep it as a precondition.
-                match admission::resource_version(&scale) {
-                    Some(rv) if patch_type.is_none() => out["metadata"]["resourceVersion"] = json!(rv),
-                    _ => {
-                        if let Some(m) = out.get_mut("metadata").and_then(Value::as_object_mut) {
-                            m.remove("resourceVersion");
-                        }
-                    }
-                }
-                Ok(out)
-            };
-            let updated = update(&state, &target, false, change, WriteOptions::from_params(&params)).await?;
-            Ok(Json(scale_of(&updated)).into_response())
+            let opts = req.write_options()?;
+            let admitted = update(&state, &target, mode, |live| apply_patch(kind, live, &patch), &opts).await?;
+            Ok(reply(StatusCode::OK, &admitted.object, &admitted.warnings))
         }
         (Method::DELETE, true, None) => {
-            let opts: Value = if body.is_empty() { json!({}) } else { parse_body(&body)? };
-            Ok(Json(delete(&state, &target, &opts, WriteOptions::from_params(&params)).await?).into_response())
+            let opts = DeleteOptions::from_request(&req)?;
+            let (obj, _) = delete(&state, &target, &opts).await?;
+            Ok(axum::Json(obj).into_response())
         }
-        (Method::POST, true, Some("binding")) => {
-            let binding = parse_body(&body)?;
-            bind(&state, &target, &binding).await?;
-            let ok = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201});
-            Ok((StatusCode::CREATED, Json(ok)).into_response())
-        }
+        (Method::GET, true, Some("log")) => super::logs::proxy(&state, &target, &req.params).await,
+        (_, true, Some("scale")) => subresources::scale(&state, &target, &req).await,
+        (Method::POST, true, Some("binding")) => subresources::bind(&state, &target, &req).await,
+        (Method::POST, true, Some("eviction")) => subresources::evict(&state, &target, &req).await,
         _ => Err(ApiError::MethodNotAllowed),
     }
 }
 
 /// Options of a write, from its query parameters.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct WriteOptions {
     /// `dryRun=All`: admit but do not store.
     pub dry_run: bool,
-    /// `fieldValidation=Strict`: unknown fields are an error.
-    pub fields: admission::FieldValidation,
+    /// `fieldValidation`: what to do with unknown fields.
+    pub fields: FieldValidation,
+    /// The field manager (`fieldManager`, else the user agent's name).
+    pub manager: String,
+    /// Who writes.
+    pub user: Arc<UserInfo>,
 }
 
 impl WriteOptions {
-    fn from_params(params: &Params) -> Self {
+    /// Options for the server's own writes (bootstrap objects).
+    pub fn system() -> Self {
         WriteOptions {
-            dry_run: params.get("dryRun").is_some_and(|d| d == "All"),
-            fields: admission::FieldValidation::from_param(params.get("fieldValidation").map(String::as_str)),
+            dry_run: false,
+            fields: FieldValidation::Strict,
+            manager: "kube-apiserver".into(),
+            user: Arc::new(UserInfo {
+                name: "system:apiserver".into(),
+                uid: String::new(),
+                groups: vec!["system:masters".into()],
+            }),
         }
     }
 }
 
-fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
+/// Parses a JSON request body.
+pub fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("the request body is not valid JSON: {e}")))
 }
 
-/// Lists objects as a `<Kind>List`, honouring selectors and `limit`/`continue`.
-pub async fn list(state: &AppState, target: &Target, params: &Params) -> Result<Value, ApiError> {
-    let labels = LabelSelector::parse(params.get("labelSelector").map(String::as_str).unwrap_or(""))?;
-    let fields = FieldSelector::parse(params.get("fieldSelector").map(String::as_str).unwrap_or(""))?;
+/// Which revision a read asks for (`resourceVersion`, `resourceVersionMatch`).
+pub fn read_at(params: &Params) -> Result<ReadAt, ApiError> {
+    let rv = params.get("resourceVersion").map(String::as_str).unwrap_or("");
+    let exact = match params.get("resourceVersionMatch").map(String::as_str) {
+        None | Some("") | Some("NotOlderThan") => false,
+        Some("Exact") => true,
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "resourceVersionMatch: Unsupported value: {other:?}: supported values: \"Exact\", \"NotOlderThan\""
+            )))
+        }
+    };
+    Ok(match rv {
+        "" => ReadAt::Newest,
+        "0" if !exact => ReadAt::Any,
+        rv => {
+            let n = rv
+                .parse::<u64>()
+                .map_err(|_| ApiError::BadRequest(format!("invalid resourceVersion {rv:?}")))?;
+            if exact {
+                ReadAt::Exact(n)
+            } else {
+                ReadAt::NotOlderThan(n)
+            }
+        }
+    })
+}
+
+/// The filter of a list or watch request.
+pub fn filter_of(target: &Target, params: &Params) -> Result<Filter, ApiError> {
+    Ok(Filter {
+        namespace: target.namespace.clone(),
+        labels: LabelSelector::parse(params.get("labelSelector").map(String::as_str).unwrap_or(""))?,
+        fields: FieldSelector::parse(params.get("fieldSelector").map(String::as_str).unwrap_or(""))?,
+    })
+}
+
+/// One object: from the store, or from the watch cache for `resourceVersion=0`.
+async fn get(state: &AppState, target: &Target, params: &Params) -> Result<Value, ApiError> {
+    match read_at(params)? {
+        ReadAt::Newest => Ok(read(state, target.res, target.namespace.as_deref(), target.name())
+            .await?
+            .0),
+        at => {
+            let cache = state.caches.get(target.res)?;
+            cache.prepare(&state.store, at).await?;
+            let filter = Filter {
+                namespace: target.namespace.clone(),
+                fields: FieldSelector::parse(&format!("metadata.name={}", target.name()))?,
+                ..Default::default()
+            };
+            let page = cache.list(&filter, None, None, at)?;
+            page.items
+                .first()
+                .map(|o| o.value.clone())
+                .ok_or_else(|| not_found(target.res, target.name()))
+        }
+    }
+}
+
+/// Items per chunk of a streamed list body.
+const LIST_CHUNK: usize = 256;
+
+/// Lists objects from the watch cache as a `<Kind>List` (or Table, or metadata list),
+/// honouring selectors, `limit`/`continue` and `resourceVersion`.
+async fn list(state: &AppState, target: &Target, params: &Params, shape: Shape) -> Result<Response, ApiError> {
+    let filter = filter_of(target, params)?;
     let limit = params
         .get("limit")
         .and_then(|l| l.parse::<usize>().ok())
         .filter(|l| *l > 0);
-    let prefix = target.res.prefix(target.namespace.as_deref());
-    let mut start_after = params.get("continue").filter(|c| !c.is_empty()).cloned();
-    if start_after.as_ref().is_some_and(|c| !c.starts_with(&prefix)) {
-        return Err(ApiError::BadRequest("invalid continue token".into()));
+    let token = params.get("continue").filter(|c| !c.is_empty());
+    let at = read_at(params)?;
+    let cache = state.caches.get(target.res)?;
+    if token.is_none() {
+        cache.prepare(&state.store, at).await?;
     }
-    let mut items = Vec::new();
-    let mut list_rev = None;
-    let next = loop {
-        let page = limit.map(|l| l - items.len());
-        let (kvs, rev, more) = state.store.list(&prefix, start_after.as_deref(), page).await?;
-        list_rev.get_or_insert(rev);
-        for kv in &kvs {
-            let obj = decode(kv)?;
-            if labels.matches(&labels_of(&obj)) && fields.matches(&obj) {
-                items.push(obj);
-            }
-        }
-        start_after = kvs.last().map(|kv| kv.key.clone());
-        if !more {
-            break None;
-        }
-        if limit.is_some_and(|l| items.len() >= l) {
-            break start_after;
-        }
-    };
-    let mut metadata = json!({"resourceVersion": list_rev.unwrap_or(0).to_string()});
-    if let Some(next) = next {
+    let page = cache.list(&filter, limit, token.map(String::as_str), at)?;
+    let mut metadata = json!({"resourceVersion": page.revision.to_string()});
+    if let Some(next) = &page.continue_token {
         metadata["continue"] = json!(next);
     }
-    Ok(json!({
-        "kind": format!("{}List", target.res.kind),
-        "apiVersion": target.res.api_version(),
-        "metadata": metadata,
-        "items": items,
-    }))
-}
-
-/// Creates an object; returns it as stored.
-pub async fn create(state: &AppState, target: &Target, obj: Value, opts: WriteOptions) -> Result<Value, ApiError> {
-    let obj = admission::admit_create(target.res, target.namespace.as_deref(), obj, opts.fields)?;
-    let (name, ns) = object_name(&obj);
-    if let Some(ns) = &ns {
-        if !namespace_exists(state, ns).await? {
-            return Err(ApiError::NotFound {
-                kind: "namespaces".into(),
-                name: ns.clone(),
-            });
+    match shape {
+        Shape::Table => {
+            let items: Vec<Value> = page.items.iter().map(|o| o.value.clone()).collect();
+            let list = json!({"metadata": metadata, "items": items});
+            Ok(axum::Json(table::table(target.res, &list)).into_response())
+        }
+        Shape::Metadata => {
+            let items: Vec<Value> = page.items.iter().map(|o| table::partial_metadata(&o.value)).collect();
+            Ok(axum::Json(
+                json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1",
+                "metadata": metadata, "items": items}),
+            )
+            .into_response())
+        }
+        Shape::Full => {
+            // The items' JSON is shared with the cache: stream it in chunks rather than
+            // building one large body.
+            let head = format!(
+                r#"{{"kind":"{}List","apiVersion":"{}","metadata":{},"items":["#,
+                target.res.kind,
+                target.res.api_version(),
+                metadata
+            );
+            let items = page.items;
+            let chunks = items.len().div_ceil(LIST_CHUNK);
+            let body = futures::stream::iter(
+                std::iter::once(Bytes::from(head))
+                    .chain((0..chunks).map(move |c| {
+                        let mut out = Vec::new();
+                        for (i, item) in items.iter().enumerate().skip(c * LIST_CHUNK).take(LIST_CHUNK) {
+                            if i > 0 {
+                                out.push(b',');
+                            }
+                            out.extend_from_slice(&item.json);
+                        }
+                        Bytes::from(out)
+                    }))
+                    .chain(std::iter::once(Bytes::from_static(b"]}")))
+                    .map(Ok::<_, std::convert::Infallible>),
+            );
+            Response::builder()
+                .header("content-type", "application/json")
+                .body(Body::from_stream(body))
+                .map_err(|e| ApiError::Internal(e.to_string()))
         }
     }
-    if opts.dry_run {
-        return Ok(obj);
+}
+
+/// Creates an object; returns it as stored, with the warnings of its admission.
+pub async fn create(state: &AppState, target: &Target, obj: Value, opts: &WriteOptions) -> Result<Admitted, ApiError> {
+    let mut admitted = admission::admit_create(target.res, target.namespace.as_deref(), obj, opts.fields)?;
+    let (name, ns) = object_name(&admitted.object);
+    if let Some(ns) = &ns {
+        check_namespace_open(state, target.res, ns, &name).await?;
     }
-    let key = target.res.key(ns.as_deref(), &name);
-    let txn = Txn {
-        compares: vec![Compare {
-            key: key.clone(),
-            expect: Expect::Absent,
-        }],
-        ops: vec![Op::Put {
-            key,
-            value: encode(&obj)?,
-        }],
-    };
-    let rev = commit(state, txn, describe_for(target.res, name.clone())).await?;
-    tracing::debug!(object = %format!("{}/{}", target.res.plural, name), revision = rev, "created");
-    Ok(with_revision(obj, rev))
+    if opts.dry_run {
+        return Ok(admitted);
+    }
+    admitted.object = write::create(state, target.res, admitted.object).await?;
+    tracing::debug!(object = %format!("{}/{name}", target.res.plural), user = %opts.user.name, manager = %opts.manager, "created");
+    Ok(admitted)
+}
+
+/// Which part of an object a write may change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The object but its status.
+    Main,
+    /// Only `.status`.
+    Status,
+    /// Only a Namespace's `spec.finalizers`.
+    Finalize,
 }
 
 /// Replaces an object with what `change` makes of the live one; retries on a concurrent
@@ -400,131 +519,317 @@ pub async fn create(state: &AppState, target: &Target, obj: Value, opts: WriteOp
 pub async fn update(
     state: &AppState,
     target: &Target,
-    status_only: bool,
+    mode: Mode,
     change: impl Fn(&Value) -> Result<Value, ApiError>,
-    opts: WriteOptions,
-) -> Result<Value, ApiError> {
+    opts: &WriteOptions,
+) -> Result<Admitted, ApiError> {
     for _attempt in 0..5 {
         let (live, rev) = read(state, target.res, target.namespace.as_deref(), target.name()).await?;
         let desired = change(&live)?;
         let pinned = admission::resource_version(&desired).is_some();
-        let obj = if status_only {
-            admission::admit_status(target.res, &live, &desired)?
-        } else {
-            admission::admit_update(target.res, &live, desired, opts.fields)?
+        let mut admitted = match mode {
+            Mode::Main => admission::admit_update(target.res, &live, desired, opts.fields)?,
+            Mode::Status => admission::admit_status(target.res, &live, &desired)?,
+            Mode::Finalize => admission::admit_finalize(target.res, &live, &desired)?,
         };
         if opts.dry_run {
-            return Ok(with_revision(obj, rev));
+            admitted.object = with_revision(admitted.object, rev);
+            return Ok(admitted);
         }
-        let txn = replace_txn(target.key(), rev, &obj)?;
-        match commit(state, txn, describe_for(target.res, target.name().to_string())).await {
-            Ok(new_rev) => return Ok(with_revision(obj, new_rev)),
+        match write::update(state, target.res, rev, &live, admitted.object.clone()).await {
+            Ok((obj, outcome)) => {
+                if outcome == Outcome::Deleted {
+                    tracing::debug!(object = %format!("{}/{}", target.res.plural, target.name()), "finalized and deleted");
+                }
+                admitted.object = obj;
+                return Ok(admitted);
+            }
             Err(ApiError::Conflict { .. }) if !pinned => continue,
             Err(e) => return Err(e),
         }
     }
     Err(ApiError::Conflict {
-        kind: target.res.plural.to_string(),
+        kind: target.res.qualified_plural(),
         name: target.name().to_string(),
         message: "too many concurrent writes; try again".into(),
     })
 }
 
-/// Deletes an object (immediately); returns it as it was.
-pub async fn delete(state: &AppState, target: &Target, opts: &Value, write: WriteOptions) -> Result<Value, ApiError> {
-    let (live, rev) = read(state, target.res, target.namespace.as_deref(), target.name()).await?;
-    if let Some(want) = opts.pointer("/preconditions/resourceVersion").and_then(Value::as_str) {
-        if want != rev.to_string() {
-            return Err(ApiError::Conflict {
-                kind: target.res.plural.to_string(),
-                name: target.name().to_string(),
-                message: format!("Precondition failed: ResourceVersion in precondition: {want}, in object: {rev}"),
-            });
-        }
-    }
-    if let Some(want) = opts.pointer("/preconditions/uid").and_then(Value::as_str) {
-        if Some(want) != live.pointer("/metadata/uid").and_then(Value::as_str) {
-            return Err(ApiError::Conflict {
-                kind: target.res.plural.to_string(),
-                name: target.name().to_string(),
-                message: format!("Precondition failed: UID in precondition: {want}"),
-            });
-        }
-    }
-    if write.dry_run {
-        return Ok(live);
-    }
-    let key = target.key();
-    let txn = Txn {
-        compares: vec![Compare {
-            key: key.clone(),
-            expect: Expect::ModRevision(rev),
-        }],
-        ops: vec![Op::Delete { key }],
-    };
-    let new_rev = commit(state, txn, describe_for(target.res, target.name().to_string())).await?;
-    Ok(with_revision(live, new_rev))
+/// How dependents of a deleted object are treated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Propagation {
+    /// The object goes now; the garbage collector deletes its dependents.
+    Background,
+    /// The object stays (with the `foregroundDeletion` finalizer) until its dependents are gone.
+    Foreground,
+    /// The dependents are kept, their owner references to the object removed.
+    Orphan,
 }
 
-/// Binds a pod to a node (`pods/<name>/binding`): sets `spec.nodeName` once.
-async fn bind(state: &AppState, target: &Target, binding: &Value) -> Result<(), ApiError> {
-    let node = binding
-        .pointer("/target/name")
-        .and_then(Value::as_str)
-        .filter(|n| !n.is_empty())
-        .ok_or_else(|| ApiError::Invalid {
-            kind: "Binding".into(),
-            name: target.name().to_string(),
-            causes: vec![super::error::Cause {
-                field: "target.name".into(),
-                message: "Required value".into(),
-            }],
-        })?;
-    let (mut pod, rev) = read(state, target.res, target.namespace.as_deref(), target.name()).await?;
-    if let Some(existing) = pod
+/// Finalizer of a foreground deletion.
+pub const FOREGROUND_FINALIZER: &str = "foregroundDeletion";
+/// Finalizer of an orphaning deletion.
+pub const ORPHAN_FINALIZER: &str = "orphan";
+
+/// `DeleteOptions`, from the body and the query parameters.
+#[derive(Debug, Clone)]
+pub struct DeleteOptions {
+    /// Seconds before a pod is killed; `None` uses the pod's own.
+    pub grace_period: Option<i64>,
+    /// What happens to dependents.
+    pub propagation: Propagation,
+    /// Delete only while the object has this uid.
+    pub uid: Option<String>,
+    /// Delete only while the object is at this resourceVersion.
+    pub resource_version: Option<String>,
+    /// Admit but do not store.
+    pub dry_run: bool,
+}
+
+impl Default for DeleteOptions {
+    fn default() -> Self {
+        DeleteOptions {
+            grace_period: None,
+            propagation: Propagation::Background,
+            uid: None,
+            resource_version: None,
+            dry_run: false,
+        }
+    }
+}
+
+impl DeleteOptions {
+    /// Reads the options of a DELETE request.
+    pub fn from_request(req: &Request) -> Result<Self, ApiError> {
+        let body = if req.body.is_empty() { json!({}) } else { req.json()? };
+        Self::from_parts(&body, &req.params)
+    }
+
+    /// Reads options from a `DeleteOptions` body and query parameters (these win).
+    pub fn from_parts(body: &Value, params: &Params) -> Result<Self, ApiError> {
+        let grace_period = match params.get("gracePeriodSeconds") {
+            Some(g) => Some(
+                g.parse::<i64>()
+                    .map_err(|_| ApiError::BadRequest(format!("invalid gracePeriodSeconds {g:?}")))?,
+            ),
+            None => body.get("gracePeriodSeconds").and_then(Value::as_i64),
+        };
+        let orphan = params
+            .get("orphanDependents")
+            .map(|o| o == "true")
+            .or_else(|| body.get("orphanDependents").and_then(Value::as_bool));
+        let policy = params
+            .get("propagationPolicy")
+            .cloned()
+            .or_else(|| body.get("propagationPolicy").and_then(Value::as_str).map(String::from));
+        let propagation = match (policy.as_deref(), orphan) {
+            (Some("Foreground"), _) => Propagation::Foreground,
+            (Some("Orphan"), _) | (None, Some(true)) => Propagation::Orphan,
+            (Some("Background") | None, _) => Propagation::Background,
+            (Some(other), _) => {
+                return Err(ApiError::Invalid {
+                    kind: "DeleteOptions".into(),
+                    name: String::new(),
+                    causes: vec![super::error::Cause::new(
+                        "FieldValueNotSupported",
+                        "propagationPolicy",
+                        format!(
+                        "Unsupported value: {other:?}: supported values: \"Foreground\", \"Background\", \"Orphan\""
+                    ),
+                    )],
+                })
+            }
+        };
+        let dry_run = params.get("dryRun").is_some_and(|d| d == "All")
+            || body
+                .get("dryRun")
+                .and_then(Value::as_array)
+                .is_some_and(|d| d.iter().any(|x| x == "All"));
+        Ok(DeleteOptions {
+            grace_period,
+            propagation,
+            uid: body
+                .pointer("/preconditions/uid")
+                .and_then(Value::as_str)
+                .map(String::from),
+            resource_version: body
+                .pointer("/preconditions/resourceVersion")
+                .and_then(Value::as_str)
+                .map(String::from),
+            dry_run,
+        })
+    }
+}
+
+/// The grace period of a pod's deletion: the request's, else the pod's own; none for a
+/// pod that never ran on a node or has finished.
+fn pod_grace(pod: &Value, asked: Option<i64>) -> i64 {
+    let phase = pod.pointer("/status/phase").and_then(Value::as_str).unwrap_or_default();
+    let unscheduled = pod
         .pointer("/spec/nodeName")
         .and_then(Value::as_str)
-        .filter(|n| !n.is_empty())
-    {
-        return Err(ApiError::Conflict {
-            kind: "pods/binding".into(),
-            name: target.name().to_string(),
-            message: format!("pod {} is already assigned to node \"{existing}\"", target.name()),
-        });
+        .is_none_or(str::is_empty);
+    if unscheduled || phase == "Succeeded" || phase == "Failed" {
+        return 0;
     }
-    pod["spec"]["nodeName"] = json!(node);
-    if let Some(conds) = pod.pointer_mut("/status/conditions").and_then(Value::as_array_mut) {
-        conds.retain(|c| c.get("type").and_then(Value::as_str) != Some("PodScheduled"));
+    let own = pod
+        .pointer("/spec/terminationGracePeriodSeconds")
+        .and_then(Value::as_i64)
+        .unwrap_or(30);
+    match asked {
+        // A negative period means the shortest one, 1 second, as in Kubernetes.
+        Some(g) if g < 0 => 1,
+        Some(g) => g,
+        None => own,
     }
-    let scheduled = json!({"type": "PodScheduled", "status": "True", "lastTransitionTime": crate::kinds::now()});
-    match pod.pointer_mut("/status/conditions").and_then(Value::as_array_mut) {
-        Some(conds) => conds.push(scheduled),
-        None => pod["status"]["conditions"] = json!([scheduled]),
-    }
-    let txn = replace_txn(target.key(), rev, &pod)?;
-    commit(state, txn, describe_for(target.res, target.name().to_string())).await?;
-    Ok(())
 }
 
-/// The `autoscaling/v1` Scale view of a Deployment or ReplicaSet.
-fn scale_of(obj: &Value) -> Value {
-    let meta = obj.get("metadata").cloned().unwrap_or_default();
-    let labels = obj.pointer("/spec/selector/matchLabels").and_then(Value::as_object);
-    let selector = labels
-        .into_iter()
-        .flatten()
-        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
-        .collect::<Vec<_>>();
-    json!({
-        "kind": "Scale",
-        "apiVersion": "autoscaling/v1",
-        "metadata": {
-            "name": meta.get("name"), "namespace": meta.get("namespace"), "uid": meta.get("uid"),
-            "resourceVersion": meta.get("resourceVersion"), "creationTimestamp": meta.get("creationTimestamp"),
-        },
-        "spec": {"replicas": obj.pointer("/spec/replicas").cloned().unwrap_or(json!(0))},
-        "status": {"replicas": obj.pointer("/status/replicas").cloned().unwrap_or(json!(0)), "selector": selector.join(",")},
+/// Deletes an object as Kubernetes does: at once when nothing holds it, else by marking
+/// it (`deletionTimestamp`, finalizers) for its finalizers, its grace period or its
+/// namespace's content to finish first. Returns the object and whether it is gone.
+pub async fn delete(state: &AppState, target: &Target, opts: &DeleteOptions) -> Result<(Value, bool), ApiError> {
+    let res = target.res;
+    for _attempt in 0..5 {
+        let (live, rev) = read(state, res, target.namespace.as_deref(), target.name()).await?;
+        if let Some(want) = &opts.resource_version {
+            if *want != rev.to_string() {
+                return Err(ApiError::Conflict {
+                    kind: res.qualified_plural(),
+                    name: target.name().to_string(),
+                    message: format!("Precondition failed: ResourceVersion in precondition: {want}, ResourceVersion in object meta: {rev}"),
+                });
+            }
+        }
+        if let Some(want) = &opts.uid {
+            let uid = live
+                .pointer("/metadata/uid")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            if want != uid {
+                return Err(ApiError::Conflict {
+                    kind: res.qualified_plural(),
+                    name: target.name().to_string(),
+                    message: format!("Precondition failed: UID in precondition: {want}, UID in object meta: {uid}"),
+                });
+            }
+        }
+        if opts.dry_run {
+            return Ok((live, false));
+        }
+        let mut marked = live.clone();
+        let meta = marked
+            .get_mut("metadata")
+            .and_then(Value::as_object_mut)
+            .ok_or_else(|| ApiError::Internal("stored object without metadata".into()))?;
+        meta.remove("resourceVersion");
+        let already = meta.get("deletionTimestamp").is_some_and(|t| !t.is_null());
+        let grace = if res.kind == "Pod" {
+            pod_grace(&live, opts.grace_period)
+        } else {
+            0
+        };
+        let current_grace = meta.get("deletionGracePeriodSeconds").and_then(Value::as_i64);
+        let mut finalizers: Vec<Value> = meta
+            .get("finalizers")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let extra = match opts.propagation {
+            Propagation::Foreground => Some(FOREGROUND_FINALIZER),
+            Propagation::Orphan => Some(ORPHAN_FINALIZER),
+            Propagation::Background => None,
+        };
+        if already {
+            // A second delete may only shorten a pod's grace period.
+            let shorter = current_grace.is_some_and(|g| grace < g);
+            if !shorter {
+                return Ok((live, false));
+            }
+        } else if let Some(f) = extra {
+            if !finalizers.iter().any(|x| x == f) {
+                finalizers.push(json!(f));
+            }
+        }
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let deadline = now
+            .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(grace))
+            .unwrap_or(now)
+            .strftime("%Y-%m-%dT%H:%M:%SZ")
+            .to_string();
+        meta.insert("deletionTimestamp".into(), json!(deadline));
+        meta.insert("deletionGracePeriodSeconds".into(), json!(grace));
+        if !finalizers.is_empty() {
+            meta.insert("finalizers".into(), json!(finalizers));
+        }
+        if !already {
+            let generation = meta.get("generation").and_then(Value::as_i64).unwrap_or(0);
+            if generation > 0 {
+                meta.insert("generation".into(), json!(generation + 1));
+            }
+        }
+        if res.kind == "Namespace" {
+            marked["status"] = json!({"phase": "Terminating"});
+        }
+        let mut set = WriteSet::default();
+        let key = target.key();
+        let gone = if write::deletion_complete(&marked) {
+            set.delete(res, key, rev, &live);
+            true
+        } else {
+            set.update(res, key, rev, &live, &mut marked)?;
+            false
+        };
+        match set.commit(state).await {
+            Ok(new_rev) => {
+                tracing::debug!(object = %format!("{}/{}", res.plural, target.name()), gone, "delete");
+                let out = if gone {
+                    with_revision(live, new_rev)
+                } else {
+                    with_revision(marked, new_rev)
+                };
+                return Ok((out, gone));
+            }
+            Err(ApiError::Conflict { .. }) if opts.resource_version.is_none() => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(ApiError::Conflict {
+        kind: res.qualified_plural(),
+        name: target.name().to_string(),
+        message: "too many concurrent writes; try again".into(),
     })
+}
+
+/// `DELETE` on a collection: deletes every object the selectors match, each as a single
+/// delete would.
+async fn delete_collection(state: &AppState, target: &Target, req: &Request) -> Result<Response, ApiError> {
+    let opts = DeleteOptions::from_request(req)?;
+    let filter = filter_of(target, &req.params)?;
+    let cache = state.caches.get(target.res)?;
+    cache.prepare(&state.store, ReadAt::Newest).await?;
+    let page = cache.list(&filter, None, None, ReadAt::Newest)?;
+    let mut deleted = Vec::new();
+    for obj in page.items {
+        let (name, ns) = object_name(&obj.value);
+        let one = Target {
+            res: target.res,
+            namespace: ns,
+            name: Some(name),
+            sub: None,
+        };
+        match delete(state, &one, &opts).await {
+            Ok((obj, _)) => deleted.push(obj),
+            Err(ApiError::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let list = json!({
+        "kind": format!("{}List", target.res.kind),
+        "apiVersion": target.res.api_version(),
+        "metadata": {"resourceVersion": state.store.revision().to_string()},
+        "items": deleted,
+    });
+    Ok(axum::Json(list).into_response())
 }
 
 /// The patch formats understood.
@@ -536,7 +841,7 @@ pub enum PatchKind {
     Strategic,
 }
 
-fn patch_kind(content_type: &str) -> Result<PatchKind, ApiError> {
+pub fn patch_kind(content_type: &str) -> Result<PatchKind, ApiError> {
     if content_type.starts_with("application/merge-patch+json") {
         Ok(PatchKind::Merge)
     } else if content_type.starts_with("application/strategic-merge-patch+json") {
@@ -549,7 +854,7 @@ fn patch_kind(content_type: &str) -> Result<PatchKind, ApiError> {
 }
 
 /// Applies a patch to the live object.
-fn apply_patch(_kind: PatchKind, live: &Value, patch: &Value) -> Result<Value, ApiError> {
+pub fn apply_patch(_kind: PatchKind, live: &Value, patch: &Value) -> Result<Value, ApiError> {
     let mut out = live.clone();
     // A patch must not pin the version it was computed from unless it says so.
     if let Some(meta) = out.get_mut("metadata").and_then(Value::as_object_mut) {

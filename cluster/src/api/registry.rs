@@ -1,8 +1,10 @@
-//! The kinds the API server serves: one entry per resource, with how to type-check it.
+//! The kinds the API server serves: one entry per resource, naming everything the server
+//! needs to know of it (names for discovery, its type, defaults, validation, columns).
 //!
 //! Objects travel as JSON; each entry's `normalize` round-trips an object through its
 //! typed k8s-openapi (or Kairn) struct, which is the validation of field types and
-//! names, and drops unknown fields as kube-apiserver's pruning does.
+//! names, and drops unknown fields as kube-apiserver's pruning does. What a kind does
+//! beyond its type lives in `resources/`.
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -11,9 +13,14 @@ use serde_json::Value;
 use schemars::SchemaGenerator;
 
 use super::error::Cause;
+use super::resources::{self, application, core as misc, pod, service, workloads, Column};
 use super::schema::schema_name_of;
+use super::validation::{Errors, NameRule};
 use crate::kinds::Application;
-use k8s_openapi::api::{apps::v1 as apps, coordination::v1 as coordination, core::v1 as core};
+use k8s_openapi::api::{
+    apps::v1 as apps, batch::v1 as batch, coordination::v1 as coordination, core::v1 as core,
+    discovery::v1 as discovery, scheduling::v1 as scheduling,
+};
 
 /// A served resource.
 #[derive(Debug)]
@@ -32,15 +39,63 @@ pub struct ResourceInfo {
     pub namespaced: bool,
     /// kubectl short names.
     pub short_names: &'static [&'static str],
-    /// Subresources served (`status`, `binding`).
+    /// Categories (`all` makes `kubectl get all` include the kind).
+    pub categories: &'static [&'static str],
+    /// Subresources served (`status`, `scale`, `binding`, `log`, `eviction`, `finalize`).
     pub subresources: &'static [&'static str],
-    /// Member of the `all` category (`kubectl get all`).
-    pub in_all: bool,
+    /// How object names are checked.
+    pub name_rule: NameRule,
     /// Type-checks and normalizes an object of this kind; also returns the paths of
     /// fields the type does not know (dropped from the normalized object).
     pub normalize: fn(Value) -> Result<(Value, Vec<String>), Cause>,
     /// Registers the kind's schema with a generator and returns its definition name.
     pub schema: fn(&mut SchemaGenerator) -> String,
+    /// Fills the defaults Kubernetes applies on every write.
+    pub defaults: fn(&mut Value),
+    /// Sets what the server owns on a new object (initial status, generated fields).
+    pub prepare_create: fn(&mut Value),
+    /// Carries over from the live object what a replacement may leave out.
+    pub prepare_update: fn(&mut Value, &Value),
+    /// Semantic validation of a new object, or of a change to `old`.
+    pub validate: fn(&Value, Option<&Value>, &mut Errors),
+    /// `kubectl get` columns.
+    pub columns: &'static [Column],
+    /// One row's cells, in the order of `columns`.
+    pub cells: fn(&Value) -> Vec<Value>,
+}
+
+/// What an entry has unless it says otherwise.
+const BASE: ResourceInfo = ResourceInfo {
+    group: "",
+    version: "v1",
+    kind: "",
+    plural: "",
+    singular: "",
+    namespaced: true,
+    short_names: &[],
+    categories: &[],
+    subresources: &[],
+    name_rule: NameRule::Subdomain,
+    normalize: typed::<Value>,
+    schema: schema_name_of::<Value>,
+    defaults: resources::no_defaults,
+    prepare_create: resources::no_defaults,
+    prepare_update: |_, _| {},
+    validate: resources::no_validation,
+    columns: resources::NAME_AGE,
+    cells: resources::name_age,
+};
+
+/// A registry entry for the typed struct `$ty`: its normalization and schema come from it.
+macro_rules! resource {
+    ($ty:ty { $($field:ident: $value:expr),* $(,)? }) => {
+        ResourceInfo {
+            normalize: typed::<$ty>,
+            schema: schema_name_of::<$ty>,
+            $($field: $value,)*
+            ..BASE
+        }
+    };
 }
 
 impl ResourceInfo {
@@ -67,6 +122,24 @@ impl ResourceInfo {
         format!("{}{name}", self.prefix(namespace))
     }
 
+    /// `Kind.group` as Kubernetes names a kind in messages (`Deployment.apps`, `Pod`).
+    pub fn qualified_kind(&self) -> String {
+        if self.group.is_empty() {
+            self.kind.to_string()
+        } else {
+            format!("{}.{}", self.kind, self.group)
+        }
+    }
+
+    /// `plural.group` as Kubernetes names a resource in messages (`deployments.apps`).
+    pub fn qualified_plural(&self) -> String {
+        if self.group.is_empty() {
+            self.plural.to_string()
+        } else {
+            format!("{}.{}", self.plural, self.group)
+        }
+    }
+
     /// Whether the `status` subresource exists (then writes to the object keep status).
     pub fn has_status(&self) -> bool {
         self.subresources.contains(&"status")
@@ -77,15 +150,12 @@ impl ResourceInfo {
 fn typed<K: DeserializeOwned + Serialize>(value: Value) -> Result<(Value, Vec<String>), Cause> {
     let typed: K = serde_path_to_error::deserialize(value.clone()).map_err(|e| {
         let path = e.path().to_string();
-        Cause {
-            field: if path == "." { String::new() } else { path },
-            message: e.into_inner().to_string(),
-        }
+        Cause::invalid(
+            if path == "." { String::new() } else { path },
+            e.into_inner().to_string(),
+        )
     })?;
-    let normalized = serde_json::to_value(typed).map_err(|e| Cause {
-        field: String::new(),
-        message: e.to_string(),
-    })?;
+    let normalized = serde_json::to_value(typed).map_err(|e| Cause::invalid("", e.to_string()))?;
     let mut unknown = Vec::new();
     unknown_fields(&value, &normalized, "", &mut unknown);
     Ok((normalized, unknown))
@@ -120,136 +190,194 @@ fn unknown_fields(input: &Value, output: &Value, path: &str, out: &mut Vec<Strin
 
 /// Every resource the server serves, in discovery order.
 pub static RESOURCES: &[ResourceInfo] = &[
-    ResourceInfo {
-        group: "",
-        version: "v1",
+    resource!(core::Namespace {
         kind: "Namespace",
         plural: "namespaces",
         singular: "namespace",
         namespaced: false,
         short_names: &["ns"],
-        subresources: &["status"],
-        in_all: false,
-        normalize: typed::<core::Namespace>,
-        schema: schema_name_of::<core::Namespace>,
-    },
-    ResourceInfo {
-        group: "",
-        version: "v1",
+        subresources: &["status", "finalize"],
+        name_rule: NameRule::Label,
+        prepare_create: misc::namespace_prepare_create,
+        prepare_update: misc::namespace_prepare_update,
+        columns: misc::NAMESPACE_COLUMNS,
+        cells: misc::namespace_cells,
+    }),
+    resource!(core::Node {
         kind: "Node",
         plural: "nodes",
         singular: "node",
         namespaced: false,
         short_names: &["no"],
         subresources: &["status"],
-        in_all: false,
-        normalize: typed::<core::Node>,
-        schema: schema_name_of::<core::Node>,
-    },
-    ResourceInfo {
-        group: "",
-        version: "v1",
+        validate: misc::validate_node,
+        columns: misc::NODE_COLUMNS,
+        cells: misc::node_cells,
+    }),
+    resource!(core::Pod {
         kind: "Pod",
         plural: "pods",
         singular: "pod",
-        namespaced: true,
         short_names: &["po"],
-        subresources: &["status", "binding", "log"],
-        in_all: true,
-        normalize: typed::<core::Pod>,
-        schema: schema_name_of::<core::Pod>,
-    },
-    ResourceInfo {
-        group: "",
-        version: "v1",
+        categories: &["all"],
+        subresources: &["status", "binding", "log", "eviction"],
+        defaults: pod::defaults,
+        prepare_create: pod::prepare_create,
+        validate: pod::validate,
+        columns: pod::COLUMNS,
+        cells: pod::cells,
+    }),
+    resource!(core::Service {
+        kind: "Service",
+        plural: "services",
+        singular: "service",
+        short_names: &["svc"],
+        categories: &["all"],
+        subresources: &["status"],
+        name_rule: NameRule::Dns1035,
+        defaults: service::defaults,
+        prepare_update: service::prepare_update,
+        validate: service::validate,
+        columns: service::COLUMNS,
+        cells: service::cells,
+    }),
+    resource!(core::Endpoints {
+        kind: "Endpoints",
+        plural: "endpoints",
+        singular: "endpoints",
+        short_names: &["ep"],
+        defaults: service::endpoints_defaults,
+        validate: service::validate_endpoints,
+        columns: service::ENDPOINTS_COLUMNS,
+        cells: service::endpoints_cells,
+    }),
+    resource!(core::ConfigMap {
         kind: "ConfigMap",
         plural: "configmaps",
         singular: "configmap",
-        namespaced: true,
         short_names: &["cm"],
-        subresources: &[],
-        in_all: false,
-        normalize: typed::<core::ConfigMap>,
-        schema: schema_name_of::<core::ConfigMap>,
-    },
-    ResourceInfo {
-        group: "",
-        version: "v1",
+        validate: misc::validate_configmap,
+        columns: misc::CONFIGMAP_COLUMNS,
+        cells: misc::configmap_cells,
+    }),
+    resource!(core::Secret {
         kind: "Secret",
         plural: "secrets",
         singular: "secret",
-        namespaced: true,
-        short_names: &[],
-        subresources: &[],
-        in_all: false,
-        normalize: typed::<core::Secret>,
-        schema: schema_name_of::<core::Secret>,
-    },
-    ResourceInfo {
-        group: "",
-        version: "v1",
+        defaults: misc::secret_defaults,
+        validate: misc::validate_secret,
+        columns: misc::SECRET_COLUMNS,
+        cells: misc::secret_cells,
+    }),
+    resource!(core::ServiceAccount {
+        kind: "ServiceAccount",
+        plural: "serviceaccounts",
+        singular: "serviceaccount",
+        short_names: &["sa"],
+        columns: misc::SERVICEACCOUNT_COLUMNS,
+        cells: misc::serviceaccount_cells,
+    }),
+    resource!(core::Event {
         kind: "Event",
         plural: "events",
         singular: "event",
-        namespaced: true,
         short_names: &["ev"],
-        subresources: &[],
-        in_all: false,
-        normalize: typed::<core::Event>,
-        schema: schema_name_of::<core::Event>,
-    },
-    ResourceInfo {
+        columns: misc::EVENT_COLUMNS,
+        cells: misc::event_cells,
+    }),
+    resource!(apps::Deployment {
         group: "apps",
-        version: "v1",
         kind: "Deployment",
         plural: "deployments",
         singular: "deployment",
-        namespaced: true,
         short_names: &["deploy"],
+        categories: &["all"],
         subresources: &["status", "scale"],
-        in_all: true,
-        normalize: typed::<apps::Deployment>,
-        schema: schema_name_of::<apps::Deployment>,
-    },
-    ResourceInfo {
+        defaults: workloads::deployment_defaults,
+        validate: workloads::validate_deployment,
+        columns: workloads::DEPLOYMENT_COLUMNS,
+        cells: workloads::deployment_cells,
+    }),
+    resource!(apps::ReplicaSet {
         group: "apps",
-        version: "v1",
         kind: "ReplicaSet",
         plural: "replicasets",
         singular: "replicaset",
-        namespaced: true,
         short_names: &["rs"],
+        categories: &["all"],
         subresources: &["status", "scale"],
-        in_all: true,
-        normalize: typed::<apps::ReplicaSet>,
-        schema: schema_name_of::<apps::ReplicaSet>,
-    },
-    ResourceInfo {
+        defaults: workloads::replicaset_defaults,
+        validate: workloads::validate_replicaset,
+        columns: workloads::REPLICASET_COLUMNS,
+        cells: workloads::replicaset_cells,
+    }),
+    resource!(apps::DaemonSet {
+        group: "apps",
+        kind: "DaemonSet",
+        plural: "daemonsets",
+        singular: "daemonset",
+        short_names: &["ds"],
+        categories: &["all"],
+        subresources: &["status"],
+        defaults: workloads::daemonset_defaults,
+        validate: workloads::validate_daemonset,
+        columns: workloads::DAEMONSET_COLUMNS,
+        cells: workloads::daemonset_cells,
+    }),
+    resource!(batch::Job {
+        group: "batch",
+        kind: "Job",
+        plural: "jobs",
+        singular: "job",
+        categories: &["all"],
+        subresources: &["status"],
+        defaults: workloads::job_defaults,
+        prepare_create: workloads::job_prepare_create,
+        validate: workloads::validate_job,
+        columns: workloads::JOB_COLUMNS,
+        cells: workloads::job_cells,
+    }),
+    resource!(discovery::EndpointSlice {
+        group: "discovery.k8s.io",
+        kind: "EndpointSlice",
+        plural: "endpointslices",
+        singular: "endpointslice",
+        validate: service::validate_slice,
+        columns: service::SLICE_COLUMNS,
+        cells: service::slice_cells,
+    }),
+    resource!(coordination::Lease {
         group: "coordination.k8s.io",
-        version: "v1",
         kind: "Lease",
         plural: "leases",
         singular: "lease",
-        namespaced: true,
-        short_names: &[],
-        subresources: &[],
-        in_all: false,
-        normalize: typed::<coordination::Lease>,
-        schema: schema_name_of::<coordination::Lease>,
-    },
-    ResourceInfo {
+        columns: misc::LEASE_COLUMNS,
+        cells: misc::lease_cells,
+    }),
+    resource!(scheduling::PriorityClass {
+        group: "scheduling.k8s.io",
+        kind: "PriorityClass",
+        plural: "priorityclasses",
+        singular: "priorityclass",
+        namespaced: false,
+        short_names: &["pc"],
+        defaults: misc::priorityclass_defaults,
+        validate: misc::validate_priorityclass,
+        columns: misc::PRIORITYCLASS_COLUMNS,
+        cells: misc::priorityclass_cells,
+    }),
+    resource!(Application {
         group: crate::kinds::GROUP,
         version: crate::kinds::VERSION,
         kind: "Application",
         plural: "applications",
         singular: "application",
-        namespaced: false,
-        short_names: &["app"],
+        short_names: &["app", "apps"],
         subresources: &["status"],
-        in_all: false,
-        normalize: typed::<Application>,
-        schema: schema_name_of::<Application>,
-    },
+        validate: application::validate,
+        columns: application::COLUMNS,
+        cells: application::cells,
+    }),
 ];
 
 /// The resource at `group/version/plural`.

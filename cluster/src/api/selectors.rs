@@ -79,6 +79,46 @@ impl LabelSelector {
         Ok(LabelSelector(reqs))
     }
 
+    /// A selector object (`{matchLabels, matchExpressions}`), as a Deployment's.
+    pub fn from_object(sel: &Value) -> Result<Self, String> {
+        let mut reqs = Vec::new();
+        for (k, v) in sel.get("matchLabels").and_then(Value::as_object).into_iter().flatten() {
+            reqs.push(LabelReq::Equals(k.clone(), v.as_str().unwrap_or_default().to_string()));
+        }
+        for e in sel
+            .get("matchExpressions")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let key = e.get("key").and_then(Value::as_str).unwrap_or_default().to_string();
+            let values: Vec<String> = e
+                .get("values")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect();
+            let op = e.get("operator").and_then(Value::as_str).unwrap_or_default();
+            reqs.push(match op {
+                "In" | "NotIn" if values.is_empty() => {
+                    return Err(format!("for '{op}' operators, values set can't be empty"))
+                }
+                "In" => LabelReq::In(key, values),
+                "NotIn" => LabelReq::NotIn(key, values),
+                "Exists" => LabelReq::Exists(key),
+                "DoesNotExist" => LabelReq::NotExists(key),
+                other => return Err(format!("{other:?} is not a valid label selector operator")),
+            });
+        }
+        Ok(LabelSelector(reqs))
+    }
+
+    /// Whether the selector has no requirement (and so matches everything).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// Whether `labels` satisfy every requirement.
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
         self.0.iter().all(|r| match r {

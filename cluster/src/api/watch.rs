@@ -1,127 +1,147 @@
-//! `?watch=true`: a chunked stream of `{"type": ..., "object": ...}` lines.
+//! `?watch=true`: a chunked stream of `{"type": ..., "object": ...}` lines, served from
+//! the resource's watch cache.
 //!
-//! Without a resourceVersion (or with "0") the current objects come first as ADDED, then
-//! changes; with one, changes after it. A revision the store no longer keeps yields an
-//! ERROR event holding a 410 Expired Status, and the client relists.
+//! Without a resourceVersion the current objects come first as ADDED (a consistent read),
+//! with "0" the cache's current objects, with a revision the changes after it. A revision
+//! the cache no longer holds yields an ERROR event holding a 410 Expired Status, and the
+//! client relists. Each change reaches every watcher as the same decoded object and the
+//! same JSON bytes; a watcher only filters and frames it.
 
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::response::Response;
-use serde_json::{json, Value};
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 
+use super::cache::{bookmark, event_line, CacheEvent, CacheMessage, CachedObject, EventType, Filter, ReadAt};
 use super::error::ApiError;
-use super::objects::{self, Params, Target};
-use super::selectors::{labels_of, FieldSelector, LabelSelector};
+use super::objects::{filter_of, read_at, Params, Shape, Target};
+use super::table::partial_metadata;
 use super::AppState;
-use crate::store::EventKind;
 
-fn line(kind: &str, object: &Value) -> Bytes {
-    let mut out = serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
-    out.push(b'\n');
-    Bytes::from(out)
+/// How often a watch that asked for bookmarks gets one.
+const BOOKMARK_EVERY: Duration = Duration::from_secs(30);
+
+/// One watcher's view of the stream.
+struct Watcher {
+    filter: Filter,
+    shape: Shape,
+}
+
+impl Watcher {
+    fn line(&self, kind: &str, obj: &CachedObject) -> Bytes {
+        match self.shape {
+            Shape::Metadata => event_line(kind, partial_metadata(&obj.value).to_string().as_bytes()),
+            _ => event_line(kind, &obj.json),
+        }
+    }
+
+    /// The line this watcher sees for a change, if any: an object entering the filter
+    /// is ADDED to it, one leaving is DELETED.
+    fn event(&self, ev: &CacheEvent) -> Option<Bytes> {
+        let was = ev.prev.as_ref().is_some_and(|p| self.filter.matches(p));
+        let kind = match ev.kind {
+            EventType::Deleted => was.then_some("DELETED"),
+            EventType::Added | EventType::Modified => match (was, self.filter.matches(&ev.object)) {
+                (true, true) => Some("MODIFIED"),
+                (false, true) => Some("ADDED"),
+                (true, false) => Some("DELETED"),
+                (false, false) => None,
+            },
+        }?;
+        Some(self.line(kind, &ev.object))
+    }
+}
+
+fn error_line(e: &ApiError) -> Bytes {
+    event_line("ERROR", e.status().to_string().as_bytes())
 }
 
 /// Starts a watch and returns the streaming response.
-pub async fn serve(state: AppState, target: Target, params: Params) -> Result<Response, ApiError> {
-    let labels = LabelSelector::parse(params.get("labelSelector").map(String::as_str).unwrap_or(""))?;
-    let fields = FieldSelector::parse(params.get("fieldSelector").map(String::as_str).unwrap_or(""))?;
-    let matches = move |obj: &Value| labels.matches(&labels_of(obj)) && fields.matches(obj);
+pub async fn serve(state: AppState, target: Target, params: Params, shape: Shape) -> Result<Response, ApiError> {
+    let filter = filter_of(&target, &params)?;
     let timeout = params
         .get("timeoutSeconds")
         .and_then(|t| t.parse::<u64>().ok())
         .unwrap_or(1800);
     let bookmarks = params.get("allowWatchBookmarks").is_some_and(|b| b == "true");
-    let prefix = target.res.prefix(target.namespace.as_deref());
-
-    // Initial state: either the current objects (as ADDED) or nothing.
-    let mut initial = Vec::new();
-    let from = match params
-        .get("resourceVersion")
-        .map(String::as_str)
-        .filter(|rv| !rv.is_empty() && *rv != "0")
-    {
-        Some(rv) => rv
-            .parse::<u64>()
-            .map_err(|_| ApiError::BadRequest(format!("invalid resourceVersion {rv}")))?,
-        None => {
-            let mut list_params = params.clone();
-            list_params.remove("limit");
-            list_params.remove("continue");
-            let list = objects::list(&state, &target, &list_params).await?;
-            for item in list["items"].as_array().into_iter().flatten() {
-                initial.push(line("ADDED", item));
-            }
-            list.pointer("/metadata/resourceVersion")
-                .and_then(Value::as_str)
-                .and_then(|r| r.parse().ok())
-                .unwrap_or(0)
-        }
+    let initial_events = params.get("sendInitialEvents").map(|s| s == "true");
+    let at = read_at(&params)?;
+    let cache = state.caches.get(target.res)?.clone();
+    cache.prepare(&state.store, at).await?;
+    // Kubernetes: no resourceVersion (or "0") starts with the current objects as ADDED,
+    // unless sendInitialEvents says otherwise; a revision starts after it.
+    let from = match (at, initial_events) {
+        (_, Some(true)) | (ReadAt::Newest | ReadAt::Any, None) => None,
+        (ReadAt::Newest | ReadAt::Any, Some(false)) => Some(cache.revision()),
+        (ReadAt::NotOlderThan(rev) | ReadAt::Exact(rev), _) => Some(rev),
     };
-    let kind = target.res.kind;
-    let api_version = target.res.api_version();
-    let watch = state.store.watch(&prefix, from);
+    let start = cache.watch(from, &filter);
+    let res = target.res;
+    let watcher = Watcher { filter, shape };
     let mut shutdown = state.shutdown.clone();
 
     let (tx, rx) = mpsc::channel::<Bytes>(64);
     tokio::spawn(async move {
-        for l in initial {
-            if tx.send(l).await.is_err() {
-                return;
-            }
-        }
-        let mut watch = match watch {
-            Ok(w) => w,
+        let mut start = match start {
+            Ok(s) => s,
             Err(e) => {
-                let _ = tx.send(line("ERROR", &ApiError::Store(e).status())).await;
+                let _ = tx.send(error_line(&e)).await;
                 return;
             }
         };
+        let mut last_rev = start.revision;
+        for obj in std::mem::take(&mut start.initial) {
+            if tx.send(watcher.line("ADDED", &obj)).await.is_err() {
+                return;
+            }
+        }
+        if initial_events == Some(true) && tx.send(bookmark(res, last_rev, true)).await.is_err() {
+            return;
+        }
+        for ev in std::mem::take(&mut start.backlog) {
+            last_rev = ev.revision;
+            if let Some(line) = watcher.event(&ev) {
+                if tx.send(line).await.is_err() {
+                    return;
+                }
+            }
+        }
         let deadline = tokio::time::sleep(Duration::from_secs(timeout));
         tokio::pin!(deadline);
-        let mut bookmark_tick = tokio::time::interval(Duration::from_secs(30));
+        let mut bookmark_tick = tokio::time::interval(BOOKMARK_EVERY);
         bookmark_tick.tick().await;
-        let mut last_rev = from;
         loop {
-            let event = tokio::select! {
-                ev = watch.next() => ev,
+            let msg = tokio::select! {
+                msg = start.rx.recv() => msg,
                 _ = &mut deadline => return,
                 _ = tx.closed() => return,
                 _ = shutdown.changed() => return,
                 _ = bookmark_tick.tick(), if bookmarks => {
-                    let mark = json!({"kind": kind, "apiVersion": api_version,
-                        "metadata": {"resourceVersion": last_rev.to_string()}});
-                    if tx.send(line("BOOKMARK", &mark)).await.is_err() { return; }
+                    if tx.send(bookmark(res, last_rev, false)).await.is_err() { return; }
                     continue;
                 }
             };
-            let ev = match event {
-                None => return,
-                // Expired becomes a 410 Status: the client relists.
-                Some(Err(e)) => {
-                    let _ = tx.send(line("ERROR", &ApiError::Store(e).status())).await;
+            let line = match msg {
+                // The channel was subscribed to with the backlog taken: no change repeats.
+                Ok(CacheMessage::Event(ev)) => {
+                    last_rev = ev.revision;
+                    watcher.event(&ev)
+                }
+                Ok(CacheMessage::Progress(rev)) => {
+                    last_rev = last_rev.max(rev);
+                    None
+                }
+                // The cache was rebuilt, or this watcher fell too far behind: relist.
+                Ok(CacheMessage::Reset) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                    let e = ApiError::Expired("the watch fell behind; relist".into());
+                    let _ = tx.send(error_line(&e)).await;
                     return;
                 }
-                Some(Ok(ev)) => ev,
+                Err(broadcast::error::RecvError::Closed) => return,
             };
-            last_rev = ev.kv.mod_revision;
-            let Ok(now) = objects::decode(&ev.kv) else { continue };
-            let before = ev.prev.as_ref().and_then(|p| serde_json::from_slice::<Value>(p).ok());
-            let was = before.as_ref().is_some_and(&matches);
-            let out = match ev.kind {
-                EventKind::Delete if was => Some("DELETED"),
-                EventKind::Delete => None,
-                EventKind::Put => match (was, matches(&now)) {
-                    (true, true) => Some("MODIFIED"),
-                    (false, true) => Some("ADDED"),
-                    // Left the filter: to this watcher it is gone.
-                    (true, false) => Some("DELETED"),
-                    (false, false) => None,
-                },
-            };
-            if let Some(kind) = out {
-                if tx.send(line(kind, &now)).await.is_err() {
+            if let Some(line) = line {
+                if tx.send(line).await.is_err() {
                     return;
                 }
             }

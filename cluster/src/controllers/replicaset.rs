@@ -67,6 +67,8 @@ async fn reconcile(rs: Arc<ReplicaSet>, client: Arc<kube::Client>) -> Result<Act
         .items
         .into_iter()
         .filter(|p| controlled_by(&p.metadata, &uid))
+        // A pod being deleted no longer counts, as in Kubernetes.
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
         .collect();
 
     // Pods that ended for good are replaced, as Kubernetes does.

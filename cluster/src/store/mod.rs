@@ -23,7 +23,7 @@ use openraft::{BasicNode, Config, Raft};
 pub use log_store::LogStore;
 pub use state_machine::StateMachine;
 pub use types::{Compare, Event, EventKind, Expect, KeyValue, NodeId, Op, Txn, TxnResult};
-pub use watch::WatchStream;
+pub use watch::{Applied, WatchStream, Watched};
 
 /// What can go wrong with the store.
 #[derive(Debug, thiserror::Error)]
@@ -250,6 +250,21 @@ impl Store {
             }
             Err(e) => Err(StoreError::Raft(e.to_string())),
         }
+    }
+
+    /// Reads everything under `prefix` in one consistent view (no read barrier): the
+    /// values and the revision they are current at. The API server's watch cache starts
+    /// from this, then watches from the revision.
+    pub fn snapshot_local(&self, prefix: &str) -> Result<(Vec<KeyValue>, u64), StoreError> {
+        let (kvs, rev, _) = self.sm.range(prefix, None, None)?;
+        Ok((kvs, rev))
+    }
+
+    /// Confirms this member may serve a linearizable read and returns the revision the
+    /// read must reflect: everything committed before the call is applied up to it.
+    pub async fn linearizable_revision(&self) -> Result<u64, StoreError> {
+        self.read_barrier().await?;
+        Ok(self.revision())
     }
 
     /// Watches keys under `prefix` for changes after revision `after`.

@@ -365,9 +365,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 self.inner.revision.store(index, Ordering::SeqCst);
                 (result, events)
             };
-            if !events.is_empty() {
-                self.inner.hub.publish(events);
-            }
+            self.inner.hub.publish(index, events);
             results.push(result);
         }
         Ok(results)

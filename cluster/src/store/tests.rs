@@ -120,7 +120,7 @@ async fn watch_replays_history_then_streams_and_refuses_unknown_revisions() {
         .unwrap();
 
     let mut w = store.watch("/w/", start).unwrap();
-    let ev = w.next().await.unwrap().unwrap();
+    let ev = w.next_events().await.unwrap().unwrap().events[0].clone();
     assert_eq!(
         (ev.kind, ev.kv.mod_revision, ev.prev.is_some()),
         (EventKind::Put, first.revision, false)
@@ -133,11 +133,13 @@ async fn watch_replays_history_then_streams_and_refuses_unknown_revisions() {
         })
         .await
         .unwrap();
-    let ev = tokio::time::timeout(Duration::from_secs(5), w.next())
+    let watched = tokio::time::timeout(Duration::from_secs(5), w.next_events())
         .await
         .unwrap()
         .unwrap()
         .unwrap();
+    assert_eq!(watched.events.len(), 1, "only the event under the prefix");
+    let ev = &watched.events[0];
     assert_eq!(ev.kind, EventKind::Delete);
     assert_eq!(ev.kv.value, b"a", "a delete event carries the last value");
     store.shutdown().await.unwrap();

@@ -1,0 +1,505 @@
+//! Workloads that stamp out pods from a template: Deployment, ReplicaSet, DaemonSet, Job.
+//! They share the template checks (a selector that matches the template's labels, a
+//! valid pod spec, the restart policies the controller supports, an immutable selector).
+
+use serde_json::{json, Value};
+
+use super::{cell, child, pod, set_default, Column};
+use crate::api::selectors::{labels_of, LabelSelector};
+use crate::api::validation::{self as v, Errors};
+
+/// Fills the pod template's defaults.
+fn template_defaults(obj: &mut Value) {
+    if let Some(spec) = obj.pointer_mut("/spec/template/spec") {
+        pod::spec_defaults(spec);
+    }
+}
+
+/// The checks every template-based workload shares.
+fn validate_template(errs: &mut Errors, obj: &Value, old: Option<&Value>, restart: &[&str]) {
+    let selector = v::at(obj, "spec.selector");
+    match selector.map(LabelSelector::from_object) {
+        None => errs.required("spec.selector"),
+        Some(Err(m)) => errs.invalid("spec.selector", selector.unwrap_or(&Value::Null), m),
+        Some(Ok(sel)) if sel.is_empty() => errs.invalid(
+            "spec.selector",
+            selector.unwrap_or(&Value::Null),
+            "empty selector is invalid for deployment",
+        ),
+        Some(Ok(sel)) => {
+            let template = obj.pointer("/spec/template").cloned().unwrap_or(Value::Null);
+            if !sel.matches(&labels_of(&template)) {
+                errs.invalid(
+                    "spec.template.metadata.labels",
+                    template.pointer("/metadata/labels").unwrap_or(&Value::Null),
+                    "`selector` does not match template `labels`",
+                );
+            }
+        }
+    }
+    v::labels(
+        errs,
+        "spec.template.metadata.labels",
+        obj.pointer("/spec/template/metadata/labels"),
+    );
+    pod::validate_spec(errs, obj.pointer("/spec/template/spec"), "spec.template.spec");
+    if let Some(p) = obj.pointer("/spec/template/spec/restartPolicy").and_then(Value::as_str) {
+        if !restart.contains(&p) {
+            errs.unsupported("spec.template.spec.restartPolicy", p, restart);
+        }
+    }
+    if let Some(old) = old {
+        errs.immutable(
+            "spec.selector",
+            v::at(obj, "spec.selector"),
+            v::at(old, "spec.selector"),
+        );
+    }
+    v::non_negative(errs, "spec.minReadySeconds", obj.pointer("/spec/minReadySeconds"));
+}
+
+/// An int-or-percent (`maxSurge: 1` or `"25%"`) as a number and whether it is a percent.
+fn int_or_percent(errs: &mut Errors, field: &str, value: Option<&Value>) -> Option<(i64, bool)> {
+    let value = value?;
+    let parsed = match value {
+        Value::Number(n) => n.as_i64().map(|n| (n, false)),
+        Value::String(s) => s.strip_suffix('%').and_then(|p| p.parse().ok()).map(|p| (p, true)),
+        _ => None,
+    };
+    match parsed {
+        None => errs.invalid(field, value, "a valid percent string must be a numeric string followed by an ending '%' (e.g. '1%',  or '93%', regex used for validation is '[0-9]+%')"),
+        Some((n, _)) if n < 0 => errs.invalid(field, value, "must be greater than or equal to 0"),
+        Some(_) => {}
+    }
+    parsed
+}
+
+/// Deployment defaults.
+pub fn deployment_defaults(d: &mut Value) {
+    if let Some(spec) = d.get_mut("spec").filter(|s| s.is_object()) {
+        set_default(spec, "replicas", json!(1));
+        set_default(spec, "revisionHistoryLimit", json!(10));
+        set_default(spec, "progressDeadlineSeconds", json!(600));
+        if let Some(strategy) = child(spec, "strategy") {
+            set_default(strategy, "type", json!("RollingUpdate"));
+            if strategy["type"] == "RollingUpdate" {
+                if let Some(ru) = child(strategy, "rollingUpdate") {
+                    set_default(ru, "maxUnavailable", json!("25%"));
+                    set_default(ru, "maxSurge", json!("25%"));
+                }
+            }
+        }
+    }
+    template_defaults(d);
+}
+
+/// Deployment validation.
+pub fn validate_deployment(d: &Value, old: Option<&Value>, errs: &mut Errors) {
+    v::non_negative(errs, "spec.replicas", d.pointer("/spec/replicas"));
+    v::non_negative(
+        errs,
+        "spec.revisionHistoryLimit",
+        d.pointer("/spec/revisionHistoryLimit"),
+    );
+    validate_template(errs, d, old, &["Always"]);
+    let kind = d
+        .pointer("/spec/strategy/type")
+        .and_then(Value::as_str)
+        .unwrap_or("RollingUpdate");
+    match kind {
+        "Recreate" => {
+            if d.pointer("/spec/strategy/rollingUpdate").is_some_and(|r| !r.is_null()) {
+                errs.forbidden(
+                    "spec.strategy.rollingUpdate",
+                    "may not be specified when strategy `type` is 'Recreate'",
+                );
+            }
+        }
+        "RollingUpdate" => {
+            let surge = int_or_percent(
+                errs,
+                "spec.strategy.rollingUpdate.maxSurge",
+                d.pointer("/spec/strategy/rollingUpdate/maxSurge"),
+            );
+            let unavailable = int_or_percent(
+                errs,
+                "spec.strategy.rollingUpdate.maxUnavailable",
+                d.pointer("/spec/strategy/rollingUpdate/maxUnavailable"),
+            );
+            if let Some((u, true)) = unavailable {
+                if u > 100 {
+                    errs.invalid(
+                        "spec.strategy.rollingUpdate.maxUnavailable",
+                        &json!(format!("{u}%")),
+                        "must not be greater than 100%",
+                    );
+                }
+            }
+            if surge.is_some_and(|(s, _)| s == 0) && unavailable.is_some_and(|(u, _)| u == 0) {
+                errs.invalid(
+                    "spec.strategy.rollingUpdate.maxUnavailable",
+                    &json!(0),
+                    "may not be 0 when `maxSurge` is 0",
+                );
+            }
+        }
+        other => errs.unsupported("spec.strategy.type", other, &["Recreate", "RollingUpdate"]),
+    }
+    let deadline = d.pointer("/spec/progressDeadlineSeconds").and_then(Value::as_i64);
+    let min_ready = d.pointer("/spec/minReadySeconds").and_then(Value::as_i64).unwrap_or(0);
+    if let Some(deadline) = deadline {
+        if deadline <= min_ready {
+            errs.invalid(
+                "spec.progressDeadlineSeconds",
+                &json!(deadline),
+                "must be greater than minReadySeconds",
+            );
+        }
+    }
+}
+
+/// `kubectl get deployments` columns.
+pub static DEPLOYMENT_COLUMNS: &[Column] = &[
+    Column::new("Name", "string", 0),
+    Column::new("Ready", "string", 0),
+    Column::new("Up-to-date", "integer", 0),
+    Column::new("Available", "integer", 0),
+    Column::new("Age", "string", 0),
+    Column::new("Containers", "string", 1),
+    Column::new("Images", "string", 1),
+    Column::new("Selector", "string", 1),
+];
+
+/// One Deployment's row.
+pub fn deployment_cells(d: &Value) -> Vec<Value> {
+    vec![
+        cell::name(d),
+        json!(format!(
+            "{}/{}",
+            cell::n(d, "/status/readyReplicas"),
+            cell::n(d, "/spec/replicas")
+        )),
+        json!(cell::n(d, "/status/updatedReplicas")),
+        json!(cell::n(d, "/status/availableReplicas")),
+        cell::age(d),
+        cell::container_names(d, "/spec/template/spec/containers"),
+        cell::container_images(d, "/spec/template/spec/containers"),
+        cell::selector(d, "/spec/selector"),
+    ]
+}
+
+/// ReplicaSet defaults.
+pub fn replicaset_defaults(rs: &mut Value) {
+    if let Some(spec) = rs.get_mut("spec").filter(|s| s.is_object()) {
+        set_default(spec, "replicas", json!(1));
+    }
+    template_defaults(rs);
+}
+
+/// ReplicaSet validation.
+pub fn validate_replicaset(rs: &Value, old: Option<&Value>, errs: &mut Errors) {
+    v::non_negative(errs, "spec.replicas", rs.pointer("/spec/replicas"));
+    validate_template(errs, rs, old, &["Always"]);
+}
+
+/// `kubectl get replicasets` columns.
+pub static REPLICASET_COLUMNS: &[Column] = &[
+    Column::new("Name", "string", 0),
+    Column::new("Desired", "integer", 0),
+    Column::new("Current", "integer", 0),
+    Column::new("Ready", "integer", 0),
+    Column::new("Age", "string", 0),
+    Column::new("Containers", "string", 1),
+    Column::new("Images", "string", 1),
+    Column::new("Selector", "string", 1),
+];
+
+/// One ReplicaSet's row.
+pub fn replicaset_cells(rs: &Value) -> Vec<Value> {
+    vec![
+        cell::name(rs),
+        json!(cell::n(rs, "/spec/replicas")),
+        json!(cell::n(rs, "/status/replicas")),
+        json!(cell::n(rs, "/status/readyReplicas")),
+        cell::age(rs),
+        cell::container_names(rs, "/spec/template/spec/containers"),
+        cell::container_images(rs, "/spec/template/spec/containers"),
+        cell::selector(rs, "/spec/selector"),
+    ]
+}
+
+/// DaemonSet defaults.
+pub fn daemonset_defaults(ds: &mut Value) {
+    if let Some(spec) = ds.get_mut("spec").filter(|s| s.is_object()) {
+        set_default(spec, "revisionHistoryLimit", json!(10));
+        if let Some(strategy) = child(spec, "updateStrategy") {
+            set_default(strategy, "type", json!("RollingUpdate"));
+            if strategy["type"] == "RollingUpdate" {
+                if let Some(ru) = child(strategy, "rollingUpdate") {
+                    set_default(ru, "maxUnavailable", json!(1));
+                    set_default(ru, "maxSurge", json!(0));
+                }
+            }
+        }
+    }
+    template_defaults(ds);
+}
+
+/// DaemonSet validation.
+pub fn validate_daemonset(ds: &Value, old: Option<&Value>, errs: &mut Errors) {
+    validate_template(errs, ds, old, &["Always"]);
+    if let Some(t) = ds.pointer("/spec/updateStrategy/type").and_then(Value::as_str) {
+        if !["OnDelete", "RollingUpdate"].contains(&t) {
+            errs.unsupported("spec.updateStrategy.type", t, &["OnDelete", "RollingUpdate"]);
+        }
+    }
+}
+
+/// `kubectl get daemonsets` columns.
+pub static DAEMONSET_COLUMNS: &[Column] = &[
+    Column::new("Name", "string", 0),
+    Column::new("Desired", "integer", 0),
+    Column::new("Current", "integer", 0),
+    Column::new("Ready", "integer", 0),
+    Column::new("Up-to-date", "integer", 0),
+    Column::new("Available", "integer", 0),
+    Column::new("Node Selector", "string", 0),
+    Column::new("Age", "string", 0),
+    Column::new("Containers", "string", 1),
+    Column::new("Images", "string", 1),
+    Column::new("Selector", "string", 1),
+];
+
+/// One DaemonSet's row.
+pub fn daemonset_cells(ds: &Value) -> Vec<Value> {
+    vec![
+        cell::name(ds),
+        json!(cell::n(ds, "/status/desiredNumberScheduled")),
+        json!(cell::n(ds, "/status/currentNumberScheduled")),
+        json!(cell::n(ds, "/status/numberReady")),
+        json!(cell::n(ds, "/status/updatedNumberScheduled")),
+        json!(cell::n(ds, "/status/numberAvailable")),
+        cell::map(ds, "/spec/template/spec/nodeSelector"),
+        cell::age(ds),
+        cell::container_names(ds, "/spec/template/spec/containers"),
+        cell::container_images(ds, "/spec/template/spec/containers"),
+        cell::selector(ds, "/spec/selector"),
+    ]
+}
+
+/// Label on a Job's pods (and in its generated selector) naming the Job's uid.
+pub const JOB_UID_LABEL: &str = "batch.kubernetes.io/controller-uid";
+/// Label on a Job's pods naming the Job.
+pub const JOB_NAME_LABEL: &str = "batch.kubernetes.io/job-name";
+
+/// Job defaults.
+pub fn job_defaults(job: &mut Value) {
+    if let Some(spec) = job.get_mut("spec").filter(|s| s.is_object()) {
+        if spec.get("completions").is_none_or(Value::is_null) && spec.get("parallelism").is_none_or(Value::is_null) {
+            spec["completions"] = json!(1);
+        }
+        set_default(spec, "parallelism", json!(1));
+        set_default(spec, "backoffLimit", json!(6));
+        set_default(spec, "completionMode", json!("NonIndexed"));
+        set_default(spec, "suspend", json!(false));
+        let replacement = if spec.get("podFailurePolicy").is_some_and(|p| !p.is_null()) {
+            "Failed"
+        } else {
+            "TerminatingOrFailed"
+        };
+        set_default(spec, "podReplacementPolicy", json!(replacement));
+        set_default(spec, "manualSelector", Value::Null);
+    }
+    template_defaults(job);
+}
+
+/// A new Job without `manualSelector` gets a selector on its own uid, and its template
+/// the matching labels, as Kubernetes generates them.
+pub fn job_prepare_create(job: &mut Value) {
+    let uid = cell::s(job, "/metadata/uid").to_string();
+    let name = cell::s(job, "/metadata/name").to_string();
+    if job.pointer("/spec/manualSelector") == Some(&json!(true)) {
+        return;
+    }
+    let Some(spec) = job.get_mut("spec").filter(|s| s.is_object()) else {
+        return;
+    };
+    if let Some(o) = spec.as_object_mut() {
+        o.remove("manualSelector");
+    }
+    spec["selector"] = json!({"matchLabels": {JOB_UID_LABEL: uid}});
+    if let Some(meta) = child(spec, "template").and_then(|t| child(t, "metadata")) {
+        if let Some(labels) = child(meta, "labels") {
+            for (k, v) in [
+                (JOB_UID_LABEL, &uid),
+                (JOB_NAME_LABEL, &name),
+                ("controller-uid", &uid),
+                ("job-name", &name),
+            ] {
+                labels[k] = json!(v);
+            }
+        }
+    }
+    job["status"] = json!({});
+}
+
+/// Job validation.
+pub fn validate_job(job: &Value, old: Option<&Value>, errs: &mut Errors) {
+    validate_template(errs, job, old, &["OnFailure", "Never"]);
+    for f in [
+        "parallelism",
+        "completions",
+        "backoffLimit",
+        "activeDeadlineSeconds",
+        "ttlSecondsAfterFinished",
+    ] {
+        v::non_negative(errs, &format!("spec.{f}"), job.pointer(&format!("/spec/{f}")));
+    }
+    if let Some(m) = job.pointer("/spec/completionMode").and_then(Value::as_str) {
+        if !["NonIndexed", "Indexed"].contains(&m) {
+            errs.unsupported("spec.completionMode", m, &["NonIndexed", "Indexed"]);
+        }
+    }
+    if let Some(old) = old {
+        errs.immutable(
+            "spec.template",
+            v::at(job, "spec.template"),
+            v::at(old, "spec.template"),
+        );
+        errs.immutable(
+            "spec.completions",
+            v::at(job, "spec.completions"),
+            v::at(old, "spec.completions"),
+        );
+    }
+}
+
+/// `kubectl get jobs` columns.
+pub static JOB_COLUMNS: &[Column] = &[
+    Column::new("Name", "string", 0),
+    Column::new("Status", "string", 0),
+    Column::new("Completions", "string", 0),
+    Column::new("Duration", "string", 0),
+    Column::new("Age", "string", 0),
+    Column::new("Containers", "string", 1),
+    Column::new("Images", "string", 1),
+    Column::new("Selector", "string", 1),
+];
+
+fn condition_true(obj: &Value, kind: &str) -> bool {
+    obj.pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .any(|c| c["type"] == kind && c["status"] == "True")
+}
+
+/// One Job's row.
+pub fn job_cells(job: &Value) -> Vec<Value> {
+    let status = if condition_true(job, "Complete") {
+        "Complete"
+    } else if condition_true(job, "Failed") {
+        "Failed"
+    } else if condition_true(job, "FailureTarget") {
+        "FailureTarget"
+    } else if condition_true(job, "Suspended") {
+        "Suspended"
+    } else {
+        "Running"
+    };
+    let completions = match job.pointer("/spec/completions").and_then(Value::as_i64) {
+        Some(c) => format!("{}/{c}", cell::n(job, "/status/succeeded")),
+        None => format!(
+            "{}/1 of {}",
+            cell::n(job, "/status/succeeded"),
+            cell::n(job, "/spec/parallelism")
+        ),
+    };
+    let start = cell::s(job, "/status/startTime");
+    let duration = if start.is_empty() {
+        String::new()
+    } else {
+        match cell::s(job, "/status/completionTime") {
+            "" => crate::api::table::human_age(start),
+            end => crate::api::table::human_duration_between(start, end),
+        }
+    };
+    vec![
+        cell::name(job),
+        json!(status),
+        json!(completions),
+        json!(duration),
+        cell::age(job),
+        cell::container_names(job, "/spec/template/spec/containers"),
+        cell::container_images(job, "/spec/template/spec/containers"),
+        cell::selector(job, "/spec/selector"),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deployment() -> Value {
+        json!({"metadata": {"name": "web", "namespace": "default"}, "spec": {
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "c", "image": "x"}]}}}})
+    }
+
+    fn fields(errs: &Errors) -> Vec<&str> {
+        errs.0.iter().map(|c| c.field.as_str()).collect()
+    }
+
+    #[test]
+    fn deployments_default_and_validate_like_kubernetes() {
+        let mut d = deployment();
+        deployment_defaults(&mut d);
+        assert_eq!(d["spec"]["strategy"]["rollingUpdate"]["maxSurge"], "25%");
+        assert_eq!(d["spec"]["template"]["spec"]["restartPolicy"], "Always");
+        let mut errs = Errors::default();
+        validate_deployment(&d, None, &mut errs);
+        assert!(errs.is_empty(), "{:?}", errs.0);
+
+        let mut bad = d.clone();
+        bad["spec"]["selector"]["matchLabels"]["app"] = json!("other");
+        bad["spec"]["strategy"] =
+            json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 0}});
+        bad["spec"]["replicas"] = json!(-1);
+        let mut errs = Errors::default();
+        validate_deployment(&bad, None, &mut errs);
+        assert_eq!(
+            fields(&errs),
+            [
+                "spec.replicas",
+                "spec.template.metadata.labels",
+                "spec.strategy.rollingUpdate.maxUnavailable"
+            ]
+        );
+
+        let mut moved = d.clone();
+        moved["spec"]["selector"]["matchLabels"]["tier"] = json!("x");
+        moved["spec"]["template"]["metadata"]["labels"]["tier"] = json!("x");
+        let mut errs = Errors::default();
+        validate_deployment(&moved, Some(&d), &mut errs);
+        assert_eq!(fields(&errs), ["spec.selector"]);
+        assert!(errs.0[0].message.ends_with("field is immutable"));
+    }
+
+    #[test]
+    fn jobs_get_a_generated_selector_and_refuse_always() {
+        let mut job = json!({"metadata": {"name": "pi", "namespace": "default", "uid": "u-1"}, "spec": {
+            "template": {"spec": {"containers": [{"name": "c", "image": "x"}], "restartPolicy": "Never"}}}});
+        job_defaults(&mut job);
+        job_prepare_create(&mut job);
+        assert_eq!(job["spec"]["selector"]["matchLabels"][JOB_UID_LABEL], "u-1");
+        assert_eq!(job["spec"]["template"]["metadata"]["labels"]["job-name"], "pi");
+        assert_eq!(job["spec"]["completions"], 1);
+        let mut errs = Errors::default();
+        validate_job(&job, None, &mut errs);
+        assert!(errs.is_empty(), "{:?}", errs.0);
+        job["spec"]["template"]["spec"]["restartPolicy"] = json!("Always");
+        let mut errs = Errors::default();
+        validate_job(&job, None, &mut errs);
+        assert_eq!(fields(&errs), ["spec.template.spec.restartPolicy"]);
+    }
+}

@@ -1,0 +1,336 @@
+//! The one write path. Every API write, single or batch, is admitted (`admission`) and
+//! then turned into store operations here: the object itself, the values it holds
+//! exclusively (a Service's cluster IP and node ports), and the end of a deletion whose
+//! finalizers are done. One [`WriteSet`] is one store transaction.
+//!
+//! Deletion follows Kubernetes: an object with finalizers (or a pod with a grace period,
+//! or a namespace with content) first gets a `deletionTimestamp`; it is removed when the
+//! last finalizer goes and the grace period is over.
+
+use std::collections::HashMap;
+
+use serde_json::{json, Value};
+
+use super::error::{ApiError, Cause};
+use super::objects::{encode, with_revision};
+use super::registry::ResourceInfo;
+use super::resources::core::NAMESPACE_FINALIZER;
+use super::resources::service::{self, Allocation};
+use super::AppState;
+use crate::store::{Compare, Expect, Op, Txn};
+
+/// What a compare in a write set protects, to explain a failure.
+#[derive(Debug, Clone)]
+enum Guard {
+    /// The object itself (absent for a create, at a revision otherwise).
+    Object { resource: String, name: String },
+    /// A value held exclusively; `chosen` when the client asked for this very value.
+    Allocation {
+        field: String,
+        value: String,
+        chosen: bool,
+        kind: String,
+        name: String,
+    },
+}
+
+/// Store operations being gathered into one transaction.
+#[derive(Debug, Default)]
+pub struct WriteSet {
+    txn: Txn,
+    guards: HashMap<String, Guard>,
+}
+
+/// What happened to an object in a write set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// It is stored.
+    Stored,
+    /// It is removed (a deletion completed).
+    Deleted,
+}
+
+/// Whether a deletion is complete: the timestamp is set, no finalizer remains and no
+/// grace period is left (a namespace also waits for its `spec.finalizers`).
+pub fn deletion_complete(obj: &Value) -> bool {
+    let meta = obj.get("metadata");
+    let deleting = meta
+        .and_then(|m| m.get("deletionTimestamp"))
+        .is_some_and(|t| !t.is_null());
+    let finalizers = meta
+        .and_then(|m| m.get("finalizers"))
+        .and_then(Value::as_array)
+        .is_some_and(|f| !f.is_empty());
+    let grace = meta
+        .and_then(|m| m.get("deletionGracePeriodSeconds"))
+        .and_then(Value::as_i64)
+        .unwrap_or(0);
+    let ns_finalizers = obj
+        .pointer("/spec/finalizers")
+        .and_then(Value::as_array)
+        .is_some_and(|f| f.iter().any(|x| x == NAMESPACE_FINALIZER))
+        && obj.get("kind") == Some(&json!("Namespace"));
+    deleting && !finalizers && grace == 0 && !ns_finalizers
+}
+
+fn random_below(n: u32) -> u32 {
+    let bytes = uuid::Uuid::new_v4().into_bytes();
+    u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) % n.max(1)
+}
+
+impl WriteSet {
+    fn guard(&mut self, key: String, expect: Expect, guard: Guard) {
+        self.txn.compares.push(Compare {
+            key: key.clone(),
+            expect,
+        });
+        self.guards.insert(key, guard);
+    }
+
+    fn hold(&mut self, res: &ResourceInfo, obj: &Value, held: Vec<Allocation>, chosen: &[Allocation], owner_key: &str) {
+        let name = obj
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        for a in held {
+            let (field, value) = match &a {
+                Allocation::ClusterIp(ip) => ("spec.clusterIPs", ip.clone()),
+                Allocation::NodePort(p) => ("spec.ports.nodePort", p.to_string()),
+            };
+            let guard = Guard::Allocation {
+                field: field.into(),
+                value,
+                chosen: chosen.contains(&a),
+                kind: res.qualified_kind(),
+                name: name.to_string(),
+            };
+            self.guard(a.key(), Expect::Absent, guard);
+            self.txn.ops.push(Op::Put {
+                key: a.key(),
+                value: owner_key.as_bytes().to_vec(),
+            });
+        }
+    }
+
+    fn release(&mut self, held: Vec<Allocation>) {
+        for a in held {
+            self.txn.ops.push(Op::Delete { key: a.key() });
+        }
+    }
+
+    /// Adds the creation of an admitted object (filling in the values it is allotted).
+    pub fn create(&mut self, res: &ResourceInfo, key: String, obj: &mut Value) -> Result<(), ApiError> {
+        let name = obj
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        // The object's own compare first: an existing object is "already exists", not a
+        // clash over the values it holds.
+        self.guard(
+            key.clone(),
+            Expect::Absent,
+            Guard::Object {
+                resource: res.qualified_plural(),
+                name,
+            },
+        );
+        if res.kind == "Service" {
+            let chosen = service::held(obj);
+            let held = service::allocate(obj, random_below);
+            self.hold(res, obj, held, &chosen, &key);
+        }
+        self.txn.ops.push(Op::Put {
+            key,
+            value: encode(obj)?,
+        });
+        Ok(())
+    }
+
+    /// Adds the replacement of `old` (last written at `rev`) by the admitted `new`; a
+    /// finished deletion removes the object instead.
+    pub fn update(
+        &mut self,
+        res: &ResourceInfo,
+        key: String,
+        rev: u64,
+        old: &Value,
+        new: &mut Value,
+    ) -> Result<Outcome, ApiError> {
+        let name = new
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        self.guard(
+            key.clone(),
+            Expect::ModRevision(rev),
+            Guard::Object {
+                resource: res.qualified_plural(),
+                name,
+            },
+        );
+        if deletion_complete(new) {
+            if res.kind == "Service" {
+                self.release(service::held(old));
+            }
+            self.txn.ops.push(Op::Delete { key });
+            return Ok(Outcome::Deleted);
+        }
+        if res.kind == "Service" {
+            let before = service::held(old);
+            let chosen = service::held(new);
+            let after = service::allocate(new, random_below);
+            let added: Vec<Allocation> = after.iter().filter(|a| !before.contains(a)).cloned().collect();
+            let gone: Vec<Allocation> = before.into_iter().filter(|a| !after.contains(a)).collect();
+            self.hold(res, new, added, &chosen, &key);
+            self.release(gone);
+        }
+        self.txn.ops.push(Op::Put {
+            key,
+            value: encode(new)?,
+        });
+        Ok(Outcome::Stored)
+    }
+
+    /// Adds the removal of `old`, last written at `rev`.
+    pub fn delete(&mut self, res: &ResourceInfo, key: String, rev: u64, old: &Value) {
+        let name = old
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        self.guard(
+            key.clone(),
+            Expect::ModRevision(rev),
+            Guard::Object {
+                resource: res.qualified_plural(),
+                name,
+            },
+        );
+        if res.kind == "Service" {
+            self.release(service::held(old));
+        }
+        self.txn.ops.push(Op::Delete { key });
+    }
+
+    /// Commits the set as one transaction; a failed compare becomes the API error it
+    /// means (already exists, not found, modified, value already allocated).
+    pub async fn commit(self, state: &AppState) -> Result<u64, ApiError> {
+        let result = state.store.txn(self.txn).await?;
+        let Some((cmp, actual)) = result.failed else {
+            return Ok(result.revision);
+        };
+        Err(match self.guards.get(&cmp.key) {
+            Some(Guard::Object { resource, name }) => match cmp.expect {
+                Expect::Absent => ApiError::AlreadyExists {
+                    kind: resource.clone(),
+                    name: name.clone(),
+                },
+                _ if actual == 0 => ApiError::NotFound {
+                    kind: resource.clone(),
+                    name: name.clone(),
+                },
+                _ => ApiError::modified(resource.clone(), name.clone()),
+            },
+            Some(Guard::Allocation {
+                field,
+                value,
+                chosen,
+                kind,
+                name,
+            }) => {
+                if *chosen {
+                    ApiError::Invalid {
+                        kind: kind.clone(),
+                        name: name.clone(),
+                        causes: vec![Cause::invalid(
+                            field.clone(),
+                            format!(
+                                "Invalid value: {value:?}: provided {} is already allocated",
+                                if field.contains("IP") { "IP" } else { "port" }
+                            ),
+                        )],
+                    }
+                } else {
+                    ApiError::AllocationRace
+                }
+            }
+            None => ApiError::Conflict {
+                kind: String::new(),
+                name: cmp.key.clone(),
+                message: "a precondition of the write failed".into(),
+            },
+        })
+    }
+}
+
+/// Writes an admitted new object; returns it as stored.
+pub async fn create(state: &AppState, res: &ResourceInfo, obj: Value) -> Result<Value, ApiError> {
+    let ns = obj.pointer("/metadata/namespace").and_then(Value::as_str);
+    let name = obj
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let key = res.key(ns, name);
+    // A randomly drawn cluster IP or node port may be taken: draw again.
+    for _ in 0..8 {
+        let mut obj = obj.clone();
+        let mut set = WriteSet::default();
+        set.create(res, key.clone(), &mut obj)?;
+        match set.commit(state).await {
+            Ok(rev) => return Ok(with_revision(obj, rev)),
+            Err(ApiError::AllocationRace) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(ApiError::Internal("no free cluster IP or node port found".into()))
+}
+
+/// Writes an admitted replacement of `old` (last written at `rev`).
+pub async fn update(
+    state: &AppState,
+    res: &ResourceInfo,
+    rev: u64,
+    old: &Value,
+    new: Value,
+) -> Result<(Value, Outcome), ApiError> {
+    let ns = new.pointer("/metadata/namespace").and_then(Value::as_str);
+    let name = new
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let key = res.key(ns, name);
+    for _ in 0..8 {
+        let mut obj = new.clone();
+        let mut set = WriteSet::default();
+        let outcome = set.update(res, key.clone(), rev, old, &mut obj)?;
+        match set.commit(state).await {
+            Ok(rev) => return Ok((with_revision(obj, rev), outcome)),
+            Err(ApiError::AllocationRace) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(ApiError::Internal("no free cluster IP or node port found".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deletions_complete_when_nothing_holds_them() {
+        let deleting = json!({"kind": "ConfigMap", "metadata": {"deletionTimestamp": "2026-01-01T00:00:00Z"}});
+        assert!(deletion_complete(&deleting));
+        let mut finalized = deleting.clone();
+        finalized["metadata"]["finalizers"] = json!(["example.com/hold"]);
+        assert!(!deletion_complete(&finalized));
+        let mut graceful = deleting.clone();
+        graceful["metadata"]["deletionGracePeriodSeconds"] = json!(30);
+        assert!(!deletion_complete(&graceful));
+        let ns = json!({"kind": "Namespace", "metadata": {"deletionTimestamp": "2026-01-01T00:00:00Z"},
+            "spec": {"finalizers": ["kubernetes"]}});
+        assert!(!deletion_complete(&ns));
+        assert!(!deletion_complete(&json!({"kind": "ConfigMap", "metadata": {}})));
+    }
+}

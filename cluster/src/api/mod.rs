@@ -10,6 +10,7 @@ mod error;
 mod logs;
 mod objects;
 pub mod patch;
+mod protobuf;
 pub mod registry;
 pub mod schema;
 mod selectors;
@@ -112,11 +113,23 @@ async fn dispatch(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let result = match objects::Target::parse(group, version, rest) {
+    let accept = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let target = objects::Target::parse(group, version, rest);
+    let watching = params.get("watch").is_some_and(|w| w == "true" || w == "1");
+    let watched = target
+        .as_ref()
+        .ok()
+        .filter(|_| watching)
+        .map(|t| (t.res.api_version(), t.res.kind));
+    let result = match target {
         Ok(target) => objects::handle(state, method, target, params, headers, body).await,
         Err(e) => Err(e),
     };
-    result.unwrap_or_else(IntoResponse::into_response)
+    let response = result.unwrap_or_else(IntoResponse::into_response);
+    protobuf::negotiate(accept.as_deref(), watched, response).await
 }
 
 async fn batch_handler(State(state): State<AppState>, body: Bytes) -> Response {

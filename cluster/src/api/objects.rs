@@ -181,6 +181,7 @@ pub async fn handle(
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json");
+    let body = super::protobuf::request_body(content_type, body)?;
     match (method.clone(), target.name.is_some(), target.sub.as_deref()) {
         (_, true, Some(sub)) if !target.res.subresources.contains(&sub) => Err(ApiError::NotFound {
             kind: format!("{}/{sub}", target.res.plural),

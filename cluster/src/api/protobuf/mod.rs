@@ -35,8 +35,9 @@
 //! wire is either "unset" or an explicit zero in a pointer field (`replicas: 0`), and
 //! neither k8s-pb nor the schemas say which fields are pointers. Decoding follows Go's
 //! JSON `omitempty` (zero scalars are dropped unless the schema requires the field),
-//! which reproduces the JSON path exactly for everything kubectl sends, but an explicit
-//! zero in a pointer field with a non-zero default is read as unset.
+//! which reproduces the JSON path exactly for everything kubectl sends, except for a
+//! short list of pointer fields whose explicit zero matters (`replicas: 0`, a zero
+//! grace period, `automountServiceAccountToken: false`): [`table::EXPLICIT_ZEROS`].
 //!
 //! Kinds without a k8s-pb message (Kairn's `Application`) answer 415 to a protobuf body
 //! and JSON to a client that also accepts JSON. Tables (`as=Table`) stay JSON.

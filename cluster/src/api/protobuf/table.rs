@@ -125,6 +125,42 @@ fn special_of(name: &str) -> Option<Special> {
     })
 }
 
+/// Go pointer fields whose explicit zero means something other than unset (the default
+/// is not zero, or zero is an action). On the wire a zero is the same whether Go wrote a
+/// pointer set to zero or a non-pointer left unset, and nothing machine-readable says
+/// which fields are pointers; so zeros are dropped (`omitempty`) except here. Missing an
+/// entry only turns an explicit zero into the field's default.
+pub const EXPLICIT_ZEROS: &[&str] = &[
+    "api.apps.v1.DeploymentSpec.replicas",
+    "api.apps.v1.DeploymentSpec.revision_history_limit",
+    "api.apps.v1.DeploymentSpec.progress_deadline_seconds",
+    "api.apps.v1.ReplicaSetSpec.replicas",
+    "api.apps.v1.StatefulSetSpec.replicas",
+    "api.apps.v1.StatefulSetSpec.revision_history_limit",
+    "api.apps.v1.DaemonSetSpec.revision_history_limit",
+    // Scale's replicas is not a pointer, but zero is the point of scaling to zero.
+    "api.autoscaling.v1.ScaleSpec.replicas",
+    "api.batch.v1.JobSpec.parallelism",
+    "api.batch.v1.JobSpec.completions",
+    "api.batch.v1.JobSpec.backoff_limit",
+    "api.batch.v1.JobSpec.active_deadline_seconds",
+    "api.batch.v1.JobSpec.ttl_seconds_after_finished",
+    "api.core.v1.PodSpec.termination_grace_period_seconds",
+    "api.core.v1.PodSpec.active_deadline_seconds",
+    "api.core.v1.PodSpec.automount_service_account_token",
+    "api.core.v1.PodSpec.enable_service_links",
+    "api.core.v1.PodSpec.host_users",
+    "api.core.v1.Probe.termination_grace_period_seconds",
+    "api.core.v1.ServiceAccount.automount_service_account_token",
+    "api.core.v1.SecurityContext.run_as_user",
+    "api.core.v1.SecurityContext.run_as_group",
+    "api.core.v1.SecurityContext.allow_privilege_escalation",
+    "api.core.v1.PodSecurityContext.run_as_user",
+    "api.core.v1.PodSecurityContext.run_as_group",
+    "api.core.v1.PodSecurityContext.fs_group",
+    "apimachinery.pkg.apis.meta.v1.DeleteOptions.grace_period_seconds",
+];
+
 /// Where a field's value goes in JSON.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JsonName {
@@ -139,8 +175,9 @@ pub enum JsonName {
 pub struct Resolved {
     /// Per field (same order as [`Message::fields`]).
     pub json: Vec<JsonName>,
-    /// Per field: the schema requires it, so a zero value is kept.
-    pub required: Vec<bool>,
+    /// Per field: a zero value is kept (the schema requires the field, or it is one of
+    /// [`EXPLICIT_ZEROS`]) rather than dropped as Go's `omitempty` would.
+    pub keep_zero: Vec<bool>,
     /// The special JSON form, if any.
     pub special: Option<Special>,
     /// Whether the JSON names came from a schema (rather than camelCasing).
@@ -272,13 +309,17 @@ fn resolve_with(m: &Message, def: Option<&Value>) -> Resolved {
             None => JsonName::Key(camel_case(f.name)),
         })
         .collect();
-    let required = json
+    let keep_zero = json
         .iter()
-        .map(|j| matches!(j, JsonName::Key(k) if required.contains(&k.as_str())))
+        .zip(m.fields)
+        .map(|(j, f)| {
+            matches!(j, JsonName::Key(k) if required.contains(&k.as_str()))
+                || EXPLICIT_ZEROS.contains(&format!("{}.{}", m.name, f.name).as_str())
+        })
         .collect();
     Resolved {
         json,
-        required,
+        keep_zero,
         special: special_of(m.name),
         from_schema,
     }

@@ -315,6 +315,31 @@ fn every_served_field_resolves_against_the_schemas() {
     assert!(problems.is_empty(), "{problems:#?}");
 }
 
+/// A pointer field's explicit zero survives; a non-pointer's zero is dropped as in JSON.
+#[test]
+fn explicit_zeros_of_pointer_fields_are_kept() {
+    let d = pb_apps::Deployment {
+        spec: Some(pb_apps::DeploymentSpec {
+            replicas: Some(0),
+            min_ready_seconds: Some(0),
+            paused: Some(false),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let body = envelope::wrap("apps/v1", "Deployment", d.encode_to_vec());
+    let obj = decode_object(&body).expect("decodes");
+    assert_eq!(obj["spec"], json!({"replicas": 0}));
+    // Every entry names a real field.
+    for entry in table::EXPLICIT_ZEROS {
+        let (message, field) = entry.rsplit_once('.').unwrap_or_default();
+        let index = table()
+            .by_name(message)
+            .unwrap_or_else(|| panic!("no message {message}"));
+        assert!(table().message(index).fields.iter().any(|f| f.name == field), "{entry}");
+    }
+}
+
 #[test]
 fn kinds_without_a_message_are_unsupported_media() {
     let body = envelope::wrap("kairn.dev/v1", "Application", Vec::new());

@@ -4,7 +4,8 @@
 //!
 //! Decoding follows Go's JSON encoding of the same object: Go's protobuf encoder writes
 //! every non-pointer field even when zero, and its JSON encoder then drops the zero ones
-//! (`omitempty`), so a zero scalar is dropped here unless the schema requires the field.
+//! (`omitempty`), so a zero scalar is dropped here unless the schema requires the field
+//! or it is a known pointer field whose zero matters ([`super::table::EXPLICIT_ZEROS`]).
 //! Messages are kept (Go writes non-pointer structs as `{}`), and a zero `Time` is `null`.
 
 use base64::Engine as _;
@@ -120,7 +121,7 @@ fn decode_into(
         match field.card {
             Card::Optional => {
                 let value = decode_value(t, message, field.name, field.ty, raw, depth)?;
-                if field_is_zero(field.ty, &value) && !resolved.required[index] {
+                if field_is_zero(field.ty, &value) && !resolved.keep_zero[index] {
                     out.remove(key);
                 } else {
                     out.insert(key.clone(), value);

@@ -190,6 +190,8 @@ pub struct Table {
     resolved: Vec<Resolved>,
     by_name: HashMap<&'static str, usize>,
     by_kind: HashMap<(&'static str, &'static str), usize>,
+    /// The k8s-pb package of each group version that has a resource (`apps/v1`: `api.apps.v1`).
+    packages: HashMap<&'static str, &'static str>,
 }
 
 /// The table, resolved on first use.
@@ -214,21 +216,17 @@ impl Table {
         self.by_name.get(name).copied()
     }
 
-    /// The message of an object with this `apiVersion` and `kind`: a resource, the list of
-    /// one (`<Kind>List` beside `<Kind>`), or a `meta/v1` type (`Status`, `DeleteOptions`),
-    /// which Kubernetes registers in every group version.
+    /// The message of an object with this `apiVersion` and `kind`: a resource, another
+    /// type of its group version (`<Kind>List`, `autoscaling/v1` `Scale`), or a `meta/v1`
+    /// type (`Status`, `DeleteOptions`), which Kubernetes registers in every group version.
     pub fn for_kind(&self, api_version: &str, kind: &str) -> Option<usize> {
         if let Some(i) = self.by_kind.get(&(api_version, kind)) {
             return Some(*i);
         }
-        if let Some(item) = kind.strip_suffix("List") {
-            if let Some(i) = self.by_kind.get(&(api_version, item)) {
-                let name = MESSAGES[*i].name;
-                let package = name.rsplit_once('.').map_or("", |(p, _)| p);
-                return self.by_name(&format!("{package}.{kind}"));
-            }
-        }
-        self.by_name(&format!("apimachinery.pkg.apis.meta.v1.{kind}"))
+        self.packages
+            .get(api_version)
+            .and_then(|package| self.by_name(&format!("{package}.{kind}")))
+            .or_else(|| self.by_name(&format!("apimachinery.pkg.apis.meta.v1.{kind}")))
     }
 }
 
@@ -355,9 +353,14 @@ fn resolve() -> Table {
     }
     let by_name = MESSAGES.iter().enumerate().map(|(i, m)| (m.name, i)).collect();
     let by_kind = KINDS.iter().map(|(v, k, i)| ((*v, *k), *i)).collect();
+    let packages = KINDS
+        .iter()
+        .filter_map(|(v, _, i)| MESSAGES[*i].name.rsplit_once('.').map(|(package, _)| (*v, package)))
+        .collect();
     Table {
         resolved,
         by_name,
         by_kind,
+        packages,
     }
 }

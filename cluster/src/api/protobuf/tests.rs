@@ -150,6 +150,15 @@ fn round_trips_lists_and_status() {
         "code": 409
     }));
     round_trip(json!({
+        "kind": "Scale", "apiVersion": "autoscaling/v1",
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {"replicas": 2}, "status": {"replicas": 1, "selector": "app=web"}
+    }));
+    round_trip(json!({
+        "kind": "DeleteOptions", "apiVersion": "meta.k8s.io/v1",
+        "gracePeriodSeconds": 0, "propagationPolicy": "Foreground", "preconditions": {"uid": "u"}
+    }));
+    round_trip(json!({
         "kind": "Lease", "apiVersion": "coordination.k8s.io/v1",
         "metadata": {"name": "node-1", "namespace": "kube-node-lease"},
         "spec": {"holderIdentity": "node-1", "leaseDurationSeconds": 40,

@@ -121,6 +121,29 @@ impl Member {
         self.client_as(api::auth::ADMIN)
     }
 
+    /// A kubeconfig (JSON, which kubectl reads as YAML) for this member's API as `user`.
+    pub fn kubeconfig_as(&self, user: &str) -> Result<String, MemberError> {
+        let token = self
+            .auth
+            .token_of(user)
+            .ok_or_else(|| MemberError::Serve(format!("no token for user {user}")))?;
+        Ok(serde_json::json!({
+            "apiVersion": "v1", "kind": "Config",
+            "clusters": [{"name": "kairn", "cluster": {"server": self.api_url()}}],
+            "users": [{"name": user, "user": {"token": token}}],
+            "contexts": [{"name": "kairn", "context": {"cluster": "kairn", "user": user, "namespace": "default"}}],
+            "current-context": "kairn",
+        })
+        .to_string())
+    }
+
+    /// The admin's bearer token.
+    pub fn admin_token(&self) -> Result<&str, MemberError> {
+        self.auth
+            .token_of(api::auth::ADMIN)
+            .ok_or_else(|| MemberError::Serve("no admin token".into()))
+    }
+
     /// The users the API server knows.
     pub fn authenticator(&self) -> &Authenticator {
         &self.auth

@@ -14,6 +14,7 @@ mod error;
 mod logs;
 mod objects;
 pub mod patch;
+mod protobuf;
 pub mod registry;
 pub mod resources;
 pub mod schema;
@@ -162,9 +163,24 @@ async fn dispatch(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let accept = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let watching = params.get("watch").is_some_and(|w| w == "true" || w == "1");
+    let target = objects::Target::parse(group, version, rest);
+    let watched = target
+        .as_ref()
+        .ok()
+        .filter(|_| watching)
+        .map(|t| (t.res.api_version(), t.res.kind));
     let result = async {
         let body = body_or_error(body, MAX_OBJECT_BODY)?;
-        let target = objects::Target::parse(group, version, rest)?;
+        let content_type = headers
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/json");
+        let body = protobuf::request_body(content_type, body)?;
         let req = objects::Request {
             method,
             params,
@@ -172,9 +188,10 @@ async fn dispatch(
             body,
             user,
         };
-        objects::handle(state, target, req).await
+        objects::handle(state, target?, req).await
     };
-    result.await.unwrap_or_else(IntoResponse::into_response)
+    let response = result.await.unwrap_or_else(IntoResponse::into_response);
+    protobuf::negotiate(accept.as_deref(), watched, response).await
 }
 
 async fn batch_handler(

@@ -9,6 +9,7 @@ mod discovery;
 mod error;
 mod logs;
 mod objects;
+mod openapi;
 pub mod patch;
 pub mod registry;
 pub mod schema;
@@ -49,6 +50,9 @@ pub fn router(store: Store, shutdown: tokio::sync::watch::Receiver<bool>) -> Rou
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(|| async { "ok" }))
         .route("/livez", get(|| async { "ok" }))
+        .route("/openapi/v2", get(openapi::serve_v2))
+        .route("/openapi/v3", get(openapi::serve_v3_index))
+        .route("/openapi/v3/{*group_version}", get(openapi::serve_v3))
         .route("/api", get(|| async { Json(discovery::core_versions()) }))
         .route("/apis", get(|| async { Json(discovery::groups()) }))
         .route("/api/v1", get(|| async { resource_list("", "v1") }))

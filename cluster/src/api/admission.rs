@@ -258,18 +258,21 @@ pub fn check_precondition(res: &ResourceInfo, existing: &Value, new: &Value) -> 
 /// What to do with fields an object's type does not know (`?fieldValidation=`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FieldValidation {
-    /// Reject the object, naming the field (kubectl's default, and the batch write's).
+    /// Reject the object, naming the fields (kubectl's default, and the batch write's).
     Strict,
+    /// Drop them, with one warning each (Kubernetes' default).
+    Warn,
     /// Drop them silently.
     Ignore,
 }
 
 impl FieldValidation {
-    /// From the `fieldValidation` query parameter (Kubernetes' `Warn` drops, like Ignore).
+    /// From the `fieldValidation` query parameter; absent means `Warn`, as in Kubernetes.
     pub fn from_param(param: Option<&str>) -> Self {
         match param {
             Some("Strict") => FieldValidation::Strict,
-            _ => FieldValidation::Ignore,
+            Some("Ignore") => FieldValidation::Ignore,
+            _ => FieldValidation::Warn,
         }
     }
 }
@@ -282,15 +285,21 @@ fn finish(res: &ResourceInfo, name: &str, obj: Value, fields: FieldValidation) -
         causes,
     };
     let (obj, unknown) = (res.normalize)(obj).map_err(|c| invalid(vec![c]))?;
-    if fields == FieldValidation::Strict && !unknown.is_empty() {
-        let causes = unknown
-            .into_iter()
-            .map(|field| Cause {
-                field,
-                message: "unknown field".into(),
+    match fields {
+        FieldValidation::Strict if !unknown.is_empty() => {
+            return Err(ApiError::UnknownFields {
+                kind: res.kind.to_string(),
+                version: res.version.to_string(),
+                name: name.to_string(),
+                fields: unknown,
             })
-            .collect();
-        return Err(invalid(causes));
+        }
+        FieldValidation::Warn => {
+            for field in unknown {
+                super::warning::add(format!("unknown field \"{field}\""));
+            }
+        }
+        _ => {}
     }
     validate(res, name, &obj)?;
     Ok(obj)
@@ -450,8 +459,11 @@ mod tests {
         let mut typo = good.clone();
         typo["spec"]["replicsa"] = json!(3);
         match admit_create(res, Some("default"), typo.clone(), FieldValidation::Strict) {
-            Err(ApiError::Invalid { causes, .. }) => assert_eq!(causes[0].field, "spec.replicsa"),
-            other => panic!("expected Invalid, got {other:?}"),
+            Err(e @ ApiError::UnknownFields { .. }) => assert_eq!(
+                e.to_string(),
+                r#"Deployment in version "v1" cannot be handled as a Deployment: strict decoding error: unknown field "spec.replicsa""#
+            ),
+            other => panic!("expected UnknownFields, got {other:?}"),
         }
         let dropped = admit_create(res, Some("default"), typo, FieldValidation::Ignore).unwrap();
         assert!(dropped["spec"].get("replicsa").is_none());

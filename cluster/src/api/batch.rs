@@ -18,7 +18,7 @@ use crate::store::{Compare, Expect, Op, Txn};
 
 /// Prefixes an error with the operation it came from, so the client can point at it.
 fn at(index: usize, e: ApiError) -> ApiError {
-    match e {
+    match e.unknown_fields_as_causes() {
         ApiError::Invalid { kind, name, causes } => ApiError::Invalid {
             kind,
             name,

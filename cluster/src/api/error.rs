@@ -41,6 +41,19 @@ pub enum ApiError {
     /// A malformed request (bad JSON, bad selector, bad path).
     #[error("{0}")]
     BadRequest(String),
+    /// `fieldValidation=Strict` and the object has fields its type does not know: a
+    /// BadRequest, worded as kube-apiserver words it.
+    #[error(
+        "{kind} in version \"{version}\" cannot be handled as a {kind}: {}",
+        strict_decoding(fields)
+    )]
+    UnknownFields {
+        kind: String,
+        version: String,
+        name: String,
+        /// Dotted paths, e.g. `spec.template.spec.containers[0].imagePullPolice`.
+        fields: Vec<String>,
+    },
     /// The verb does not apply to this resource.
     #[error("the server does not allow this method on the requested resource")]
     MethodNotAllowed,
@@ -58,7 +71,52 @@ pub enum ApiError {
     Internal(String),
 }
 
+/// `strict decoding error: unknown field "a", unknown field "b"`.
+fn strict_decoding(fields: &[String]) -> String {
+    let each: Vec<String> = fields.iter().map(|f| format!("unknown field \"{f}\"")).collect();
+    format!("strict decoding error: {}", each.join(", "))
+}
+
 impl ApiError {
+    /// A failure of a PATCH: kube-apiserver reports unknown fields there as an invalid
+    /// `patch` (422), quoting the patch.
+    pub fn for_patch(self, patch: &[u8]) -> Self {
+        match self {
+            ApiError::UnknownFields { fields, .. } => ApiError::Invalid {
+                kind: String::new(),
+                name: String::new(),
+                causes: vec![Cause {
+                    field: "patch".into(),
+                    message: format!(
+                        "Invalid value: {:?}: {}",
+                        String::from_utf8_lossy(patch),
+                        strict_decoding(&fields)
+                    ),
+                }],
+            },
+            other => other,
+        }
+    }
+
+    /// The unknown fields as field causes of an `Invalid` (for the batch, whose callers
+    /// locate each cause in a manifest).
+    pub fn unknown_fields_as_causes(self) -> Self {
+        match self {
+            ApiError::UnknownFields { kind, name, fields, .. } => ApiError::Invalid {
+                kind,
+                name,
+                causes: fields
+                    .into_iter()
+                    .map(|field| Cause {
+                        field,
+                        message: "unknown field".into(),
+                    })
+                    .collect(),
+            },
+            other => other,
+        }
+    }
+
     /// The 409 for a write based on a version that is no longer the live one.
     pub fn modified(kind: impl Into<String>, name: impl Into<String>) -> Self {
         ApiError::Conflict {
@@ -76,7 +134,7 @@ impl ApiError {
             ApiError::AlreadyExists { .. } => (StatusCode::CONFLICT, "AlreadyExists"),
             ApiError::Conflict { .. } => (StatusCode::CONFLICT, "Conflict"),
             ApiError::Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "Invalid"),
-            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "BadRequest"),
+            ApiError::BadRequest(_) | ApiError::UnknownFields { .. } => (StatusCode::BAD_REQUEST, "BadRequest"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed"),
             ApiError::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UnsupportedMediaType"),
             ApiError::Expired(_) => (StatusCode::GONE, "Expired"),

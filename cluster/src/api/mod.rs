@@ -15,6 +15,7 @@ pub mod registry;
 pub mod schema;
 mod selectors;
 mod table;
+mod warning;
 mod watch;
 
 use std::collections::HashMap;
@@ -116,11 +117,22 @@ async fn dispatch(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let result = match objects::Target::parse(group, version, rest) {
-        Ok(target) => objects::handle(state, method, target, params, headers, body).await,
-        Err(e) => Err(e),
+    let is_patch = method == Method::PATCH;
+    let patch = body.clone();
+    let (result, warnings) = warning::collect(async move {
+        match objects::Target::parse(group, version, rest) {
+            Ok(target) => objects::handle(state, method, target, params, headers, body).await,
+            Err(e) => Err(e),
+        }
+    })
+    .await;
+    let mut response = match result {
+        Ok(r) => r,
+        Err(e) if is_patch => e.for_patch(&patch).into_response(),
+        Err(e) => e.into_response(),
     };
-    result.unwrap_or_else(IntoResponse::into_response)
+    warning::add_headers(response.headers_mut(), &warnings);
+    response
 }
 
 async fn batch_handler(State(state): State<AppState>, body: Bytes) -> Response {

@@ -579,6 +579,16 @@ impl Definitions {
             binding,
         };
         for res in RESOURCES {
+            // k8s-openapi's structs hold `metadata` outright, so their schemas require it;
+            // Kubernetes' do not (kubectl explain would mark it `-required-`).
+            if let Some(required) = defs
+                .schemas
+                .get_mut(&defs.root(res))
+                .and_then(|d| d.get_mut("required"))
+                .and_then(Value::as_array_mut)
+            {
+                required.retain(|f| f != "metadata");
+            }
             let list = json!({
                 "description": format!("{}List is a list of {} objects.", res.kind, res.kind),
                 "type": "object",

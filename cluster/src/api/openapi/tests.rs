@@ -72,6 +72,8 @@ fn v2_has_every_kind_with_its_group_version_kind_and_field_validation() {
         let gvk = Gvk::of(res).json();
         let root = &doc["definitions"][defs.root(res)];
         assert_eq!(root["x-kubernetes-group-version-kind"][0], gvk, "{}", res.kind);
+        let required = root["required"].as_array().cloned().unwrap_or_default();
+        assert!(!required.contains(&json!("metadata")), "{}", res.kind);
         let list = &doc["definitions"][defs.list(res)];
         assert_eq!(
             list["properties"]["items"]["items"]["$ref"],

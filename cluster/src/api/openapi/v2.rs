@@ -208,7 +208,7 @@ pub(super) fn swagger_schema(schema: &Value) -> Value {
             out.remove(k);
         }
     }
-    // Kubernetes' own v2 spelling of an int-or-string (IntOrString, Quantity).
+    // How Kubernetes' v2 document spells IntOrString (kubectl accepts numbers for strings).
     if out.get("x-kubernetes-int-or-string") == Some(&json!(true)) && !out.contains_key("type") {
         out.insert("type".into(), json!("string"));
         out.entry("format").or_insert(json!("int-or-string"));

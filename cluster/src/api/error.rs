@@ -107,6 +107,26 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// A failure of a PATCH: kube-apiserver reports unknown fields there as an invalid
+    /// `patch` (422), quoting the patch.
+    pub fn for_patch(self, patch: &[u8]) -> Self {
+        match self {
+            e @ ApiError::StrictDecoding { .. } => {
+                let text = e.to_string();
+                let decoding = text.split_once(": ").map_or(text.as_str(), |(_, rest)| rest);
+                ApiError::Invalid {
+                    kind: String::new(),
+                    name: String::new(),
+                    causes: vec![Cause::invalid(
+                        "patch",
+                        format!("Invalid value: {:?}: {decoding}", String::from_utf8_lossy(patch)),
+                    )],
+                }
+            }
+            other => other,
+        }
+    }
+
     /// The 409 for a write based on a version that is no longer the live one.
     pub fn modified(kind: impl Into<String>, name: impl Into<String>) -> Self {
         ApiError::Conflict {

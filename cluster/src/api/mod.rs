@@ -13,6 +13,7 @@ mod discovery;
 mod error;
 mod logs;
 mod objects;
+mod openapi;
 pub mod patch;
 mod protobuf;
 pub mod registry;
@@ -79,6 +80,9 @@ pub fn router(state: AppState, auth: Arc<Authenticator>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(|| async { "ok" }))
         .route("/livez", get(|| async { "ok" }))
+        .route("/openapi/v2", get(openapi::serve_v2))
+        .route("/openapi/v3", get(openapi::serve_v3_index))
+        .route("/openapi/v3/{*group_version}", get(openapi::serve_v3))
         .route("/api", get(|| async { Json(discovery::core_versions()) }))
         .route("/apis", get(|| async { Json(discovery::groups()) }))
         .route("/api/v1", get(|| async { resource_list("", "v1") }))
@@ -174,6 +178,7 @@ async fn dispatch(
         .ok()
         .filter(|_| watching)
         .map(|t| (t.res.api_version(), t.res.kind));
+    let is_patch = method == Method::PATCH;
     let result = async {
         let body = body_or_error(body, MAX_OBJECT_BODY)?;
         let content_type = headers
@@ -181,6 +186,7 @@ async fn dispatch(
             .and_then(|v| v.to_str().ok())
             .unwrap_or("application/json");
         let body = protobuf::request_body(content_type, body)?;
+        let patch = body.clone();
         let req = objects::Request {
             method,
             params,
@@ -188,7 +194,9 @@ async fn dispatch(
             body,
             user,
         };
-        objects::handle(state, target?, req).await
+        objects::handle(state, target?, req)
+            .await
+            .map_err(|e| if is_patch { e.for_patch(&patch) } else { e })
     };
     let response = result.await.unwrap_or_else(IntoResponse::into_response);
     protobuf::negotiate(accept.as_deref(), watched, response).await

@@ -38,6 +38,12 @@ pub enum ApiError {
         name: String,
         causes: Vec<Cause>,
     },
+    /// A server-side apply would change fields other managers own; `causes` name them.
+    #[error("{message}")]
+    ApplyConflict { message: String, causes: Vec<Cause> },
+    /// A well-formed request that cannot be carried out (a JSON patch `test` that fails).
+    #[error("{0}")]
+    Unprocessable(String),
     /// A malformed request (bad JSON, bad selector, bad path).
     #[error("{0}")]
     BadRequest(String),
@@ -75,7 +81,8 @@ impl ApiError {
             ApiError::NotFound { .. } => (StatusCode::NOT_FOUND, "NotFound"),
             ApiError::AlreadyExists { .. } => (StatusCode::CONFLICT, "AlreadyExists"),
             ApiError::Conflict { .. } => (StatusCode::CONFLICT, "Conflict"),
-            ApiError::Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "Invalid"),
+            ApiError::Invalid { .. } | ApiError::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "Invalid"),
+            ApiError::ApplyConflict { .. } => (StatusCode::CONFLICT, "Conflict"),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "BadRequest"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed"),
             ApiError::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UnsupportedMediaType"),
@@ -103,6 +110,13 @@ impl ApiError {
                 let causes: Vec<_> = causes
                     .iter()
                     .map(|c| json!({"reason": "FieldValueInvalid", "field": c.field, "message": c.message}))
+                    .collect();
+                details.insert("causes".into(), json!(causes));
+            }
+            ApiError::ApplyConflict { causes, .. } => {
+                let causes: Vec<_> = causes
+                    .iter()
+                    .map(|c| json!({"reason": "FieldManagerConflict", "field": c.field, "message": c.message}))
                     .collect();
                 details.insert("causes".into(), json!(causes));
             }

@@ -152,6 +152,7 @@ pub async fn bootstrap(store: &Store) -> Result<(), ApiError> {
             objects::WriteOptions {
                 dry_run: false,
                 fields: admission::FieldValidation::Strict,
+                manager: Some("kairn".into()),
             },
         )
         .await

@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 
 use super::admission::{self, object_name};
 use super::error::ApiError;
+use super::patch::{self, PatchKind};
 use super::registry::{self, ResourceInfo};
 use super::selectors::{labels_of, FieldSelector, LabelSelector};
 use super::{table, watch, AppState};
@@ -199,7 +200,7 @@ pub async fn handle(
         }
         (Method::POST, false, None) => {
             let obj = parse_body(&body)?;
-            let created = create(&state, &target, obj, WriteOptions::from_params(&params)).await?;
+            let created = create(&state, &target, obj, WriteOptions::from_request(&params, &headers)?).await?;
             Ok((StatusCode::CREATED, Json(created)).into_response())
         }
         (Method::GET, true, None | Some("status")) => {
@@ -218,22 +219,28 @@ pub async fn handle(
                     &target,
                     sub == Some("status"),
                     |_| Ok(obj.clone()),
-                    WriteOptions::from_params(&params),
+                    WriteOptions::from_request(&params, &headers)?,
                 )
                 .await?,
             )
             .into_response())
         }
         (Method::PATCH, true, sub @ (None | Some("status"))) => {
-            let patch = parse_body(&body)?;
             let kind = patch_kind(content_type)?;
             let status_only = sub == Some("status");
+            let (manager, force) = patch::patch_options(kind, &params, &headers)?;
+            let mut opts = WriteOptions::from_request(&params, &headers)?;
+            opts.manager = Some(manager);
+            if kind == PatchKind::Apply {
+                return server_apply(&state, &target, status_only, &body, force, opts).await;
+            }
+            let patch = parse_body(&body)?;
             let patched = update(
                 &state,
                 &target,
                 status_only,
-                |live| apply_patch(kind, live, &patch),
-                WriteOptions::from_params(&params),
+                |live| patch::patch(Some(target.res), kind, live, &patch),
+                opts,
             );
             Ok(Json(patched.await?).into_response())
         }
@@ -252,7 +259,7 @@ pub async fn handle(
             let change = |live: &Value| {
                 let mut scale = scale_of(live);
                 match patch_type {
-                    Some(kind) => scale = apply_patch(kind, &scale, &body)?,
+                    Some(kind) => scale = patch::patch(None, kind, &scale, &body)?,
                     None => scale = body.clone(),
                 }
                 let replicas =
@@ -280,7 +287,14 @@ pub async fn handle(
                 }
                 Ok(out)
             };
-            let updated = update(&state, &target, false, change, WriteOptions::from_params(&params)).await?;
+            let updated = update(
+                &state,
+                &target,
+                false,
+                change,
+                WriteOptions::from_request(&params, &headers)?,
+            )
+            .await?;
             Ok(Json(scale_of(&updated)).into_response())
         }
         (Method::DELETE, true, None) => {
@@ -298,12 +312,15 @@ pub async fn handle(
 }
 
 /// Options of a write, from its query parameters.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct WriteOptions {
     /// `dryRun=All`: admit but do not store.
     pub dry_run: bool,
     /// `fieldValidation=Strict`: unknown fields are an error.
     pub fields: admission::FieldValidation,
+    /// The field manager the write is recorded for in managedFields; `None` for a
+    /// server-side apply, which records itself.
+    pub manager: Option<String>,
 }
 
 impl WriteOptions {
@@ -311,7 +328,16 @@ impl WriteOptions {
         WriteOptions {
             dry_run: params.get("dryRun").is_some_and(|d| d == "All"),
             fields: admission::FieldValidation::from_param(params.get("fieldValidation").map(String::as_str)),
+            manager: None,
         }
+    }
+
+    /// The options of a write recorded in managedFields for its field manager.
+    fn from_request(params: &Params, headers: &HeaderMap) -> Result<Self, ApiError> {
+        Ok(WriteOptions {
+            manager: Some(patch::field_manager(params, headers, "UpdateOptions")?),
+            ..Self::from_params(params)
+        })
     }
 }
 
@@ -366,7 +392,9 @@ pub async fn list(state: &AppState, target: &Target, params: &Params) -> Result<
 
 /// Creates an object; returns it as stored.
 pub async fn create(state: &AppState, target: &Target, obj: Value, opts: WriteOptions) -> Result<Value, ApiError> {
-    let obj = admission::admit_create(target.res, target.namespace.as_deref(), obj, opts.fields)?;
+    let submitted = obj.clone();
+    let mut obj = admission::admit_create(target.res, target.namespace.as_deref(), obj, opts.fields)?;
+    patch::track(target.res, None, &submitted, &mut obj, opts.manager.as_deref(), false);
     let (name, ns) = object_name(&obj);
     if let Some(ns) = &ns {
         if !namespace_exists(state, ns).await? {
@@ -408,11 +436,23 @@ pub async fn update(
         let (live, rev) = read(state, target.res, target.namespace.as_deref(), target.name()).await?;
         let desired = change(&live)?;
         let pinned = admission::resource_version(&desired).is_some();
-        let obj = if status_only {
+        let mut obj = if status_only {
             admission::admit_status(target.res, &live, &desired)?
         } else {
-            admission::admit_update(target.res, &live, desired, opts.fields)?
+            admission::admit_update(target.res, &live, desired.clone(), opts.fields)?
         };
+        patch::track(
+            target.res,
+            Some(&live),
+            &desired,
+            &mut obj,
+            opts.manager.as_deref(),
+            status_only,
+        );
+        // Nothing changed: no write and no new resourceVersion, as in Kubernetes.
+        if with_revision(obj.clone(), rev) == live {
+            return Ok(live);
+        }
         if opts.dry_run {
             return Ok(with_revision(obj, rev));
         }
@@ -527,54 +567,39 @@ fn scale_of(obj: &Value) -> Value {
     })
 }
 
-/// The patch formats understood.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PatchKind {
-    /// RFC 7386 JSON merge patch.
-    Merge,
-    /// Kubernetes strategic merge patch (served as a merge patch for now).
-    Strategic,
-}
-
 fn patch_kind(content_type: &str) -> Result<PatchKind, ApiError> {
-    if content_type.starts_with("application/merge-patch+json") {
-        Ok(PatchKind::Merge)
-    } else if content_type.starts_with("application/strategic-merge-patch+json") {
-        Ok(PatchKind::Strategic)
-    } else {
-        Err(ApiError::UnsupportedMediaType(format!(
-            "the patch type {content_type} is not supported"
-        )))
-    }
+    PatchKind::from_content_type(content_type)
+        .ok_or_else(|| ApiError::UnsupportedMediaType(format!("the patch type {content_type} is not supported")))
 }
 
-/// Applies a patch to the live object.
-fn apply_patch(_kind: PatchKind, live: &Value, patch: &Value) -> Result<Value, ApiError> {
-    let mut out = live.clone();
-    // A patch must not pin the version it was computed from unless it says so.
-    if let Some(meta) = out.get_mut("metadata").and_then(Value::as_object_mut) {
-        meta.remove("resourceVersion");
-    }
-    merge_patch(&mut out, patch);
-    Ok(out)
-}
-
-/// RFC 7386: objects merge recursively, `null` removes, anything else replaces.
-pub fn merge_patch(target: &mut Value, patch: &Value) {
-    let Value::Object(patch) = patch else {
-        *target = patch.clone();
-        return;
+/// Server-side apply (PATCH `application/apply-patch+yaml`): updates the object, or creates
+/// it (201) if it does not exist. `opts.manager` is the applier.
+async fn server_apply(
+    state: &AppState,
+    target: &Target,
+    status_only: bool,
+    body: &[u8],
+    force: bool,
+    mut opts: WriteOptions,
+) -> Result<Response, ApiError> {
+    let manager = opts.manager.take().unwrap_or_default();
+    let request = patch::ApplyRequest {
+        body,
+        manager: &manager,
+        force,
+        status: status_only,
+        strict: opts.fields == admission::FieldValidation::Strict,
+        name: target.name(),
+        namespace: target.namespace.as_deref(),
     };
-    if !target.is_object() {
-        *target = json!({});
-    }
-    let Value::Object(target) = target else { return };
-    for (k, v) in patch {
-        if v.is_null() {
-            target.remove(k);
-        } else {
-            merge_patch(target.entry(k.clone()).or_insert(Value::Null), v);
+    let apply = |live: &Value| patch::server_apply(target.res, Some(live), &request);
+    match update(state, target, status_only, apply, opts.clone()).await {
+        Err(ApiError::NotFound { .. }) if !status_only => {
+            let obj = patch::server_apply(target.res, None, &request)?;
+            let created = create(state, target, obj, opts).await?;
+            Ok((StatusCode::CREATED, Json(created)).into_response())
         }
+        updated => Ok(Json(updated?).into_response()),
     }
 }
 
@@ -599,12 +624,5 @@ mod tests {
         let t = Target::parse("apps", "v1", "deployments").unwrap();
         assert_eq!((t.res.kind, t.namespace), ("Deployment", None));
         assert!(Target::parse("", "v1", "widgets").is_err());
-    }
-
-    #[test]
-    fn merge_patch_follows_rfc7386() {
-        let mut v = json!({"a": {"b": 1, "c": 2}, "d": [1]});
-        merge_patch(&mut v, &json!({"a": {"b": null, "e": 3}, "d": [2]}));
-        assert_eq!(v, json!({"a": {"c": 2, "e": 3}, "d": [2]}));
     }
 }

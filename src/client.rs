@@ -78,11 +78,14 @@ pub fn server_error(e: kube::Error) -> anyhow::Error {
     }
 }
 
-/// Writes a kubeconfig for `url` whose context is named `kairn`, authenticating with
-/// `token` (readable by its owner only: it holds a credential).
-pub fn write_kubeconfig(path: &Path, url: &str, token: &str) -> anyhow::Result<()> {
+/// Writes a kubeconfig for `url` whose context is named `kairn`, trusting the cluster CA
+/// `ca_pem` and authenticating with `token` (readable by its owner only: it holds a
+/// credential).
+pub fn write_kubeconfig(path: &Path, url: &str, ca_pem: &str, token: &str) -> anyhow::Result<()> {
+    use base64::Engine;
+    let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
     let content = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: kairn\n  cluster:\n    server: {url}\ncontexts:\n- name: kairn\n  context:\n    cluster: kairn\n    user: kairn-admin\n    namespace: default\ncurrent-context: kairn\nusers:\n- name: kairn-admin\n  user:\n    token: {token}\n"
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: kairn\n  cluster:\n    server: {url}\n    certificate-authority-data: {ca}\ncontexts:\n- name: kairn\n  context:\n    cluster: kairn\n    user: kairn-admin\n    namespace: default\ncurrent-context: kairn\nusers:\n- name: kairn-admin\n  user:\n    token: {token}\n"
     );
     // Written aside and renamed, so a reader never sees half a file.
     let tmp = path.with_extension("tmp");

@@ -5,9 +5,11 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
+use base64::Engine;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::api::tls::{self, ServingCerts, TlsError};
 use crate::api::{self, ApiError, Authenticator};
 use crate::store::{Store, StoreConfig, StoreError};
 
@@ -26,6 +28,9 @@ pub enum MemberError {
     /// The API server failed.
     #[error("API server: {0}")]
     Serve(String),
+    /// TLS could not be set up.
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
     /// A client of the API could not be made.
     #[error("API client: {0}")]
     Client(#[from] kube::Error),
@@ -36,18 +41,20 @@ pub struct Member {
     store: Store,
     addr: SocketAddr,
     auth: Arc<Authenticator>,
+    certs: ServingCerts,
     stop: oneshot::Sender<()>,
     api: JoinHandle<std::io::Result<()>>,
 }
 
 impl Member {
-    /// Opens the store in `store_dir`, creates the initial objects and serves the API on
-    /// `api_addr` (port 0 picks a free port) to the users `auth` knows.
+    /// Opens the store in `store_dir`, creates the initial objects and serves the API over
+    /// TLS (`certs`) on `api_addr` (port 0 picks a free port) to the users `auth` knows.
     pub async fn start(
         store_dir: &Path,
         config: StoreConfig,
         api_addr: SocketAddr,
         auth: Authenticator,
+        certs: ServingCerts,
     ) -> Result<Member, MemberError> {
         let listener = tokio::net::TcpListener::bind(api_addr)
             .await
@@ -61,6 +68,8 @@ impl Member {
         api::bootstrap(&state).await?;
         api::publish_api_service(&state, addr).await?;
         let auth = Arc::new(auth);
+        let listener = tls::TlsListener::new(listener, certs.acceptor()?)
+            .map_err(|source| MemberError::Bind { addr: api_addr, source })?;
         let (stop, stopped) = oneshot::channel::<()>();
         let api = tokio::spawn(api::serve(state, listener, auth.clone(), async move {
             let _ = stopped.await;
@@ -72,6 +81,7 @@ impl Member {
             store,
             addr,
             auth,
+            certs,
             stop,
             api,
         })
@@ -88,7 +98,9 @@ impl Member {
         let mut users: Vec<(&str, &[&str])> = api::auth::STANDARD_USERS.to_vec();
         users.extend(extra_users.iter().map(|u| (*u, &[][..])));
         let auth = Authenticator::with_users(&users);
-        Member::start(store_dir, config, SocketAddr::from(([127, 0, 0, 1], 0)), auth).await
+        let addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        let certs = tls::generate(&tls::serving_names(&addr))?;
+        Member::start(store_dir, config, addr, auth, certs).await
     }
 
     /// The address the API server is bound to.
@@ -96,9 +108,14 @@ impl Member {
         self.addr
     }
 
-    /// `http://host:port` of the API server.
+    /// `https://host:port` of the API server.
     pub fn api_url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("https://{}", self.addr)
+    }
+
+    /// The cluster CA's certificate (PEM), which clients trust.
+    pub fn ca_pem(&self) -> &str {
+        &self.certs.ca_pem
     }
 
     /// A kube-rs client of this member's API acting as `user` (who must have a token).
@@ -113,6 +130,7 @@ impl Member {
             .ok_or_else(|| MemberError::Serve(format!("no token for user {user}")))?;
         let mut config = kube::Config::new(uri);
         config.auth_info.token = Some(token.to_string().into());
+        config.root_cert = Some(vec![self.certs.ca_der()?]);
         Ok(kube::Client::try_from(config)?)
     }
 
@@ -129,7 +147,8 @@ impl Member {
             .ok_or_else(|| MemberError::Serve(format!("no token for user {user}")))?;
         Ok(serde_json::json!({
             "apiVersion": "v1", "kind": "Config",
-            "clusters": [{"name": "kairn", "cluster": {"server": self.api_url()}}],
+            "clusters": [{"name": "kairn", "cluster": {"server": self.api_url(),
+                "certificate-authority-data": base64::engine::general_purpose::STANDARD.encode(&self.certs.ca_pem)}}],
             "users": [{"name": user, "user": {"token": token}}],
             "contexts": [{"name": "kairn", "context": {"cluster": "kairn", "user": user, "namespace": "default"}}],
             "current-context": "kairn",

@@ -4,37 +4,16 @@
 
 use std::time::Duration;
 
+mod common;
+
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
 use kairn_cluster::kinds::{Batch, BatchOperation, BatchResult, BatchVerb};
-use kairn_cluster::member::Member;
 use kube::api::{ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
 use kube::Api;
 use serde_json::json;
 
-struct Server {
-    client: kube::Client,
-    member: Option<Member>,
-    _dir: tempfile::TempDir,
-}
-
-async fn start() -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let member = Member::start_local(dir.path(), &[]).await.unwrap();
-    Server {
-        client: member.client().unwrap(),
-        member: Some(member),
-        _dir: dir,
-    }
-}
-
-impl Server {
-    async fn stop(mut self) {
-        if let Some(m) = self.member.take() {
-            m.stop().await.unwrap();
-        }
-    }
-}
+use common::start;
 
 fn config_map(name: &str, labels: serde_json::Value) -> ConfigMap {
     serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}, "data": {"k": "v"}})).unwrap()

@@ -3,81 +3,18 @@
 //! protobuf), `apply` leaves field validation to the server and fails on a typo the way
 //! it does against kube-apiserver.
 
-use std::path::Path;
-use std::process::Output;
+mod common;
 
 use axum::body::Bytes;
-use axum::http::{header, HeaderMap, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use axum::http::{header, StatusCode};
+use std::process::Output;
+
+use common::{start, text, Server};
 use k8s_openapi::api::apps::v1::Deployment;
-use kairn_cluster::member::Member;
-use kairn_cluster::store::StoreConfig;
 use kube::Api;
 use serde_json::{json, Value};
 
 const PROTOBUF_V2: &str = "application/com.github.proto-openapi.spec.v2@v1.0+protobuf";
-
-struct Server {
-    member: Option<Member>,
-    dir: tempfile::TempDir,
-}
-
-async fn start() -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let config = StoreConfig {
-        node_id: 1,
-        raft_addr: "127.0.0.1:0".parse().unwrap(),
-        bootstrap: true,
-    };
-    let member = Member::start(&dir.path().join("store"), config, "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    Server {
-        member: Some(member),
-        dir,
-    }
-}
-
-impl Server {
-    fn member(&self) -> &Member {
-        self.member.as_ref().unwrap()
-    }
-
-    async fn stop(mut self) {
-        if let Some(m) = self.member.take() {
-            m.stop().await.unwrap();
-        }
-    }
-
-    /// One request; the answer's status, headers and body.
-    async fn request(
-        &self,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: &str,
-    ) -> (StatusCode, HeaderMap, Bytes) {
-        let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-        let mut req = Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", self.member().api_url()));
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        let resp = client
-            .request(req.body(Full::new(Bytes::from(body.to_string()))).unwrap())
-            .await
-            .unwrap();
-        let (parts, body) = resp.into_parts();
-        (parts.status, parts.headers, body.collect().await.unwrap().to_bytes())
-    }
-
-    async fn get(&self, path: &str, headers: &[(&str, &str)]) -> (StatusCode, HeaderMap, Bytes) {
-        self.request("GET", path, headers, "").await
-    }
-}
 
 fn json_of(body: &Bytes) -> Value {
     serde_json::from_slice(body).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(body)))
@@ -175,7 +112,7 @@ async fn unknown_fields_warn_by_default_and_fail_when_strict() {
             "POST",
             "/api/v1/namespaces/default/configmaps?fieldValidation=Strict",
             &json,
-            &cm.replace("one", "two"),
+            cm.replace("one", "two"),
         )
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
@@ -205,22 +142,11 @@ async fn unknown_fields_warn_by_default_and_fail_when_strict() {
     s.stop().await;
 }
 
-/// Runs kubectl against the member with its own kubeconfig and cache.
-async fn kubectl(dir: &Path, args: &[&str]) -> Output {
-    tokio::process::Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(dir.join("kubeconfig"))
-        .arg("--cache-dir")
-        .arg(dir.join("kube-cache"))
-        .args(args)
-        .env_remove("KUBECONFIG")
-        .output()
+/// kubectl's output, or `None` (the test returns) when kubectl is absent.
+async fn kubectl(s: &Server, args: &[&str]) -> Output {
+    s.kubectl(args)
         .await
-        .unwrap()
-}
-
-fn text(out: &[u8]) -> String {
-    String::from_utf8_lossy(out).into_owned()
+        .expect("kubectl was present at the start of the test")
 }
 
 const DEPLOYMENT: &str = "apiVersion: apps/v1
@@ -243,35 +169,19 @@ spec:
 
 #[tokio::test]
 async fn kubectl_explains_and_applies_with_server_side_validation() {
-    let present = tokio::process::Command::new("kubectl")
-        .args(["version", "--client"])
-        .output()
-        .await
-        .is_ok_and(|o| o.status.success());
-    if !present {
+    if !common::kubectl_present().await {
         eprintln!("skipping: kubectl is not on PATH");
         return;
     }
     let s = start().await;
     let dir = s.dir.path();
-    let kubeconfig = format!(
-        "apiVersion: v1
-kind: Config
-clusters: [{{name: kairn, cluster: {{server: \"{}\"}}}}]
-users: [{{name: kairn, user: {{}}}}]
-contexts: [{{name: kairn, context: {{cluster: kairn, user: kairn}}}}]
-current-context: kairn
-",
-        s.member().api_url()
-    );
-    std::fs::write(dir.join("kubeconfig"), kubeconfig).unwrap();
 
     // explain reads /openapi/v3 by default, /openapi/v2 (protobuf) on request.
     for args in [
         &["explain", "deployments.spec"][..],
         &["explain", "deployments.spec", "--output=plaintext-openapiv2"],
     ] {
-        let out = kubectl(dir, args).await;
+        let out = kubectl(&s, args).await;
         let stdout = text(&out.stdout);
         assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
         assert!(
@@ -284,11 +194,11 @@ current-context: kairn
     let manifest = dir.join("web.yaml");
     std::fs::write(&manifest, DEPLOYMENT).unwrap();
     let path = manifest.to_str().unwrap();
-    let out = kubectl(dir, &["apply", "-f", path]).await;
+    let out = kubectl(&s, &["apply", "-f", path]).await;
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout).trim(), "deployment.apps/web created");
     std::fs::write(&manifest, DEPLOYMENT.replace("replicas: 1", "replicas: 2")).unwrap();
-    let out = kubectl(dir, &["apply", "-f", path]).await;
+    let out = kubectl(&s, &["apply", "-f", path]).await;
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout).trim(), "deployment.apps/web configured");
     let deployments: Api<Deployment> = Api::namespaced(s.member().client().unwrap(), "default");
@@ -301,7 +211,7 @@ current-context: kairn
         DEPLOYMENT.replace("  replicas: 1\n", "  replicas: 1\n  replicsa: 3\n"),
     )
     .unwrap();
-    let out = kubectl(dir, &["apply", "-f", path]).await;
+    let out = kubectl(&s, &["apply", "-f", path]).await;
     assert!(!out.status.success());
     let stderr = text(&out.stderr);
     assert!(

@@ -6,23 +6,18 @@
 
 use std::collections::BTreeMap;
 
+mod common;
+
 use axum::body::Bytes;
-use axum::http::{header, Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use axum::http::{header, Method, StatusCode};
+use common::Server;
 use k8s_pb::api::core::v1 as pb_core;
 use k8s_pb::apimachinery::pkg::apis::meta::v1 as pb_meta;
 use k8s_pb::apimachinery::pkg::runtime::{TypeMeta, Unknown};
-use kairn_cluster::member::Member;
 use prost::Message as _;
 use serde_json::{json, Value};
 
 const PROTOBUF: &str = "application/vnd.kubernetes.protobuf";
-
-async fn start(dir: &std::path::Path) -> Member {
-    Member::start_local(dir, &[]).await.unwrap()
-}
 
 /// `k8s\0` + `runtime.Unknown`, as client-go writes a body.
 fn envelope(api_version: &str, kind: &str, raw: Vec<u8>) -> Vec<u8> {
@@ -52,13 +47,10 @@ fn open(body: &[u8]) -> (String, String, Vec<u8>) {
     )
 }
 
-struct Http {
-    client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
-    base: String,
-    token: String,
-}
+/// A request to the member (over HTTPS, as the admin): status, content type and body.
+struct Http<'a>(&'a Server);
 
-impl Http {
+impl Http<'_> {
     async fn send(
         &self,
         method: Method,
@@ -67,36 +59,24 @@ impl Http {
         accept: &str,
         body: Vec<u8>,
     ) -> (StatusCode, String, Bytes) {
-        let req = Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", self.base))
-            .header(header::CONTENT_TYPE, content_type)
-            .header(header::ACCEPT, accept)
-            .header(header::AUTHORIZATION, format!("Bearer {}", self.token))
-            .body(Full::new(Bytes::from(body)))
-            .unwrap();
-        let resp = self.client.request(req).await.unwrap();
-        let status = resp.status();
-        let ct = resp
-            .headers()
+        let mut headers = vec![(header::ACCEPT.as_str(), accept)];
+        if !content_type.is_empty() {
+            headers.push((header::CONTENT_TYPE.as_str(), content_type));
+        }
+        let (status, headers, bytes) = self.0.request(method.as_str(), path, &headers, body).await;
+        let ct = headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_string();
-        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
         (status, ct, bytes)
     }
 }
 
 #[tokio::test]
 async fn protobuf_config_map_round_trips_over_http() {
-    let dir = tempfile::tempdir().unwrap();
-    let member = start(dir.path()).await;
-    let http = Http {
-        client: Client::builder(TokioExecutor::new()).build_http(),
-        base: member.api_url(),
-        token: member.admin_token().unwrap().to_string(),
-    };
+    let server = common::start().await;
+    let http = Http(&server);
 
     // Written as Go writes it: every non-pointer field, even empty.
     let cm = pb_core::ConfigMap {
@@ -186,42 +166,14 @@ async fn protobuf_config_map_round_trips_over_http() {
         .await;
     assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
 
-    kubectl_create_configmap(&member, dir.path(), &http).await;
-    member.stop().await.unwrap();
+    kubectl_create_configmap(&http).await;
+    server.stop().await;
 }
 
 /// The real kubectl sends `create configmap` as protobuf and reads the answer as protobuf.
-async fn kubectl_create_configmap(member: &Member, dir: &std::path::Path, http: &Http) {
-    let present = tokio::process::Command::new("kubectl")
-        .args(["version", "--client"])
-        .output()
-        .await
-        .is_ok_and(|o| o.status.success());
-    if !present {
-        println!("skipping the kubectl check: kubectl is not on PATH");
-        return;
-    }
-    let kubeconfig = dir.join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        member.kubeconfig_as(kairn_cluster::api::auth::ADMIN).unwrap(),
-    )
-    .unwrap();
-    let out = tokio::process::Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(&kubeconfig)
-        // The served OpenAPI is not complete enough for kubectl's client-side validation.
-        .args([
-            "create",
-            "configmap",
-            "from-kubectl",
-            "--from-literal=k=v",
-            "--validate=false",
-            "-v=8",
-        ])
-        .output()
-        .await
-        .unwrap();
+async fn kubectl_create_configmap(http: &Http<'_>) {
+    let args = ["create", "configmap", "from-kubectl", "--from-literal=k=v", "-v=8"];
+    let Some(out) = http.0.kubectl(&args).await else { return };
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "kubectl failed: {stderr}");
     assert!(
@@ -246,7 +198,14 @@ async fn kubectl_create_configmap(member: &Member, dir: &std::path::Path, http: 
     keys.sort_unstable();
     assert_eq!(
         keys,
-        ["creationTimestamp", "name", "namespace", "resourceVersion", "uid"],
+        [
+            "creationTimestamp",
+            "managedFields",
+            "name",
+            "namespace",
+            "resourceVersion",
+            "uid"
+        ],
         "only what kubectl set plus server fields: {got}"
     );
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use kairn_cluster::api::auth;
+use kairn_cluster::api::{auth, tls};
 use kairn_cluster::member::Member;
 use kairn_cluster::store::StoreConfig;
 use tokio::sync::watch;
@@ -17,7 +17,7 @@ use crate::{client, shutdown};
 /// Flags of a control-plane member.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ControlPlaneArgs {
-    /// Data directory (store, pods, kubeconfig).
+    /// Data directory (store, pods, kubeconfig, pki).
     #[arg(long, default_value = ".kairn")]
     pub data_dir: PathBuf,
     /// Address the API server listens on (port 0 picks a free port).
@@ -77,7 +77,15 @@ pub async fn start(
         raft_addr: args.raft_addr,
         bootstrap: true,
     };
-    let member = Member::start(&data_dir.join("store"), store_config, args.api_addr, authenticator).await?;
+    let certs = tls::load_or_create(&data_dir.join("pki"), &tls::serving_names(&args.api_addr))?;
+    let member = Member::start(
+        &data_dir.join("store"),
+        store_config,
+        args.api_addr,
+        authenticator,
+        certs,
+    )
+    .await?;
     let api_url = member.api_url();
     std::fs::write(data_dir.join("api-addr"), member.api_addr().to_string()).context("writing api-addr")?;
     let kubeconfig = data_dir.join("kubeconfig");
@@ -85,7 +93,7 @@ pub async fn start(
         .authenticator()
         .token_of(auth::ADMIN)
         .context("the token file has no admin token")?;
-    client::write_kubeconfig(&kubeconfig, &api_url, admin_token)?;
+    client::write_kubeconfig(&kubeconfig, &api_url, member.ca_pem(), admin_token)?;
     eprintln!("kairn: API listening on {api_url}");
     tracing::info!(api = %api_url, data_dir = %data_dir.display(), "control plane started");
 

@@ -64,6 +64,12 @@ pub enum ApiError {
         name: String,
         fields: Vec<String>,
     },
+    /// A server-side apply would change fields other managers own; `causes` name them.
+    #[error("{message}")]
+    ApplyConflict { message: String, causes: Vec<Cause> },
+    /// A well-formed request that cannot be carried out (a JSON patch `test` that fails).
+    #[error("{0}")]
+    Unprocessable(String),
     /// A malformed request (bad JSON, bad selector, bad path).
     #[error("{0}")]
     BadRequest(String),
@@ -143,7 +149,8 @@ impl ApiError {
             ApiError::NotFound { .. } => (StatusCode::NOT_FOUND, "NotFound"),
             ApiError::AlreadyExists { .. } => (StatusCode::CONFLICT, "AlreadyExists"),
             ApiError::Conflict { .. } => (StatusCode::CONFLICT, "Conflict"),
-            ApiError::Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "Invalid"),
+            ApiError::Invalid { .. } | ApiError::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "Invalid"),
+            ApiError::ApplyConflict { .. } => (StatusCode::CONFLICT, "Conflict"),
             ApiError::BadRequest(_) | ApiError::StrictDecoding { .. } => (StatusCode::BAD_REQUEST, "BadRequest"),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "Unauthorized"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "Forbidden"),
@@ -184,6 +191,13 @@ impl ApiError {
                         details.insert("kind".into(), json!(kind));
                     }
                 }
+                let causes: Vec<_> = causes
+                    .iter()
+                    .map(|c| json!({"reason": c.reason, "field": c.field, "message": c.message}))
+                    .collect();
+                details.insert("causes".into(), json!(causes));
+            }
+            ApiError::ApplyConflict { causes, .. } => {
                 let causes: Vec<_> = causes
                     .iter()
                     .map(|c| json!({"reason": c.reason, "field": c.field, "message": c.message}))

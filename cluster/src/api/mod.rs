@@ -22,6 +22,7 @@ pub mod schema;
 mod selectors;
 mod subresources;
 mod table;
+pub mod tls;
 pub mod validation;
 mod watch;
 mod write;
@@ -302,10 +303,10 @@ pub async fn publish_api_service(state: &AppState, addr: std::net::SocketAddr) -
     }
 }
 
-/// Serves the API on `listener` until `shutdown` resolves.
+/// Serves the API over TLS on `listener` until `shutdown` resolves.
 pub async fn serve(
     state: AppState,
-    listener: tokio::net::TcpListener,
+    listener: tls::TlsListener,
     auth: Arc<Authenticator>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {

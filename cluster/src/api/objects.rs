@@ -14,6 +14,7 @@ use super::admission::{self, object_name, Admitted, FieldValidation};
 use super::auth::UserInfo;
 use super::cache::{Filter, ReadAt};
 use super::error::ApiError;
+use super::patch::{self, PatchKind};
 use super::registry::{self, ResourceInfo};
 use super::selectors::{FieldSelector, LabelSelector};
 use super::write::{self, Outcome, WriteSet};
@@ -221,17 +222,7 @@ impl Request {
 
     /// Write options from the query parameters and the user.
     pub fn write_options(&self) -> Result<WriteOptions, ApiError> {
-        let manager = match self.params.get("fieldManager").filter(|m| !m.is_empty()) {
-            Some(m) => m.clone(),
-            // Kubernetes' default: the user agent up to its first '/'.
-            None => self
-                .headers
-                .get(axum::http::header::USER_AGENT)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|ua| ua.split('/').next())
-                .unwrap_or("unknown")
-                .to_string(),
-        };
+        let manager = Some(patch::field_manager(&self.params, &self.headers, "UpdateOptions")?);
         Ok(WriteOptions {
             dry_run: self.params.get("dryRun").is_some_and(|d| d == "All"),
             fields: FieldValidation::from_param(self.params.get("fieldValidation").map(String::as_str))?,
@@ -300,15 +291,22 @@ pub async fn handle(state: AppState, target: Target, req: Request) -> Result<Res
             Ok(reply(StatusCode::OK, &admitted.object, &admitted.warnings))
         }
         (Method::PATCH, true, sub @ (None | Some("status"))) => {
-            let patch = req.json()?;
             let kind = patch_kind(req.content_type())?;
             let mode = if sub == Some("status") {
                 Mode::Status
             } else {
                 Mode::Main
             };
-            let opts = req.write_options()?;
-            let admitted = update(&state, &target, mode, |live| apply_patch(kind, live, &patch), &opts).await?;
+            let (manager, force) = patch::patch_options(kind, &req.params, &req.headers)?;
+            let mut opts = req.write_options()?;
+            opts.manager = Some(manager);
+            if kind == PatchKind::Apply {
+                return server_apply(&state, &target, mode, &req.body, force, opts).await;
+            }
+            let body = req.json()?;
+            let res = target.res;
+            let change = |live: &Value| patch::patch(Some(res), kind, live, &body);
+            let admitted = update(&state, &target, mode, change, &opts).await?;
             Ok(reply(StatusCode::OK, &admitted.object, &admitted.warnings))
         }
         (Method::DELETE, true, None) => {
@@ -331,8 +329,9 @@ pub struct WriteOptions {
     pub dry_run: bool,
     /// `fieldValidation`: what to do with unknown fields.
     pub fields: FieldValidation,
-    /// The field manager (`fieldManager`, else the user agent's name).
-    pub manager: String,
+    /// The field manager the write is recorded for in managedFields (`fieldManager`,
+    /// else the user agent's name); `None` for a server-side apply, which records itself.
+    pub manager: Option<String>,
     /// Who writes.
     pub user: Arc<UserInfo>,
 }
@@ -343,7 +342,7 @@ impl WriteOptions {
         WriteOptions {
             dry_run: false,
             fields: FieldValidation::Strict,
-            manager: "kube-apiserver".into(),
+            manager: Some("kube-apiserver".into()),
             user: Arc::new(UserInfo {
                 name: "system:apiserver".into(),
                 uid: String::new(),
@@ -490,7 +489,16 @@ async fn list(state: &AppState, target: &Target, params: &Params, shape: Shape) 
 
 /// Creates an object; returns it as stored, with the warnings of its admission.
 pub async fn create(state: &AppState, target: &Target, obj: Value, opts: &WriteOptions) -> Result<Admitted, ApiError> {
+    let submitted = obj.clone();
     let mut admitted = admission::admit_create(target.res, target.namespace.as_deref(), obj, opts.fields)?;
+    patch::track(
+        target.res,
+        None,
+        &submitted,
+        &mut admitted.object,
+        opts.manager.as_deref(),
+        false,
+    );
     let (name, ns) = object_name(&admitted.object);
     if let Some(ns) = &ns {
         check_namespace_open(state, target.res, ns, &name).await?;
@@ -499,7 +507,7 @@ pub async fn create(state: &AppState, target: &Target, obj: Value, opts: &WriteO
         return Ok(admitted);
     }
     admitted.object = write::create(state, target.res, admitted.object).await?;
-    tracing::debug!(object = %format!("{}/{name}", target.res.plural), user = %opts.user.name, manager = %opts.manager, "created");
+    tracing::debug!(object = %format!("{}/{name}", target.res.plural), user = %opts.user.name, manager = ?opts.manager, "created");
     Ok(admitted)
 }
 
@@ -528,10 +536,23 @@ pub async fn update(
         let desired = change(&live)?;
         let pinned = admission::resource_version(&desired).is_some();
         let mut admitted = match mode {
-            Mode::Main => admission::admit_update(target.res, &live, desired, opts.fields)?,
+            Mode::Main => admission::admit_update(target.res, &live, desired.clone(), opts.fields)?,
             Mode::Status => admission::admit_status(target.res, &live, &desired)?,
             Mode::Finalize => admission::admit_finalize(target.res, &live, &desired)?,
         };
+        patch::track(
+            target.res,
+            Some(&live),
+            &desired,
+            &mut admitted.object,
+            opts.manager.as_deref(),
+            mode == Mode::Status,
+        );
+        // Nothing changed: no write and no new resourceVersion, as in Kubernetes.
+        if with_revision(admitted.object.clone(), rev) == live {
+            admitted.object = live;
+            return Ok(admitted);
+        }
         if opts.dry_run {
             admitted.object = with_revision(admitted.object, rev);
             return Ok(admitted);
@@ -832,53 +853,42 @@ async fn delete_collection(state: &AppState, target: &Target, req: &Request) -> 
     Ok(axum::Json(list).into_response())
 }
 
-/// The patch formats understood.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PatchKind {
-    /// RFC 7386 JSON merge patch.
-    Merge,
-    /// Kubernetes strategic merge patch (served as a merge patch for now).
-    Strategic,
-}
-
+/// The patch format of a `Content-Type`, or 415.
 pub fn patch_kind(content_type: &str) -> Result<PatchKind, ApiError> {
-    if content_type.starts_with("application/merge-patch+json") {
-        Ok(PatchKind::Merge)
-    } else if content_type.starts_with("application/strategic-merge-patch+json") {
-        Ok(PatchKind::Strategic)
-    } else {
-        Err(ApiError::UnsupportedMediaType(format!(
-            "the patch type {content_type} is not supported"
-        )))
-    }
+    PatchKind::from_content_type(content_type)
+        .ok_or_else(|| ApiError::UnsupportedMediaType(format!("the patch type {content_type} is not supported")))
 }
 
-/// Applies a patch to the live object.
-pub fn apply_patch(_kind: PatchKind, live: &Value, patch: &Value) -> Result<Value, ApiError> {
-    let mut out = live.clone();
-    // A patch must not pin the version it was computed from unless it says so.
-    if let Some(meta) = out.get_mut("metadata").and_then(Value::as_object_mut) {
-        meta.remove("resourceVersion");
-    }
-    merge_patch(&mut out, patch);
-    Ok(out)
-}
-
-/// RFC 7386: objects merge recursively, `null` removes, anything else replaces.
-pub fn merge_patch(target: &mut Value, patch: &Value) {
-    let Value::Object(patch) = patch else {
-        *target = patch.clone();
-        return;
+/// Server-side apply (PATCH `application/apply-patch+yaml`): updates the object, or creates
+/// it (201) if it does not exist. `opts.manager` is the applier.
+async fn server_apply(
+    state: &AppState,
+    target: &Target,
+    mode: Mode,
+    body: &[u8],
+    force: bool,
+    mut opts: WriteOptions,
+) -> Result<Response, ApiError> {
+    let manager = opts.manager.take().unwrap_or_default();
+    let request = patch::ApplyRequest {
+        body,
+        manager: &manager,
+        force,
+        status: mode == Mode::Status,
+        strict: opts.fields == FieldValidation::Strict,
+        name: target.name(),
+        namespace: target.namespace.as_deref(),
     };
-    if !target.is_object() {
-        *target = json!({});
-    }
-    let Value::Object(target) = target else { return };
-    for (k, v) in patch {
-        if v.is_null() {
-            target.remove(k);
-        } else {
-            merge_patch(target.entry(k.clone()).or_insert(Value::Null), v);
+    let apply = |live: &Value| patch::server_apply(target.res, Some(live), &request);
+    match update(state, target, mode, apply, &opts).await {
+        Err(ApiError::NotFound { .. }) if mode == Mode::Main => {
+            let obj = patch::server_apply(target.res, None, &request)?;
+            let created = create(state, target, obj, &opts).await?;
+            Ok(reply(StatusCode::CREATED, &created.object, &created.warnings))
+        }
+        updated => {
+            let updated = updated?;
+            Ok(reply(StatusCode::OK, &updated.object, &updated.warnings))
         }
     }
 }
@@ -904,12 +914,5 @@ mod tests {
         let t = Target::parse("apps", "v1", "deployments").unwrap();
         assert_eq!((t.res.kind, t.namespace), ("Deployment", None));
         assert!(Target::parse("", "v1", "widgets").is_err());
-    }
-
-    #[test]
-    fn merge_patch_follows_rfc7386() {
-        let mut v = json!({"a": {"b": 1, "c": 2}, "d": [1]});
-        merge_patch(&mut v, &json!({"a": {"b": null, "e": 3}, "d": [2]}));
-        assert_eq!(v, json!({"a": {"c": 2, "e": 3}, "d": [2]}));
     }
 }

@@ -55,6 +55,9 @@ fn generate() -> Schemas {
         drop_null_types(def);
     }
     for (name, def) in definitions.iter_mut() {
+        if let (Some(ext), Some(obj)) = (keys::definition_extensions(name), def.as_object_mut()) {
+            obj.extend(ext);
+        }
         if let Some(props) = def.get_mut("properties").and_then(Value::as_object_mut) {
             for (field, prop) in props.iter_mut() {
                 if let Some(ext) = keys::extensions(name, field) {

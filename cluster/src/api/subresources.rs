@@ -50,7 +50,7 @@ pub async fn scale(state: &AppState, target: &Target, req: &Request) -> Result<R
     };
     let change = |live: &Value| {
         let scale = match patch_type {
-            Some(kind) => objects::apply_patch(kind, &scale_of(live), &body)?,
+            Some(kind) => super::patch::patch(None, kind, &scale_of(live), &body)?,
             None => body.clone(),
         };
         let replicas = scale

@@ -192,11 +192,23 @@ fn is_builtin(res: &ResourceInfo) -> bool {
 
 /// The patch media types a kind's PATCH accepts (kept in step with the patch handler).
 fn patch_types(res: &ResourceInfo) -> Vec<&'static str> {
-    let mut types = vec!["application/merge-patch+json"];
+    let mut types = vec!["application/json-patch+json", "application/merge-patch+json"];
     if is_builtin(res) {
         types.push("application/strategic-merge-patch+json");
     }
+    types.push("application/apply-patch+yaml");
     types
+}
+
+/// The query parameters of a PATCH: those of every write, and `force` for apply.
+fn patch_params() -> Vec<Param> {
+    let mut params = write_params();
+    params.push(Param::query(
+        "force",
+        "boolean",
+        "Server-side apply only: take the fields other managers own instead of failing with a conflict.",
+    ));
+    params
 }
 
 /// The query parameters of writes, `fieldValidation` above all: kubectl reads it on each
@@ -367,7 +379,7 @@ fn resource_paths(res: &ResourceInfo, defs: &Definitions) -> Vec<PathSpec> {
                 ..op("put", "put", "replace", "", format!("replace the specified {kind}"))
             },
             Op {
-                params: write_params(),
+                params: patch_params(),
                 body: body(reference(&defs.patch), patch_types(res)),
                 responses: ok(root.clone()),
                 ..op(
@@ -419,7 +431,7 @@ fn resource_paths(res: &ResourceInfo, defs: &Definitions) -> Vec<PathSpec> {
                         )
                     },
                     Op {
-                        params: write_params(),
+                        params: patch_params(),
                         body: body(reference(&defs.patch), patch_types(res)),
                         responses: ok(root.clone()),
                         ..op(
@@ -466,7 +478,7 @@ fn resource_paths(res: &ResourceInfo, defs: &Definitions) -> Vec<PathSpec> {
                     },
                     Op {
                         gvk: scale_gvk,
-                        params: write_params(),
+                        params: patch_params(),
                         body: body(reference(&defs.patch), patch_types(res)),
                         responses: ok(scale),
                         ..op(

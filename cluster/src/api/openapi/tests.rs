@@ -105,8 +105,8 @@ fn v2_has_every_kind_with_its_group_version_kind_and_field_validation() {
         "listAppsV1DeploymentForAllNamespaces"
     );
     assert_eq!(
-        doc["paths"]["/apis/kairn.dev/v1/applications/{name}"]["get"]["operationId"],
-        "readKairnDevV1Application"
+        doc["paths"]["/apis/kairn.dev/v1/namespaces/{namespace}/applications/{name}"]["get"]["operationId"],
+        "readKairnDevV1NamespacedApplication"
     );
     assert!(
         doc["paths"]["/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"]["get"]["tags"][0]

@@ -1,0 +1,113 @@
+//! What the API tests share: a real one-member cluster on a temp dir (TLS and tokens as
+//! `kairn up` serves them), raw HTTPS requests through its admin client, and the real
+//! `kubectl` against it when kubectl is on PATH.
+
+#![allow(dead_code)]
+
+use std::process::Output;
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, Request, StatusCode};
+use http_body_util::BodyExt;
+use kairn_cluster::api::auth;
+use kairn_cluster::member::Member;
+
+/// A running member and an admin client of its API.
+pub struct Server {
+    pub client: kube::Client,
+    member: Option<Member>,
+    pub dir: tempfile::TempDir,
+}
+
+/// Starts a one-member cluster (with `extra_users`, e.g. node identities).
+pub async fn start_with(extra_users: &[&str]) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let member = Member::start_local(&dir.path().join("store"), extra_users)
+        .await
+        .unwrap();
+    Server {
+        client: member.client().unwrap(),
+        member: Some(member),
+        dir,
+    }
+}
+
+/// Starts a one-member cluster.
+pub async fn start() -> Server {
+    start_with(&[]).await
+}
+
+impl Server {
+    /// The member.
+    pub fn member(&self) -> &Member {
+        self.member.as_ref().unwrap()
+    }
+
+    /// Stops the member cleanly.
+    pub async fn stop(mut self) {
+        if let Some(m) = self.member.take() {
+            m.stop().await.unwrap();
+        }
+    }
+
+    /// One raw request as the admin; the answer's status, headers and body.
+    pub async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Vec<u8>>,
+    ) -> (StatusCode, HeaderMap, Bytes) {
+        let mut req = Request::builder().method(method).uri(path);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(kube::client::Body::from(body.into())).unwrap();
+        let resp = self.client.send(req).await.unwrap();
+        let (parts, body) = resp.into_parts();
+        (parts.status, parts.headers, body.collect().await.unwrap().to_bytes())
+    }
+
+    /// A raw GET.
+    pub async fn get(&self, path: &str, headers: &[(&str, &str)]) -> (StatusCode, HeaderMap, Bytes) {
+        self.request("GET", path, headers, Vec::new()).await
+    }
+
+    /// Runs the real kubectl as the admin, with its own kubeconfig and cache; `None`
+    /// (after printing why) when kubectl is not on PATH.
+    pub async fn kubectl(&self, args: &[&str]) -> Option<Output> {
+        if !kubectl_present().await {
+            eprintln!("skipping the kubectl check: kubectl is not on PATH");
+            return None;
+        }
+        let kubeconfig = self.dir.path().join("kubeconfig");
+        if !kubeconfig.exists() {
+            std::fs::write(&kubeconfig, self.member().kubeconfig_as(auth::ADMIN).unwrap()).unwrap();
+        }
+        let out = tokio::process::Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .arg("--cache-dir")
+            .arg(self.dir.path().join("kube-cache"))
+            .args(args)
+            .env_remove("KUBECONFIG")
+            .output()
+            .await
+            .unwrap();
+        Some(out)
+    }
+}
+
+/// Whether the real kubectl can run here.
+pub async fn kubectl_present() -> bool {
+    tokio::process::Command::new("kubectl")
+        .args(["version", "--client"])
+        .output()
+        .await
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Text of a command's output.
+pub fn text(out: &[u8]) -> String {
+    String::from_utf8_lossy(out).into_owned()
+}

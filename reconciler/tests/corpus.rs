@@ -30,6 +30,14 @@ const INVALID: &[(&str, &str)] = &[
         "spec.containers[0].ports[0].protocol",
     ), // `tcp`
     (
+        "kubernetes-examples/_archived/sysdig-cloud/sysdig-rc.yaml#0",
+        "spec.selector",
+    ), // no selector, and no template labels to take one from
+    (
+        "kubernetes-examples/_archived/volumes/storageos/storageos-pv.yaml#0",
+        "spec.storageos.secretName",
+    ), // no such field
+    (
         "kubernetes-examples/_archived/volumes/fibre_channel/fc.yaml#0",
         "spec.volumes[0].fc.lun",
     ), // placeholder text

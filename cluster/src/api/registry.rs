@@ -13,13 +13,13 @@ use serde_json::Value;
 use schemars::SchemaGenerator;
 
 use super::error::Cause;
-use super::resources::{self, application, core as misc, pod, service, workloads, Column};
+use super::resources::{self, application, core as misc, pod, service, storage, workloads, Column};
 use super::schema::schema_name_of;
 use super::validation::{Errors, NameRule};
 use crate::kinds::Application;
 use k8s_openapi::api::{
     apps::v1 as apps, batch::v1 as batch, coordination::v1 as coordination, core::v1 as core,
-    discovery::v1 as discovery, scheduling::v1 as scheduling,
+    discovery::v1 as discovery, networking::v1 as networking, scheduling::v1 as scheduling,
 };
 
 /// A served resource.
@@ -251,6 +251,43 @@ pub static RESOURCES: &[ResourceInfo] = &[
         columns: service::ENDPOINTS_COLUMNS,
         cells: service::endpoints_cells,
     }),
+    resource!(core::PersistentVolumeClaim {
+        kind: "PersistentVolumeClaim",
+        plural: "persistentvolumeclaims",
+        singular: "persistentvolumeclaim",
+        short_names: &["pvc"],
+        subresources: &["status"],
+        defaults: storage::claim_defaults,
+        prepare_create: storage::claim_prepare_create,
+        validate: storage::validate_claim,
+        columns: storage::CLAIM_COLUMNS,
+        cells: storage::claim_cells,
+    }),
+    resource!(core::PersistentVolume {
+        kind: "PersistentVolume",
+        plural: "persistentvolumes",
+        singular: "persistentvolume",
+        namespaced: false,
+        short_names: &["pv"],
+        subresources: &["status"],
+        defaults: storage::volume_defaults,
+        prepare_create: storage::volume_prepare_create,
+        validate: storage::validate_volume,
+        columns: storage::VOLUME_COLUMNS,
+        cells: storage::volume_cells,
+    }),
+    resource!(core::ReplicationController {
+        kind: "ReplicationController",
+        plural: "replicationcontrollers",
+        singular: "replicationcontroller",
+        short_names: &["rc"],
+        categories: &["all"],
+        subresources: &["status", "scale"],
+        defaults: workloads::replicationcontroller_defaults,
+        validate: workloads::validate_replicationcontroller,
+        columns: workloads::REPLICATIONCONTROLLER_COLUMNS,
+        cells: workloads::replicationcontroller_cells,
+    }),
     resource!(core::ConfigMap {
         kind: "ConfigMap",
         plural: "configmaps",
@@ -324,6 +361,19 @@ pub static RESOURCES: &[ResourceInfo] = &[
         columns: workloads::DAEMONSET_COLUMNS,
         cells: workloads::daemonset_cells,
     }),
+    resource!(apps::StatefulSet {
+        group: "apps",
+        kind: "StatefulSet",
+        plural: "statefulsets",
+        singular: "statefulset",
+        short_names: &["sts"],
+        categories: &["all"],
+        subresources: &["status", "scale"],
+        defaults: workloads::statefulset_defaults,
+        validate: workloads::validate_statefulset,
+        columns: workloads::STATEFULSET_COLUMNS,
+        cells: workloads::statefulset_cells,
+    }),
     resource!(batch::Job {
         group: "batch",
         kind: "Job",
@@ -336,6 +386,30 @@ pub static RESOURCES: &[ResourceInfo] = &[
         validate: workloads::validate_job,
         columns: workloads::JOB_COLUMNS,
         cells: workloads::job_cells,
+    }),
+    resource!(batch::CronJob {
+        group: "batch",
+        kind: "CronJob",
+        plural: "cronjobs",
+        singular: "cronjob",
+        short_names: &["cj"],
+        categories: &["all"],
+        subresources: &["status"],
+        defaults: workloads::cronjob_defaults,
+        validate: workloads::validate_cronjob,
+        columns: workloads::CRONJOB_COLUMNS,
+        cells: workloads::cronjob_cells,
+    }),
+    resource!(networking::Ingress {
+        group: "networking.k8s.io",
+        kind: "Ingress",
+        plural: "ingresses",
+        singular: "ingress",
+        short_names: &["ing"],
+        subresources: &["status"],
+        validate: service::validate_ingress,
+        columns: service::INGRESS_COLUMNS,
+        cells: service::ingress_cells,
     }),
     resource!(discovery::EndpointSlice {
         group: "discovery.k8s.io",

@@ -20,7 +20,14 @@ fn success(code: u16) -> Response {
 /// The `autoscaling/v1` Scale view of a Deployment or ReplicaSet.
 pub fn scale_of(obj: &Value) -> Value {
     let meta = obj.get("metadata").cloned().unwrap_or_default();
-    let selector = super::resources::cell::selector(obj, "/spec/selector");
+    // A ReplicationController's selector is a plain map; the others' a LabelSelector.
+    let selector = if obj.pointer("/spec/selector/matchLabels").is_some()
+        || obj.pointer("/spec/selector/matchExpressions").is_some()
+    {
+        super::resources::cell::selector(obj, "/spec/selector")
+    } else {
+        super::resources::cell::map(obj, "/spec/selector")
+    };
     json!({
         "kind": "Scale",
         "apiVersion": "autoscaling/v1",

@@ -328,9 +328,16 @@ fn v3_documents_carry_field_validation_and_resolve_their_references() {
 }
 
 #[test]
-fn kairn_kinds_get_merge_patches_only() {
+fn kairn_kinds_get_no_strategic_merge() {
     let app = by_kind(crate::kinds::API_VERSION, "Application").unwrap();
-    assert_eq!(patch_types(app), vec!["application/merge-patch+json"]);
+    assert_eq!(
+        patch_types(app),
+        vec![
+            "application/json-patch+json",
+            "application/merge-patch+json",
+            "application/apply-patch+yaml"
+        ]
+    );
     let pod = by_kind("v1", "Pod").unwrap();
     assert!(patch_types(pod).contains(&"application/strategic-merge-patch+json"));
 }

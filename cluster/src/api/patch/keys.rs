@@ -1,8 +1,7 @@
 //! How Kubernetes merges each list (and some maps and structs) of the served types: the
 //! `patchStrategy`/`patchMergeKey` struct tags and the `+listType`/`+listMapKey`/`+mapType`/
 //! `+structType` markers of the Go types in `k8s.io/api` and `k8s.io/apimachinery`, written
-//! once here for every type reachable from the served kinds (and the ones about to be served:
-//! Service, Endpoints, EndpointSlice, ServiceAccount, DaemonSet, Job, PriorityClass).
+//! once here for every type reachable from the served kinds.
 //!
 //! The schema module copies them into the served OpenAPI as Kubernetes' extensions
 //! (`x-kubernetes-patch-strategy`, `x-kubernetes-list-type`, ...); strategic merge reads the
@@ -27,6 +26,9 @@ macro_rules! def {
     };
     (discovery, $t:literal) => {
         concat!("io.k8s.api.discovery.v1.", $t)
+    };
+    (networking, $t:literal) => {
+        concat!("io.k8s.api.networking.v1.", $t)
     };
 }
 
@@ -252,6 +254,51 @@ static RULES: &[(&str, &[Field])] = &[
     (def!(apps, "DeploymentStatus"), &[
         ("conditions", "merge", "type", "map", &["type"]),
     ]),
+    (def!(apps, "StatefulSetSpec"), &[
+        ("volumeClaimTemplates", "", "", "atomic", &[]),
+    ]),
+    (def!(apps, "StatefulSetStatus"), &[
+        ("conditions", "merge", "type", "map", &["type"]),
+    ]),
+    (def!(core, "ReplicationControllerStatus"), &[
+        ("conditions", "merge", "type", "map", &["type"]),
+    ]),
+    (def!(batch, "CronJobStatus"), &[
+        ("active", "", "", "atomic", &[]),
+    ]),
+    (def!(networking, "IngressSpec"), &[
+        ("tls",   "", "", "atomic", &[]),
+        ("rules", "", "", "atomic", &[]),
+    ]),
+    (def!(networking, "IngressTLS"), &[
+        ("hosts", "", "", "atomic", &[]),
+    ]),
+    (def!(networking, "HTTPIngressRuleValue"), &[
+        ("paths", "", "", "atomic", &[]),
+    ]),
+    (def!(networking, "IngressLoadBalancerStatus"), &[
+        ("ingress", "", "", "atomic", &[]),
+    ]),
+    (def!(networking, "IngressLoadBalancerIngress"), &[
+        ("ports", "", "", "atomic", &[]),
+    ]),
+    (def!(core, "PersistentVolumeClaimStatus"), &[
+        ("accessModes", "", "", "atomic", &[]),
+        ("conditions",  "merge", "type", "map", &["type"]),
+    ]),
+    (def!(core, "PersistentVolumeSpec"), &[
+        ("accessModes",  "", "", "atomic", &[]),
+        ("mountOptions", "", "", "atomic", &[]),
+    ]),
+    (def!(core, "CephFSPersistentVolumeSource"), &[
+        ("monitors", "", "", "atomic", &[]),
+    ]),
+    (def!(core, "RBDPersistentVolumeSource"), &[
+        ("monitors", "", "", "atomic", &[]),
+    ]),
+    (def!(core, "ISCSIPersistentVolumeSource"), &[
+        ("portals", "", "", "atomic", &[]),
+    ]),
     (def!(apps, "DaemonSetStatus"), &[
         ("conditions", "merge", "type", "map", &["type"]),
     ]),
@@ -382,7 +429,7 @@ pub(crate) fn atomic_structs() -> &'static [&'static str] {
 mod tests {
     use std::collections::BTreeMap;
 
-    use k8s_openapi::api::{apps, batch, core, discovery, scheduling};
+    use k8s_openapi::api::{apps, batch, core, discovery, networking, scheduling};
     use schemars::generate::SchemaSettings;
     use schemars::SchemaGenerator;
 
@@ -404,6 +451,12 @@ mod tests {
         generator.subschema_for::<apps::v1::DaemonSet>();
         generator.subschema_for::<batch::v1::Job>();
         generator.subschema_for::<scheduling::v1::PriorityClass>();
+        generator.subschema_for::<apps::v1::StatefulSet>();
+        generator.subschema_for::<core::v1::ReplicationController>();
+        generator.subschema_for::<batch::v1::CronJob>();
+        generator.subschema_for::<networking::v1::Ingress>();
+        generator.subschema_for::<core::v1::PersistentVolume>();
+        generator.subschema_for::<core::v1::PersistentVolumeClaim>();
         generator.take_definitions(false).into_iter().collect()
     }
 

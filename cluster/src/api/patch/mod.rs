@@ -104,6 +104,7 @@ impl From<ApplyError> for ApiError {
 /// for a view with no schema, such as Scale, where strategic merge replaces every list).
 pub fn patch(res: Option<&ResourceInfo>, kind: PatchKind, live: &Value, patch: &Value) -> Result<Value, ApiError> {
     let mut out = live.clone();
+    let live_rv = live.pointer("/metadata/resourceVersion").cloned();
     // A patch must not pin the version it was computed from unless it says so.
     if let Some(meta) = out.get_mut("metadata").and_then(Value::as_object_mut) {
         meta.remove("resourceVersion");
@@ -113,7 +114,18 @@ pub fn patch(res: Option<&ResourceInfo>, kind: PatchKind, live: &Value, patch: &
             json::merge_patch(&mut out, patch);
             Ok(out)
         }
-        PatchKind::Json => Ok(json::json_patch(&out, patch)?),
+        PatchKind::Json => {
+            // JSON patch sees the whole object: kubectl's `test` of the resourceVersion
+            // (when it moves managedFields to server-side apply) must find it. The
+            // version stays a precondition only when the patch changed it.
+            let mut patched = json::json_patch(live, patch)?;
+            if patched.pointer("/metadata/resourceVersion") == live_rv.as_ref() {
+                if let Some(meta) = patched.get_mut("metadata").and_then(Value::as_object_mut) {
+                    meta.remove("resourceVersion");
+                }
+            }
+            Ok(patched)
+        }
         PatchKind::Strategic => {
             let schema = res.and_then(|r| schemas().root(r)).unwrap_or(&Value::Null);
             Ok(strategic::merge(schemas(), schema, &out, patch)?)

@@ -6,6 +6,7 @@ pub mod application;
 pub mod core;
 pub mod pod;
 pub mod service;
+pub mod storage;
 pub mod workloads;
 
 use serde_json::Value;

@@ -130,6 +130,12 @@ fn qos_class(pod: &Value) -> &'static str {
 
 /// Validates a pod spec at `base` (`spec` or `spec.template.spec`).
 pub fn validate_spec(errs: &mut Errors, spec: Option<&Value>, base: &str) {
+    validate_spec_with(errs, spec, base, &[]);
+}
+
+/// Validates a pod spec whose volume mounts may also name `extra_volumes` (a
+/// StatefulSet's claim templates).
+pub fn validate_spec_with(errs: &mut Errors, spec: Option<&Value>, base: &str, extra_volumes: &[&str]) {
     let Some(spec) = spec.filter(|s| s.is_object()) else {
         errs.required(base);
         return;
@@ -144,6 +150,7 @@ pub fn validate_spec(errs: &mut Errors, spec: Option<&Value>, base: &str) {
         .into_iter()
         .flatten()
         .filter_map(|vol| vol.get("name").and_then(Value::as_str))
+        .chain(extra_volumes.iter().copied())
         .collect();
     let mut seen_volumes = std::collections::HashSet::new();
     for (field, vol) in v::items(spec, base, "volumes") {

@@ -477,6 +477,79 @@ pub fn slice_cells(slice: &Value) -> Vec<Value> {
     ]
 }
 
+/// Ingress validation: each rule's paths name a backend and a valid path type.
+pub fn validate_ingress(ing: &Value, _old: Option<&Value>, errs: &mut Errors) {
+    let types = ["Exact", "ImplementationSpecific", "Prefix"];
+    for (rf, rule) in v::items(ing, "", "spec.rules") {
+        if let Some(host) = rule.get("host").and_then(Value::as_str) {
+            for m in v::dns1123_subdomain(host.trim_start_matches("*.")) {
+                errs.invalid(&format!("{rf}.host"), &json!(host), m);
+            }
+        }
+        for (pf, path) in v::items(rule, &rf, "http.paths") {
+            match path.get("pathType").and_then(Value::as_str) {
+                None => errs.required(&format!("{pf}.pathType")),
+                Some(t) if !types.contains(&t) => errs.unsupported(&format!("{pf}.pathType"), t, &types),
+                Some(_) => {}
+            }
+            if path.get("backend").is_none_or(Value::is_null) {
+                errs.required(&format!("{pf}.backend"));
+            }
+        }
+    }
+}
+
+/// `kubectl get ingresses` columns.
+pub static INGRESS_COLUMNS: &[Column] = &[
+    Column::new("Name", "string", 0),
+    Column::new("Class", "string", 0),
+    Column::new("Hosts", "string", 0),
+    Column::new("Address", "string", 0),
+    Column::new("Ports", "string", 0),
+    Column::new("Age", "string", 0),
+];
+
+/// One Ingress's row.
+pub fn ingress_cells(ing: &Value) -> Vec<Value> {
+    let hosts: Vec<&str> = ing
+        .pointer("/spec/rules")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|r| cell::s(r, "/host"))
+        .map(|h| if h.is_empty() { "*" } else { h })
+        .collect();
+    let addresses: Vec<&str> = ing
+        .pointer("/status/loadBalancer/ingress")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|a| {
+            if cell::s(a, "/ip").is_empty() {
+                cell::s(a, "/hostname")
+            } else {
+                cell::s(a, "/ip")
+            }
+        })
+        .collect();
+    let tls = ing
+        .pointer("/spec/tls")
+        .and_then(Value::as_array)
+        .is_some_and(|t| !t.is_empty());
+    vec![
+        cell::name(ing),
+        cell::or_none(cell::s(ing, "/spec/ingressClassName")),
+        json!(if hosts.is_empty() {
+            "*".to_string()
+        } else {
+            hosts.join(",")
+        }),
+        json!(addresses.join(",")),
+        json!(if tls { "80, 443" } else { "80" }),
+        cell::age(ing),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,6 +17,11 @@ fn template_defaults(obj: &mut Value) {
 
 /// The checks every template-based workload shares.
 fn validate_template(errs: &mut Errors, obj: &Value, old: Option<&Value>, restart: &[&str]) {
+    validate_template_with(errs, obj, old, restart, &[]);
+}
+
+/// The template checks, with volume names the pods get besides their own (`claims`).
+fn validate_template_with(errs: &mut Errors, obj: &Value, old: Option<&Value>, restart: &[&str], claims: &[&str]) {
     let selector = v::at(obj, "spec.selector");
     match selector.map(LabelSelector::from_object) {
         None => errs.required("spec.selector"),
@@ -42,7 +47,7 @@ fn validate_template(errs: &mut Errors, obj: &Value, old: Option<&Value>, restar
         "spec.template.metadata.labels",
         obj.pointer("/spec/template/metadata/labels"),
     );
-    pod::validate_spec(errs, obj.pointer("/spec/template/spec"), "spec.template.spec");
+    pod::validate_spec_with(errs, obj.pointer("/spec/template/spec"), "spec.template.spec", claims);
     if let Some(p) = obj.pointer("/spec/template/spec/restartPolicy").and_then(Value::as_str) {
         if !restart.contains(&p) {
             errs.unsupported("spec.template.spec.restartPolicy", p, restart);
@@ -436,6 +441,228 @@ pub fn job_cells(job: &Value) -> Vec<Value> {
     ]
 }
 
+/// StatefulSet defaults.
+pub fn statefulset_defaults(sts: &mut Value) {
+    if let Some(spec) = sts.get_mut("spec").filter(|s| s.is_object()) {
+        set_default(spec, "replicas", json!(1));
+        set_default(spec, "podManagementPolicy", json!("OrderedReady"));
+        set_default(spec, "revisionHistoryLimit", json!(10));
+        set_default(
+            spec,
+            "persistentVolumeClaimRetentionPolicy",
+            json!({"whenDeleted": "Retain", "whenScaled": "Retain"}),
+        );
+        if let Some(strategy) = child(spec, "updateStrategy") {
+            set_default(strategy, "type", json!("RollingUpdate"));
+            if strategy["type"] == "RollingUpdate" {
+                if let Some(ru) = child(strategy, "rollingUpdate") {
+                    set_default(ru, "partition", json!(0));
+                }
+            }
+        }
+    }
+    template_defaults(sts);
+}
+
+/// StatefulSet validation: the template checks, and what may not change once created
+/// (everything but replicas, template, update strategy, ordinals and the retention policy).
+pub fn validate_statefulset(sts: &Value, old: Option<&Value>, errs: &mut Errors) {
+    v::non_negative(errs, "spec.replicas", sts.pointer("/spec/replicas"));
+    let claims: Vec<&str> = sts
+        .pointer("/spec/volumeClaimTemplates")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c.pointer("/metadata/name").and_then(Value::as_str))
+        .collect();
+    validate_template_with(errs, sts, old, &["Always"], &claims);
+    if let Some(p) = sts.pointer("/spec/podManagementPolicy").and_then(Value::as_str) {
+        if !["OrderedReady", "Parallel"].contains(&p) {
+            errs.unsupported("spec.podManagementPolicy", p, &["OrderedReady", "Parallel"]);
+        }
+    }
+    if let Some(old) = old {
+        for f in ["serviceName", "volumeClaimTemplates", "podManagementPolicy"] {
+            errs.immutable(
+                &format!("spec.{f}"),
+                v::at(sts, &format!("spec.{f}")),
+                v::at(old, &format!("spec.{f}")),
+            );
+        }
+    }
+}
+
+/// `kubectl get statefulsets` columns.
+pub static STATEFULSET_COLUMNS: &[Column] = &[
+    Column::new("Name", "string", 0),
+    Column::new("Ready", "string", 0),
+    Column::new("Age", "string", 0),
+    Column::new("Containers", "string", 1),
+    Column::new("Images", "string", 1),
+];
+
+/// One StatefulSet's row.
+pub fn statefulset_cells(sts: &Value) -> Vec<Value> {
+    vec![
+        cell::name(sts),
+        json!(format!(
+            "{}/{}",
+            cell::n(sts, "/status/readyReplicas"),
+            cell::n(sts, "/spec/replicas")
+        )),
+        cell::age(sts),
+        cell::container_names(sts, "/spec/template/spec/containers"),
+        cell::container_images(sts, "/spec/template/spec/containers"),
+    ]
+}
+
+/// ReplicationController defaults: one replica, and a selector taken from the template's
+/// labels when none is given.
+pub fn replicationcontroller_defaults(rc: &mut Value) {
+    let labels = rc.pointer("/spec/template/metadata/labels").cloned();
+    if let Some(spec) = rc.get_mut("spec").filter(|s| s.is_object()) {
+        set_default(spec, "replicas", json!(1));
+        if let Some(labels) = labels {
+            set_default(spec, "selector", labels);
+        }
+    }
+    template_defaults(rc);
+}
+
+/// ReplicationController validation: a selector (a plain map) matching the template.
+pub fn validate_replicationcontroller(rc: &Value, _old: Option<&Value>, errs: &mut Errors) {
+    v::non_negative(errs, "spec.replicas", rc.pointer("/spec/replicas"));
+    let selector = rc.pointer("/spec/selector").and_then(Value::as_object);
+    match selector.filter(|s| !s.is_empty()) {
+        None => errs.required("spec.selector"),
+        Some(sel) => {
+            let labels = rc.pointer("/spec/template/metadata/labels").and_then(Value::as_object);
+            if !sel.iter().all(|(k, val)| labels.and_then(|l| l.get(k)) == Some(val)) {
+                errs.invalid(
+                    "spec.template.metadata.labels",
+                    rc.pointer("/spec/template/metadata/labels").unwrap_or(&Value::Null),
+                    "`selector` does not match template `labels`",
+                );
+            }
+        }
+    }
+    if rc.pointer("/spec/template").is_some() {
+        pod::validate_spec(errs, rc.pointer("/spec/template/spec"), "spec.template.spec");
+    }
+}
+
+/// `kubectl get replicationcontrollers` columns.
+pub static REPLICATIONCONTROLLER_COLUMNS: &[Column] = &[
+    Column::new("Name", "string", 0),
+    Column::new("Desired", "integer", 0),
+    Column::new("Current", "integer", 0),
+    Column::new("Ready", "integer", 0),
+    Column::new("Age", "string", 0),
+    Column::new("Containers", "string", 1),
+    Column::new("Images", "string", 1),
+    Column::new("Selector", "string", 1),
+];
+
+/// One ReplicationController's row.
+pub fn replicationcontroller_cells(rc: &Value) -> Vec<Value> {
+    vec![
+        cell::name(rc),
+        json!(cell::n(rc, "/spec/replicas")),
+        json!(cell::n(rc, "/status/replicas")),
+        json!(cell::n(rc, "/status/readyReplicas")),
+        cell::age(rc),
+        cell::container_names(rc, "/spec/template/spec/containers"),
+        cell::container_images(rc, "/spec/template/spec/containers"),
+        cell::map(rc, "/spec/selector"),
+    ]
+}
+
+/// CronJob defaults (and the defaults of the Jobs it makes).
+pub fn cronjob_defaults(cj: &mut Value) {
+    if let Some(spec) = cj.get_mut("spec").filter(|s| s.is_object()) {
+        set_default(spec, "concurrencyPolicy", json!("Allow"));
+        set_default(spec, "suspend", json!(false));
+        set_default(spec, "successfulJobsHistoryLimit", json!(3));
+        set_default(spec, "failedJobsHistoryLimit", json!(1));
+        if let Some(pod) = spec.pointer_mut("/jobTemplate/spec/template/spec") {
+            pod::spec_defaults(pod);
+        }
+    }
+}
+
+/// CronJob validation: a schedule of five fields (or a `@` macro), a valid job template.
+pub fn validate_cronjob(cj: &Value, _old: Option<&Value>, errs: &mut Errors) {
+    let schedule = cell::s(cj, "/spec/schedule").trim();
+    let fields = schedule.split_whitespace().count();
+    if schedule.is_empty() {
+        errs.required("spec.schedule");
+    } else if !(schedule.starts_with('@') || fields == 5) {
+        errs.invalid(
+            "spec.schedule",
+            &json!(schedule),
+            "unparseable schedule: expected exactly 5 fields",
+        );
+    }
+    if let Some(p) = cj.pointer("/spec/concurrencyPolicy").and_then(Value::as_str) {
+        if !["Allow", "Forbid", "Replace"].contains(&p) {
+            errs.unsupported("spec.concurrencyPolicy", p, &["Allow", "Forbid", "Replace"]);
+        }
+    }
+    pod::validate_spec(
+        errs,
+        cj.pointer("/spec/jobTemplate/spec/template/spec"),
+        "spec.jobTemplate.spec.template.spec",
+    );
+    if let Some(p) = cj
+        .pointer("/spec/jobTemplate/spec/template/spec/restartPolicy")
+        .and_then(Value::as_str)
+    {
+        if !["OnFailure", "Never"].contains(&p) {
+            errs.unsupported(
+                "spec.jobTemplate.spec.template.spec.restartPolicy",
+                p,
+                &["OnFailure", "Never"],
+            );
+        }
+    }
+}
+
+/// `kubectl get cronjobs` columns.
+pub static CRONJOB_COLUMNS: &[Column] = &[
+    Column::new("Name", "string", 0),
+    Column::new("Schedule", "string", 0),
+    Column::new("Timezone", "string", 0),
+    Column::new("Suspend", "boolean", 0),
+    Column::new("Active", "integer", 0),
+    Column::new("Last Schedule", "date", 0),
+    Column::new("Age", "string", 0),
+    Column::new("Containers", "string", 1),
+    Column::new("Images", "string", 1),
+];
+
+/// One CronJob's row.
+pub fn cronjob_cells(cj: &Value) -> Vec<Value> {
+    let last = cell::s(cj, "/status/lastScheduleTime");
+    vec![
+        cell::name(cj),
+        json!(cell::s(cj, "/spec/schedule")),
+        cell::or_none(cell::s(cj, "/spec/timeZone")),
+        json!(cj.pointer("/spec/suspend") == Some(&json!(true))),
+        json!(cj
+            .pointer("/status/active")
+            .and_then(Value::as_array)
+            .map_or(0, Vec::len)),
+        json!(if last.is_empty() {
+            "<none>".to_string()
+        } else {
+            crate::api::table::human_age(last)
+        }),
+        cell::age(cj),
+        cell::container_names(cj, "/spec/jobTemplate/spec/template/spec/containers"),
+        cell::container_images(cj, "/spec/jobTemplate/spec/template/spec/containers"),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -483,6 +710,19 @@ mod tests {
         validate_deployment(&moved, Some(&d), &mut errs);
         assert_eq!(fields(&errs), ["spec.selector"]);
         assert!(errs.0[0].message.ends_with("field is immutable"));
+    }
+
+    #[test]
+    fn stateful_set_pods_mount_their_claim_templates() {
+        let mut sts = json!({"metadata": {"name": "db", "namespace": "default"}, "spec": {
+            "serviceName": "db", "selector": {"matchLabels": {"app": "db"}},
+            "template": {"metadata": {"labels": {"app": "db"}}, "spec": {"containers": [{"name": "c", "image": "x",
+                "volumeMounts": [{"name": "data", "mountPath": "/data"}]}]}},
+            "volumeClaimTemplates": [{"metadata": {"name": "data"}, "spec": {"accessModes": ["ReadWriteOnce"]}}]}});
+        statefulset_defaults(&mut sts);
+        let mut errs = Errors::default();
+        validate_statefulset(&sts, None, &mut errs);
+        assert!(errs.is_empty(), "{:?}", errs.0);
     }
 
     #[test]

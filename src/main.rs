@@ -35,6 +35,8 @@ enum Command {
     Diff(commands::diff::DiffArgs),
     /// Show each Application's synced commit, pending commit and last error.
     Status(commands::status::StatusArgs),
+    /// Run a benchmark on a cluster of its own: `kairn bench api`.
+    Bench(commands::bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -55,6 +57,7 @@ fn main() -> ExitCode {
             Command::Get(args) => commands::get::run(args).await,
             Command::Diff(args) => commands::diff::run(args).await,
             Command::Status(args) => commands::status::run(args).await,
+            Command::Bench(args) => commands::bench::run(args).await,
         }
     });
     match result {

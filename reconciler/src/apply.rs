@@ -69,9 +69,16 @@ pub async fn apply(client: &kube::Client, plan: &Plan, dry_run: bool) -> Result<
     }
 }
 
+/// The field manager GitOps writes are recorded under (as Argo CD's `argocd-controller`).
+pub const FIELD_MANAGER: &str = "kairn-reconciler";
+
 fn http_request(body: Vec<u8>) -> Result<http::Request<Vec<u8>>, ApplyError> {
+    let params = kube::api::PostParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
+    };
     kube::core::Request::new(BATCH_PATH)
-        .create(&kube::api::PostParams::default(), body)
+        .create(&params, body)
         .map_err(|e| ApplyError::Api(kube::Error::BuildRequest(e)))
 }
 

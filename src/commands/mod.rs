@@ -1,6 +1,7 @@
 //! One module per `kairn` verb.
 
 pub mod agent;
+pub mod bench;
 pub mod diff;
 pub mod get;
 pub mod server;

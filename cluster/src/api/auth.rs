@@ -222,7 +222,7 @@ pub fn write_private(path: &Path, content: &str) -> std::io::Result<()> {
 
 /// Paths anyone may read, as kube-apiserver's `system:public-info-viewer`.
 fn is_public(path: &str) -> bool {
-    matches!(path, "/version" | "/healthz" | "/livez" | "/readyz")
+    matches!(path, "/version" | "/version/" | "/healthz" | "/livez" | "/readyz")
 }
 
 /// Axum middleware: resolves the user and stores it in the request's extensions.

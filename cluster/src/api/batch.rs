@@ -11,6 +11,7 @@ use serde_json::Value;
 use super::admission::{self, object_name, FieldValidation};
 use super::error::{ApiError, Cause};
 use super::objects::{self, with_revision};
+use super::patch;
 use super::registry::{self, ResourceInfo};
 use super::write::WriteSet;
 use super::AppState;
@@ -66,8 +67,8 @@ async fn read_pinned(
     Ok((live, rev))
 }
 
-/// Admits and commits a batch.
-pub async fn apply(state: &AppState, batch: Batch) -> Result<BatchResult, ApiError> {
+/// Admits and commits a batch; `manager` owns the fields it writes (managedFields).
+pub async fn apply(state: &AppState, batch: Batch, manager: &str) -> Result<BatchResult, ApiError> {
     let mut set = WriteSet::default();
     let mut objects = Vec::with_capacity(batch.operations.len());
     let mut keys = HashSet::new();
@@ -97,9 +98,11 @@ pub async fn apply(state: &AppState, batch: Batch) -> Result<BatchResult, ApiErr
         let pinned = pinned.transpose()?;
         match op.op {
             BatchVerb::Create => {
+                let submitted = op.object.clone();
                 let mut obj = admission::admit_create(res, ns.as_deref(), op.object, FieldValidation::Strict)
                     .map_err(|e| at(i, e))?
                     .object;
+                patch::track(res, None, &submitted, &mut obj, Some(manager), false);
                 if res.kind == "Namespace" {
                     new_namespaces.insert(name.clone());
                 }
@@ -115,9 +118,10 @@ pub async fn apply(state: &AppState, batch: Batch) -> Result<BatchResult, ApiErr
                 if let Some(meta) = desired.get_mut("metadata").and_then(Value::as_object_mut) {
                     meta.remove("resourceVersion");
                 }
-                let mut obj = admission::admit_update(res, &live, desired, FieldValidation::Strict)
+                let mut obj = admission::admit_update(res, &live, desired.clone(), FieldValidation::Strict)
                     .map_err(|e| at(i, e))?
                     .object;
+                patch::track(res, Some(&live), &desired, &mut obj, Some(manager), false);
                 set.update(res, key, rev, &live, &mut obj).map_err(|e| at(i, e))?;
                 objects.push(obj);
             }

@@ -78,6 +78,8 @@ impl AppState {
 pub fn router(state: AppState, auth: Arc<Authenticator>) -> Router {
     Router::new()
         .route("/version", get(|| async { Json(discovery::version()) }))
+        // The python client asks for `/version/`.
+        .route("/version/", get(|| async { Json(discovery::version()) }))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(|| async { "ok" }))
         .route("/livez", get(|| async { "ok" }))
@@ -85,7 +87,9 @@ pub fn router(state: AppState, auth: Arc<Authenticator>) -> Router {
         .route("/openapi/v3", get(openapi::serve_v3_index))
         .route("/openapi/v3/{*group_version}", get(openapi::serve_v3))
         .route("/api", get(|| async { Json(discovery::core_versions()) }))
+        .route("/api/", get(|| async { Json(discovery::core_versions()) }))
         .route("/apis", get(|| async { Json(discovery::groups()) }))
+        .route("/apis/", get(|| async { Json(discovery::groups()) }))
         .route("/api/v1", get(|| async { resource_list("", "v1") }))
         .route("/api/v1/{*rest}", any(core_handler))
         .route(
@@ -206,14 +210,17 @@ async fn dispatch(
 async fn batch_handler(
     State(state): State<AppState>,
     Extension(user): Extension<Arc<UserInfo>>,
+    Query(params): Query<HashMap<String, String>>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let result = async {
         let body = body_or_error(body, MAX_BATCH_BODY)?;
         let batch: Batch =
             serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("the batch is not valid: {e}")))?;
-        tracing::debug!(user = %user.name, operations = batch.operations.len(), "batch");
-        batch::apply(&state, batch).await
+        let manager = patch::field_manager(&params, &headers, "BatchOptions")?;
+        tracing::debug!(user = %user.name, manager = %manager, operations = batch.operations.len(), "batch");
+        batch::apply(&state, batch, &manager).await
     };
     match result.await {
         Ok(result) => (StatusCode::CREATED, Json(result)).into_response(),

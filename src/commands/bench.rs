@@ -1,0 +1,321 @@
+//! `kairn bench`: benchmarks that start their own one-member cluster on a temp directory
+//! (loopback, TLS and tokens as `kairn up` serves them) and measure through kube-rs, as
+//! any client sees the API. Numbers go to stdout as a Markdown table for
+//! `docs/benchmarks.md`.
+//!
+//! `kairn bench api`:
+//! - LIST: N ConfigMaps read through kube-rs pages (`limit`/`continue`), and in one list;
+//! - a kube-rs watcher (list, then watch) over those N objects while a writer changes
+//!   them: its cache must end equal to the server's state (no event lost);
+//! - watch fan-out: W watchers of one namespace, one writer; the delay from each write's
+//!   timestamp to each watcher receiving it (p50, p99, max), and every event received.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use kairn_cluster::kinds::{Batch, BatchOperation, BatchResult, BatchVerb};
+use kairn_cluster::member::Member;
+use kube::api::{ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
+use kube::runtime::{reflector, watcher, WatchStreamExt};
+use kube::{Api, ResourceExt};
+use serde_json::json;
+
+/// `kairn bench` flags.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub which: Which,
+}
+
+/// The benchmarks.
+#[derive(Debug, clap::Subcommand)]
+pub enum Which {
+    /// LIST of many ConfigMaps through kube-rs pages, a watcher over them, watch fan-out.
+    Api(ApiArgs),
+}
+
+/// `kairn bench api` flags.
+#[derive(Debug, clap::Args)]
+pub struct ApiArgs {
+    /// ConfigMaps to list.
+    #[arg(long, default_value_t = 30_000)]
+    pub objects: usize,
+    /// Page size of the paged LIST (kube-rs' watcher default is 500).
+    #[arg(long, default_value_t = 500)]
+    pub page: u32,
+    /// Watchers of the fan-out.
+    #[arg(long, default_value_t = 100)]
+    pub watchers: usize,
+    /// Writes the fan-out's writer makes.
+    #[arg(long, default_value_t = 1_000)]
+    pub writes: usize,
+}
+
+/// Runs a benchmark.
+pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    match args.which {
+        Which::Api(a) => api(a).await,
+    }
+}
+
+fn now_micros() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros())
+        .unwrap_or(0)
+}
+
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+async fn create_namespace(client: &kube::Client, name: &str) -> anyhow::Result<()> {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}}))?;
+    namespaces.create(&PostParams::default(), &ns).await?;
+    Ok(())
+}
+
+/// Creates `count` ConfigMaps in `ns` through the atomic batch endpoint, 1,000 a batch.
+async fn populate(client: &kube::Client, ns: &str, count: usize) -> anyhow::Result<()> {
+    for start in (0..count).step_by(1000) {
+        let operations = (start..(start + 1000).min(count))
+            .map(|i| BatchOperation {
+                op: BatchVerb::Create,
+                object: json!({"apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"name": format!("cm-{i:06}"), "namespace": ns, "labels": {"bench": "list"}},
+                    "data": {"payload": "x".repeat(160)}}),
+                resource_version: None,
+            })
+            .collect();
+        let batch = Batch {
+            operations,
+            dry_run: false,
+        };
+        let req = kube::core::Request::new("/apis/kairn.dev/v1/batches")
+            .create(&PostParams::default(), serde_json::to_vec(&batch)?)
+            .map_err(kube::Error::BuildRequest)?;
+        let _: BatchResult = client.request(req).await.context("creating ConfigMaps in a batch")?;
+    }
+    Ok(())
+}
+
+/// One full paged LIST; returns the items seen and the pages read.
+async fn paged_list(api: &Api<ConfigMap>, page: u32) -> anyhow::Result<(usize, usize)> {
+    let (mut items, mut pages) = (0, 0);
+    let mut token: Option<String> = None;
+    loop {
+        let mut params = ListParams::default().limit(page);
+        if let Some(t) = &token {
+            params = params.continue_token(t);
+        }
+        let list = api.list(&params).await?;
+        items += list.items.len();
+        pages += 1;
+        token = list.metadata.continue_.filter(|c| !c.is_empty());
+        if token.is_none() {
+            return Ok((items, pages));
+        }
+    }
+}
+
+async fn api(args: ApiArgs) -> anyhow::Result<ExitCode> {
+    let dir = tempfile::tempdir().context("creating a temp directory")?;
+    let member = Member::start_local(dir.path(), &[]).await?;
+    let client = member.client()?;
+    let rss_start = rss_kib();
+
+    // LIST through pages, as kube-rs' watcher and kubectl read.
+    create_namespace(&client, "bench").await?;
+    let started = Instant::now();
+    populate(&client, "bench", args.objects).await?;
+    let populate_time = started.elapsed();
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "bench");
+    let mut paged = Vec::new();
+    let mut pages = 0;
+    for _ in 0..3 {
+        let t = Instant::now();
+        let (items, p) = paged_list(&cms, args.page).await?;
+        paged.push(t.elapsed());
+        pages = p;
+        if items != args.objects {
+            bail!("a paged LIST saw {items} of {} ConfigMaps", args.objects);
+        }
+    }
+    paged.sort();
+    let t = Instant::now();
+    let whole = cms.list(&ListParams::default()).await?;
+    let unpaged = t.elapsed();
+    if whole.items.len() != args.objects {
+        bail!("a LIST saw {} of {} ConfigMaps", whole.items.len(), args.objects);
+    }
+    drop(whole);
+    let rss_after_list = rss_kib();
+
+    // A kube-rs watcher (pages of `page`, then a watch) over the same objects, while a
+    // writer changes them: its cache must end as the server's state is.
+    let (reader, writer) = reflector::store::<ConfigMap>();
+    let config = watcher::Config::default().page_size(args.page);
+    let stream = watcher(cms.clone(), config)
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects();
+    let watching = tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while stream.try_next().await.is_ok_and(|e| e.is_some()) {}
+    });
+    let changes = 2_000.min(args.objects);
+    let t = Instant::now();
+    for i in 0..changes {
+        let name = format!("cm-{:06}", (i * 7919) % args.objects);
+        let patch = json!({"data": {"changed": i.to_string()}});
+        cms.patch(&name, &PatchParams::default(), &Patch::Merge(patch)).await?;
+    }
+    let write_time = t.elapsed();
+    let truth: BTreeMap<String, String> = cms
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .map(|c| (c.name_any(), c.resource_version().unwrap_or_default()))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let lost = loop {
+        let seen: BTreeMap<String, String> = reader
+            .state()
+            .iter()
+            .map(|c| (c.name_any(), c.resource_version().unwrap_or_default()))
+            .collect();
+        let differing =
+            truth.iter().filter(|(k, v)| seen.get(*k) != Some(*v)).count() + seen.len().abs_diff(truth.len());
+        if differing == 0 || Instant::now() > deadline {
+            break differing;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    watching.abort();
+    if lost != 0 {
+        bail!("the watcher's cache differs from the server in {lost} objects");
+    }
+
+    // Watch fan-out: W watchers, one writer stamping each write with its time.
+    create_namespace(&client, "fanout").await?;
+    let fan: Api<ConfigMap> = Api::namespaced(client.clone(), "fanout");
+    let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "ticker"}, "data": {"t": "0"}}))?;
+    let rv = fan
+        .create(&PostParams::default(), &cm)
+        .await?
+        .resource_version()
+        .unwrap_or_default();
+    let delays: Arc<Mutex<Vec<f64>>> = Arc::default();
+    let mut watchers = Vec::new();
+    for _ in 0..args.watchers {
+        let (fan, rv, delays, writes) = (fan.clone(), rv.clone(), delays.clone(), args.writes);
+        watchers.push(tokio::spawn(async move {
+            let mut received = 0;
+            let mut stream = fan.watch(&WatchParams::default().timeout(290), &rv).await?.boxed();
+            while received < writes {
+                match stream.next().await {
+                    Some(Ok(WatchEvent::Modified(cm))) => {
+                        let sent: u128 = cm
+                            .data
+                            .as_ref()
+                            .and_then(|d| d.get("t"))
+                            .and_then(|t| t.parse().ok())
+                            .unwrap_or(0);
+                        let delay = now_micros().saturating_sub(sent) as f64 / 1000.0;
+                        if let Ok(mut d) = delays.lock() {
+                            d.push(delay);
+                        }
+                        received += 1;
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => return Err(anyhow::Error::from(e)),
+                    None => break,
+                }
+            }
+            Ok::<usize, anyhow::Error>(received)
+        }));
+    }
+    // Let every watcher's request reach the server before the first write.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let t = Instant::now();
+    for i in 0..args.writes {
+        let patch = json!({"data": {"t": now_micros().to_string(), "i": i.to_string()}});
+        fan.patch("ticker", &PatchParams::default(), &Patch::Merge(patch))
+            .await?;
+    }
+    let fan_write_time = t.elapsed();
+    let mut received = 0;
+    for w in watchers {
+        received += w.await??;
+    }
+    let expected = args.writes * args.watchers;
+    if received != expected {
+        bail!("watchers received {received} of {expected} events");
+    }
+    let mut delays = delays.lock().map(|d| d.clone()).unwrap_or_default();
+    delays.sort_by(|a, b| a.total_cmp(b));
+    let rss_end = rss_kib();
+    member.stop().await?;
+
+    let ms = |d: Duration| format!("{:.0} ms", d.as_secs_f64() * 1000.0);
+    println!("| measurement | result |");
+    println!("|---|---|");
+    println!(
+        "| create {} ConfigMaps (batches of 1,000) | {} |",
+        args.objects,
+        ms(populate_time)
+    );
+    println!(
+        "| paged LIST of {} ConfigMaps, kube-rs, limit={} ({pages} pages), median of 3 | {} (min {}, max {}) |",
+        args.objects,
+        args.page,
+        ms(paged[1]),
+        ms(paged[0]),
+        ms(paged[2])
+    );
+    println!("| one LIST of {} ConfigMaps | {} |", args.objects, ms(unpaged));
+    println!(
+        "| kube-rs watcher over {} objects, {changes} writes meanwhile ({}) | cache equal to the server, 0 events lost |",
+        args.objects,
+        ms(write_time)
+    );
+    println!(
+        "| watch fan-out: {} watchers x {} writes ({} of writes) | {expected} events received |",
+        args.watchers,
+        args.writes,
+        ms(fan_write_time)
+    );
+    println!(
+        "| event delay, write to watcher | p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms |",
+        percentile(&delays, 0.50),
+        percentile(&delays, 0.99),
+        percentile(&delays, 1.0)
+    );
+    println!(
+        "| process RSS (server and clients in one process) | {} MiB at start, {} MiB after the LIST, {} MiB at the end |",
+        rss_start / 1024,
+        rss_after_list / 1024,
+        rss_end / 1024
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -113,6 +113,11 @@ impl Member {
         format!("https://{}", self.addr)
     }
 
+    /// The cluster CA's certificate (DER), for clients' trust roots.
+    pub fn ca_der(&self) -> Result<Vec<u8>, MemberError> {
+        Ok(self.certs.ca_der()?)
+    }
+
     /// The cluster CA's certificate (PEM), which clients trust.
     pub fn ca_pem(&self) -> &str {
         &self.certs.ca_pem
@@ -130,7 +135,7 @@ impl Member {
             .ok_or_else(|| MemberError::Serve(format!("no token for user {user}")))?;
         let mut config = kube::Config::new(uri);
         config.auth_info.token = Some(token.to_string().into());
-        config.root_cert = Some(vec![self.certs.ca_der()?]);
+        config.root_cert = Some(vec![self.ca_der()?]);
         Ok(kube::Client::try_from(config)?)
     }
 

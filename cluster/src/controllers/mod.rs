@@ -1,9 +1,10 @@
-//! The controller manager: Deployment -> ReplicaSet -> Pods, and the garbage collector.
-//! Each controller is a kube-runtime `Controller` talking to the API server like any
-//! client; none of them touches the store.
+//! The controller manager: Deployment -> ReplicaSet -> Pods, the garbage collector and
+//! the namespace controller. Each controller talks to the API server like any client and
+//! reads through watch-fed caches; none of them touches the store.
 
 pub mod deployment;
 pub mod gc;
+pub mod namespace;
 pub mod replicaset;
 
 use std::time::Duration;
@@ -40,6 +41,7 @@ pub async fn run(client: kube::Client, shutdown: watch::Receiver<bool>) {
     tokio::join!(
         deployment::run(client.clone(), shutdown.clone()),
         replicaset::run(client.clone(), shutdown.clone()),
+        // The garbage collector and the namespace controller, on one metadata graph.
         gc::run(client, shutdown),
     );
 }

@@ -125,6 +125,11 @@ impl Member {
 
     /// A kube-rs client of this member's API acting as `user` (who must have a token).
     pub fn client_as(&self, user: &str) -> Result<kube::Client, MemberError> {
+        Ok(kube::Client::try_from(self.config_as(user)?)?)
+    }
+
+    /// The kube-rs configuration of a client acting as `user`.
+    pub fn config_as(&self, user: &str) -> Result<kube::Config, MemberError> {
         let uri = self
             .api_url()
             .parse()
@@ -136,7 +141,7 @@ impl Member {
         let mut config = kube::Config::new(uri);
         config.auth_info.token = Some(token.to_string().into());
         config.root_cert = Some(vec![self.ca_der()?]);
-        Ok(kube::Client::try_from(config)?)
+        Ok(config)
     }
 
     /// A kube-rs client of this member's API acting as the admin.

@@ -60,7 +60,10 @@ async fn every_kind_round_trips_with_its_defaults() {
     let spec = svc.spec.unwrap();
     assert!(spec.cluster_ip.unwrap().starts_with("10."));
     assert_eq!(spec.type_.as_deref(), Some("ClusterIP"));
-    assert_eq!(spec.ports.unwrap()[0].target_port, Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(80)));
+    assert_eq!(
+        spec.ports.unwrap()[0].target_port,
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(80))
+    );
     round_trip::<Endpoints>(
         Api::namespaced(c.clone(), "default"),
         json!({"metadata": {"name": "web"}, "subsets": [{"addresses": [{"ip": "10.0.0.1"}], "ports": [{"port": 80}]}]}),
@@ -71,14 +74,21 @@ async fn every_kind_round_trips_with_its_defaults() {
         json!({"metadata": {"name": "web-1"}, "addressType": "IPv4", "endpoints": [{"addresses": ["10.0.0.1"]}]}),
     )
     .await;
-    round_trip::<ServiceAccount>(Api::namespaced(c.clone(), "default"), json!({"metadata": {"name": "robot"}})).await;
+    round_trip::<ServiceAccount>(
+        Api::namespaced(c.clone(), "default"),
+        json!({"metadata": {"name": "robot"}}),
+    )
+    .await;
     let ds: DaemonSet = round_trip(
         Api::namespaced(c.clone(), "default"),
         json!({"metadata": {"name": "agent"}, "spec": {"selector": {"matchLabels": {"app": "agent"}},
             "template": template("agent", "Always")}}),
     )
     .await;
-    assert_eq!(ds.spec.unwrap().update_strategy.unwrap().type_.as_deref(), Some("RollingUpdate"));
+    assert_eq!(
+        ds.spec.unwrap().update_strategy.unwrap().type_.as_deref(),
+        Some("RollingUpdate")
+    );
     let job: Job = round_trip(
         Api::namespaced(c.clone(), "default"),
         json!({"metadata": {"name": "once"}, "spec": {"template": {"spec": {"restartPolicy": "Never",
@@ -86,8 +96,15 @@ async fn every_kind_round_trips_with_its_defaults() {
     )
     .await;
     let selector = job.spec.unwrap().selector.unwrap().match_labels.unwrap();
-    assert!(selector.contains_key("batch.kubernetes.io/controller-uid"), "a generated selector");
-    let pc: PriorityClass = round_trip(Api::all(c.clone()), json!({"metadata": {"name": "high"}, "value": 1000})).await;
+    assert!(
+        selector.contains_key("batch.kubernetes.io/controller-uid"),
+        "a generated selector"
+    );
+    let pc: PriorityClass = round_trip(
+        Api::all(c.clone()),
+        json!({"metadata": {"name": "high"}, "value": 1000}),
+    )
+    .await;
     assert_eq!(pc.preemption_policy.as_deref(), Some("PreemptLowerPriority"));
     round_trip::<StatefulSet>(
         Api::namespaced(c.clone(), "default"),
@@ -173,15 +190,28 @@ async fn a_cluster_ip_belongs_to_one_service() {
     let s = start().await;
     let services: Api<Service> = Api::namespaced(s.client.clone(), "default");
     let svc = |name: &str, ip: &str| -> Service {
-        serde_json::from_value(json!({"metadata": {"name": name}, "spec": {"clusterIP": ip, "ports": [{"port": 80}]}})).unwrap()
+        serde_json::from_value(json!({"metadata": {"name": name}, "spec": {"clusterIP": ip, "ports": [{"port": 80}]}}))
+            .unwrap()
     };
-    services.create(&PostParams::default(), &svc("one", "10.96.10.10")).await.unwrap();
-    let causes = invalid(services.create(&PostParams::default(), &svc("two", "10.96.10.10")).await.unwrap_err());
+    services
+        .create(&PostParams::default(), &svc("one", "10.96.10.10"))
+        .await
+        .unwrap();
+    let causes = invalid(
+        services
+            .create(&PostParams::default(), &svc("two", "10.96.10.10"))
+            .await
+            .unwrap_err(),
+    );
     assert_eq!(causes[0].0, "spec.clusterIPs");
     // Changing it is refused; leaving it out of a replacement keeps it.
     let causes = invalid(
         services
-            .patch("one", &PatchParams::default(), &Patch::Merge(json!({"spec": {"clusterIP": "10.96.10.11"}})))
+            .patch(
+                "one",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"clusterIP": "10.96.10.11"}})),
+            )
             .await
             .unwrap_err(),
     );
@@ -189,11 +219,17 @@ async fn a_cluster_ip_belongs_to_one_service() {
     let mut replacement = services.get("one").await.unwrap();
     replacement.spec.as_mut().unwrap().cluster_ip = None;
     replacement.spec.as_mut().unwrap().cluster_ips = None;
-    let replaced = services.replace("one", &PostParams::default(), &replacement).await.unwrap();
+    let replaced = services
+        .replace("one", &PostParams::default(), &replacement)
+        .await
+        .unwrap();
     assert_eq!(replaced.spec.unwrap().cluster_ip.as_deref(), Some("10.96.10.10"));
     // Deleting the Service frees its address.
     services.delete("one", &DeleteParams::default()).await.unwrap();
-    services.create(&PostParams::default(), &svc("two", "10.96.10.10")).await.unwrap();
+    services
+        .create(&PostParams::default(), &svc("two", "10.96.10.10"))
+        .await
+        .unwrap();
     s.stop().await;
 }
 
@@ -203,7 +239,12 @@ async fn bodies_are_bounded_and_every_request_has_a_user() {
     let big = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "big"},
         "data": {"blob": "x".repeat(3 * 1024 * 1024 + 1)}});
     let (status, _, body) = s
-        .request("POST", "/api/v1/namespaces/default/configmaps", &[("content-type", "application/json")], big.to_string())
+        .request(
+            "POST",
+            "/api/v1/namespaces/default/configmaps",
+            &[("content-type", "application/json")],
+            big.to_string(),
+        )
         .await;
     assert_eq!(status.as_u16(), 413);
     let err: Value = serde_json::from_slice(&body).unwrap();

@@ -22,7 +22,11 @@ async fn ok(s: &Server, args: &[&str]) -> String {
 /// Runs kubectl expecting failure; returns stderr.
 async fn fails(s: &Server, args: &[&str]) -> String {
     let out = s.kubectl(args).await.expect("kubectl is present");
-    assert!(!out.status.success(), "kubectl {args:?} should fail: {}", text(&out.stdout));
+    assert!(
+        !out.status.success(),
+        "kubectl {args:?} should fail: {}",
+        text(&out.stdout)
+    );
     text(&out.stderr)
 }
 
@@ -79,13 +83,20 @@ async fn kubectl_as_an_operator_uses_it() {
     // apply: created, then unchanged, then configured, then pruned.
     std::fs::write(&file, APP).unwrap();
     let out = ok(&s, &["apply", "-f", path]).await;
-    assert!(out.contains("deployment.apps/demo created") && out.contains("service/demo created"), "{out}");
+    assert!(
+        out.contains("deployment.apps/demo created") && out.contains("service/demo created"),
+        "{out}"
+    );
     let out = ok(&s, &["apply", "-f", path]).await;
     assert!(out.contains("deployment.apps/demo unchanged"), "{out}");
     std::fs::write(&file, APP.replace("replicas: 1", "replicas: 2")).unwrap();
     let out = ok(&s, &["apply", "-f", path]).await;
     assert!(out.contains("deployment.apps/demo configured"), "{out}");
-    let without_service = APP.split("---\napiVersion: v1\nkind: Service").next().unwrap().to_string();
+    let without_service = APP
+        .split("---\napiVersion: v1\nkind: Service")
+        .next()
+        .unwrap()
+        .to_string();
     std::fs::write(&file, &without_service).unwrap();
     let out = ok(&s, &["apply", "--prune", "-l", "app=demo", "-f", path]).await;
     assert!(out.contains("service/demo pruned"), "{out}");
@@ -99,7 +110,7 @@ async fn kubectl_as_an_operator_uses_it() {
     let out = ok(&s, &["apply", "--server-side", "--force-conflicts", "-f", path]).await;
     assert!(out.contains("serverside-applied"), "{out}");
     let replicas = ok(&s, &["get", "deploy", "demo", "-o", "jsonpath={.spec.replicas}"]).await;
-    assert_eq!(replicas, "2");
+    assert_eq!(replicas, "1", "the applied configuration wins");
 
     // The create generators (kubectl sends these bodies as protobuf).
     ok(&s, &["create", "configmap", "plain", "--from-literal=a=b"]).await;
@@ -112,7 +123,12 @@ async fn kubectl_as_an_operator_uses_it() {
 
     // get, in every output kubectl has.
     let all = ok(&s, &["get", "all"]).await;
-    for want in ["deployment.apps/demo", "deployment.apps/nginx", "service/front", "service/kubernetes"] {
+    for want in [
+        "deployment.apps/demo",
+        "deployment.apps/nginx",
+        "service/front",
+        "service/kubernetes",
+    ] {
         assert!(all.contains(want), "get all lacks {want}:\n{all}");
     }
     let wide = ok(&s, &["get", "svc", "-A", "-o", "wide"]).await;
@@ -123,7 +139,11 @@ async fn kubectl_as_an_operator_uses_it() {
     ok(&s, &["annotate", "cm", "plain", "owner=ops"]).await;
     let labels = ok(&s, &["get", "cm", "plain", "--show-labels"]).await;
     assert!(labels.contains("tier=cache"), "{labels}");
-    let ann = ok(&s, &["get", "cm", "plain", "-o", "jsonpath={.metadata.annotations.owner}"]).await;
+    let ann = ok(
+        &s,
+        &["get", "cm", "plain", "-o", "jsonpath={.metadata.annotations.owner}"],
+    )
+    .await;
     assert_eq!(ann, "ops");
 
     // A node to taint, cordon and drain: its pods are evicted.
@@ -145,7 +165,8 @@ async fn kubectl_as_an_operator_uses_it() {
             "spec": {"containers": [{"name": "c", "image": "busybox"}]}}))
         .unwrap();
         pods.create(&PostParams::default(), &pod).await.unwrap();
-        let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name}, "target": {"name": "n1"}});
+        let binding =
+            json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name}, "target": {"name": "n1"}});
         let (status, _, _) = s
             .request(
                 "POST",
@@ -158,7 +179,14 @@ async fn kubectl_as_an_operator_uses_it() {
     }
     let out = ok(
         &s,
-        &["drain", "n1", "--force", "--grace-period=0", "--ignore-daemonsets", "--timeout=60s"],
+        &[
+            "drain",
+            "n1",
+            "--force",
+            "--grace-period=0",
+            "--ignore-daemonsets",
+            "--timeout=60s",
+        ],
     )
     .await;
     assert!(out.contains("node/n1 drained"), "{out}");
@@ -170,7 +198,9 @@ async fn kubectl_as_an_operator_uses_it() {
         "spec": {"containers": [{"name": "c", "image": "busybox"}]}}))
     .unwrap();
     pods.create(&PostParams::default(), &pod).await.unwrap();
-    pods.patch_status("waited", &PatchParams::default(), &Patch::Merge(ready)).await.unwrap();
+    pods.patch_status("waited", &PatchParams::default(), &Patch::Merge(ready))
+        .await
+        .unwrap();
     ok(&s, &["wait", "--for=condition=Ready", "pod/waited", "--timeout=30s"]).await;
     let out = ok(&s, &["delete", "cm", "plain"]).await;
     assert!(out.contains("configmap \"plain\" deleted"), "{out}");

@@ -129,23 +129,14 @@ fn render_log(content: &[u8], opts: &Options) -> Vec<u8> {
     let start = match opts.tail_lines {
         None => 0,
         Some(n) => {
-            // Walk back over n whole lines: a line starts after a non-partial entry.
-            let mut lines = 0;
-            let mut start = entries.len();
-            for i in (0..entries.len()).rev() {
-                let begins_line = i == 0 || !entries[i - 1].partial;
-                if begins_line {
-                    if lines == n {
-                        break;
-                    }
-                    lines += 1;
-                }
-                start = i;
-            }
-            if n == 0 {
-                entries.len()
-            } else {
-                start
+            // A line starts after a non-partial entry; keep the last n of them whole.
+            let starts: Vec<usize> = (0..entries.len())
+                .filter(|i| *i == 0 || !entries[i - 1].partial)
+                .collect();
+            match n {
+                0 => entries.len(),
+                n if n >= starts.len() => 0,
+                n => starts[starts.len() - n],
             }
         }
     };

@@ -192,8 +192,14 @@ async fn run_pods<R: Runtime>(
                 tracing::info!(object = %format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any()), node = %config.node_name, "starting pod");
                 let dir = config.data_dir.join("pods").join(&uid);
                 let (ns, name) = (pod.namespace().unwrap_or_default(), pod.name_any());
-                pod_dirs.insert(&ns, &name, dir.clone());
-                let worker = PodWorker::start(client.clone(), pod, runtime.clone(), dir, config.node_ip.clone());
+                let worker = PodWorker::start(
+                    client.clone(),
+                    pod,
+                    runtime.clone(),
+                    dir.clone(),
+                    config.node_ip.clone(),
+                );
+                pod_dirs.insert(&ns, &name, dir, worker.liveness());
                 workers.insert(uid, (ns, name, worker));
             }
             Ok(watcher::Event::InitDone) => {

@@ -1,9 +1,16 @@
-//! The agent's log endpoint: `GET /containerLogs/{namespace}/{pod}/{container}`, as a
-//! kubelet serves it. The API server proxies `pods/<name>/log` here, so `kubectl logs`
-//! reads the container's log file on the node that runs it.
+//! Container logs: how the agent stores them and how it serves them.
+//!
+//! Each container's stdout and stderr go to `<pod dir>/<container>.log` in the CRI log
+//! format kubelets use (`<RFC3339Nano time> <stdout|stderr> <F|P> <text>`, `P` for a
+//! partial line), so that every line has its time. When a container restarts, its log
+//! becomes `<container>.previous.log` (what `kubectl logs --previous` reads).
+//!
+//! The endpoint `GET /containerLogs/{namespace}/{pod}/{container}` serves them as a
+//! kubelet does, with `follow`, `tailLines`, `limitBytes`, `sinceSeconds`, `sinceTime`,
+//! `timestamps` and `previous`. The API server proxies `pods/<name>/log` here.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path as FsPath, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -13,18 +20,155 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use k8s_openapi::jiff::Timestamp;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::{mpsc, watch};
 
-/// Where each pod's directory is, by `namespace/name`; kept by the pod manager.
+/// Lines longer than this are split into partial (`P`) lines, as container runtimes do.
+pub const MAX_LINE: usize = 16 * 1024;
+
+/// The time format of log lines and of `timestamps=true` (kubelet's RFC3339NanoFixed).
+const TIME_FORMAT: &str = "%Y-%m-%dT%H:%M:%S.%NZ";
+
+/// The current time as a log line's timestamp.
+pub fn timestamp_now() -> String {
+    Timestamp::now().strftime(TIME_FORMAT).to_string()
+}
+
+/// Appends one CRI log line to `out`.
+pub fn push_line(out: &mut Vec<u8>, time: &str, stream: &str, partial: bool, text: &[u8]) {
+    out.extend_from_slice(time.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(stream.as_bytes());
+    out.extend_from_slice(if partial { b" P " } else { b" F " });
+    out.extend_from_slice(text);
+    out.push(b'\n');
+}
+
+/// A container's current log file in its pod directory.
+pub fn current_log(pod_dir: &FsPath, container: &str) -> PathBuf {
+    pod_dir.join(format!("{container}.log"))
+}
+
+/// The log of the container's previous run.
+pub fn previous_log(pod_dir: &FsPath, container: &str) -> PathBuf {
+    pod_dir.join(format!("{container}.previous.log"))
+}
+
+/// One stored log line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Entry<'a> {
+    /// The stored timestamp text (absent for a line not in CRI form).
+    time: Option<&'a [u8]>,
+    /// Whether the line continues in the next one.
+    partial: bool,
+    text: &'a [u8],
+}
+
+impl Entry<'_> {
+    fn timestamp(&self) -> Option<Timestamp> {
+        std::str::from_utf8(self.time?).ok()?.parse().ok()
+    }
+}
+
+/// Parses one line (without its newline). Lines not in CRI form are taken whole.
+fn parse_line(line: &[u8]) -> Entry<'_> {
+    let mut parts = line.splitn(4, |b| *b == b' ');
+    if let (Some(time), Some(stream), Some(tag)) = (parts.next(), parts.next(), parts.next()) {
+        let ok = matches!(stream, b"stdout" | b"stderr") && matches!(tag, b"F" | b"P");
+        if ok {
+            return Entry {
+                time: Some(time),
+                partial: tag == b"P",
+                text: parts.next().unwrap_or_default(),
+            };
+        }
+    }
+    Entry {
+        time: None,
+        partial: false,
+        text: line,
+    }
+}
+
+/// What to serve of a log.
+#[derive(Debug, Clone, Default)]
+struct Options {
+    tail_lines: Option<usize>,
+    since: Option<Timestamp>,
+    timestamps: bool,
+}
+
+/// Renders one entry as served.
+fn render(out: &mut Vec<u8>, e: &Entry, timestamps: bool) {
+    if timestamps {
+        if let Some(t) = e.time {
+            out.extend_from_slice(t);
+            out.push(b' ');
+        }
+    }
+    out.extend_from_slice(e.text);
+    if !e.partial {
+        out.push(b'\n');
+    }
+}
+
+/// Renders the complete lines of `content` (a log file's bytes) as served: lines before
+/// `since` left out, then the last `tail_lines` (a line split into partial ones counts
+/// once).
+fn render_log(content: &[u8], opts: &Options) -> Vec<u8> {
+    let entries: Vec<Entry> = content
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(parse_line)
+        .filter(|e| match (opts.since, e.timestamp()) {
+            (Some(since), Some(t)) => t >= since,
+            _ => true,
+        })
+        .collect();
+    let start = match opts.tail_lines {
+        None => 0,
+        Some(n) => {
+            // A line starts after a non-partial entry; keep the last n of them whole.
+            let starts: Vec<usize> = (0..entries.len())
+                .filter(|i| *i == 0 || !entries[i - 1].partial)
+                .collect();
+            match n {
+                0 => entries.len(),
+                n if n >= starts.len() => 0,
+                n => starts[starts.len() - n],
+            }
+        }
+    };
+    let mut out = Vec::new();
+    for e in &entries[start..] {
+        render(&mut out, e, opts.timestamps);
+    }
+    out
+}
+
+/// Whether a pod's container is running now; the pod worker answers.
+pub trait Liveness: Send + Sync {
+    /// Whether `container` runs (a follow ends when it stops).
+    fn running(&self, container: &str) -> bool;
+}
+
+/// A pod the log endpoint can serve.
+#[derive(Clone)]
+struct PodLogs {
+    dir: PathBuf,
+    liveness: Arc<dyn Liveness>,
+}
+
+/// The pods running here, by `namespace/name`; kept by the pod manager.
 #[derive(Clone, Default)]
-pub struct PodDirs(Arc<RwLock<HashMap<String, PathBuf>>>);
+pub struct PodDirs(Arc<RwLock<HashMap<String, PodLogs>>>);
 
 impl PodDirs {
-    /// Records a running pod's directory.
-    pub fn insert(&self, ns: &str, name: &str, dir: PathBuf) {
+    /// Records a running pod's directory and how to tell whether its containers run.
+    pub fn insert(&self, ns: &str, name: &str, dir: PathBuf, liveness: Arc<dyn Liveness>) {
         if let Ok(mut m) = self.0.write() {
-            m.insert(format!("{ns}/{name}"), dir);
+            m.insert(format!("{ns}/{name}"), PodLogs { dir, liveness });
         }
     }
 
@@ -35,8 +179,12 @@ impl PodDirs {
         }
     }
 
-    fn get(&self, ns: &str, name: &str) -> Option<PathBuf> {
+    fn get(&self, ns: &str, name: &str) -> Option<PodLogs> {
         self.0.read().ok()?.get(&format!("{ns}/{name}")).cloned()
+    }
+
+    fn contains(&self, ns: &str, name: &str) -> bool {
+        self.0.read().is_ok_and(|m| m.contains_key(&format!("{ns}/{name}")))
     }
 }
 
@@ -46,14 +194,20 @@ struct LogState {
     shutdown: watch::Receiver<bool>,
 }
 
-/// Query parameters of a log request (a subset of `kubectl logs`' options).
-#[derive(Debug, serde::Deserialize)]
+/// Query parameters of a log request, as a kubelet takes them.
+#[derive(Debug, Default, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct LogParams {
     #[serde(default)]
     follow: bool,
-    tail_lines: Option<usize>,
-    limit_bytes: Option<usize>,
+    tail_lines: Option<i64>,
+    limit_bytes: Option<i64>,
+    since_seconds: Option<i64>,
+    since_time: Option<String>,
+    #[serde(default)]
+    timestamps: bool,
+    #[serde(default)]
+    previous: bool,
 }
 
 /// The router of the log endpoint.
@@ -63,39 +217,19 @@ pub fn router(pods: PodDirs, shutdown: watch::Receiver<bool>) -> Router {
         .with_state(LogState { pods, shutdown })
 }
 
-fn not_found(what: String) -> Response {
-    (StatusCode::NOT_FOUND, what).into_response()
+fn error(status: StatusCode, what: String) -> Response {
+    (status, what).into_response()
 }
 
-/// The log file of `container` in a pod directory. The name comes from the URL, so
-/// only a container name (a DNS label) may pick the file: nothing like `../x`.
-fn log_file(pod_dir: &std::path::Path, container: &str) -> Option<PathBuf> {
-    let is_name = !container.is_empty() && container.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
-    is_name.then(|| pod_dir.join(format!("{container}.log")))
+/// Only a container name (a DNS label) may pick a file: nothing like `../x`.
+fn is_container_name(container: &str) -> bool {
+    !container.is_empty() && container.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
 }
 
-/// The last `n` lines of `text`.
-fn tail(text: &[u8], n: usize) -> &[u8] {
-    let mut newlines = 0;
-    // A trailing newline ends the last line; it does not start a new one.
-    let end = if text.ends_with(b"\n") {
-        text.len() - 1
-    } else {
-        text.len()
-    };
-    for i in (0..end).rev() {
-        if text[i] == b'\n' {
-            newlines += 1;
-            if newlines == n {
-                return &text[i + 1..];
-            }
-        }
-    }
-    if n == 0 {
-        &text[text.len()..]
-    } else {
-        text
-    }
+/// Identifies the file a handle or path is (to notice a rotation while following).
+async fn file_id(path: &FsPath) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    tokio::fs::metadata(path).await.ok().map(|m| m.ino())
 }
 
 async fn container_logs(
@@ -103,43 +237,92 @@ async fn container_logs(
     Path((namespace, pod, container)): Path<(String, String, String)>,
     Query(params): Query<LogParams>,
 ) -> Response {
-    let Some(dir) = state.pods.get(&namespace, &pod) else {
-        return not_found(format!("pod {namespace}/{pod} is not running on this node"));
+    let Some(entry) = state.pods.get(&namespace, &pod) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("pod {namespace}/{pod} is not running on this node"),
+        );
     };
-    let Some(path) = log_file(&dir, &container) else {
-        return not_found(format!("no container {container:?} in pod {namespace}/{pod}"));
-    };
-    let content = match tokio::fs::read(&path).await {
-        Ok(c) => c,
-        Err(_) => return not_found(format!("container {container} of pod {namespace}/{pod} has no log yet")),
-    };
-    let mut offset = content.len() as u64;
-    let mut first = match params.tail_lines {
-        Some(n) => tail(&content, n).to_vec(),
-        None => content,
-    };
-    if let Some(limit) = params.limit_bytes {
-        first.truncate(limit);
+    if !is_container_name(&container) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("container {container:?} in pod {pod:?} is not available"),
+        );
     }
-    if !params.follow {
+    let since = match (params.since_seconds, params.since_time.as_deref()) {
+        (Some(s), _) => Timestamp::now()
+            .checked_sub(k8s_openapi::jiff::SignedDuration::from_secs(s))
+            .ok(),
+        (None, Some(t)) => match t.parse::<Timestamp>() {
+            Ok(t) => Some(t),
+            Err(e) => return error(StatusCode::BAD_REQUEST, format!("sinceTime {t:?}: {e}")),
+        },
+        (None, None) => None,
+    };
+    let opts = Options {
+        tail_lines: params.tail_lines.map(|n| n.max(0) as usize),
+        since,
+        timestamps: params.timestamps,
+    };
+    let mut path = if params.previous {
+        previous_log(&entry.dir, &container)
+    } else {
+        current_log(&entry.dir, &container)
+    };
+    if !params.previous && !path.exists() && !entry.liveness.running(&container) {
+        // Between a run's end and the next start, the last run's log is the current one.
+        path = previous_log(&entry.dir, &container);
+    }
+    let mut file = match tokio::fs::File::open(&path).await {
+        Ok(f) => f,
+        Err(_) if params.previous => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("previous terminated container {container:?} in pod {pod:?} not found"),
+            )
+        }
+        Err(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("container {container:?} in pod {pod:?} is waiting to start: ContainerCreating"),
+            )
+        }
+    };
+    let mut content = Vec::new();
+    if let Err(e) = file.read_to_end(&mut content).await {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("reading {}: {e}", path.display()),
+        );
+    }
+    // Only whole lines now; a trailing incomplete one is read again while following.
+    let complete = content.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    let mut first = render_log(&content[..complete], &opts);
+    let mut budget = params.limit_bytes.map(|n| n.max(0) as usize);
+    if let Some(limit) = budget {
+        first.truncate(limit);
+        budget = Some(limit - first.len());
+    }
+    let follow = params.follow && !params.previous && budget != Some(0);
+    if !follow {
         return ([("content-type", "text/plain")], first).into_response();
     }
-    // Follow: send what is there, then whatever is appended, until the client goes.
+    // Follow: what is there, then whatever is appended, until the container stops (or
+    // restarts, which rotates its log), the pod goes, or the client does.
     let (tx, rx) = mpsc::channel::<Bytes>(16);
     let mut shutdown = state.shutdown.clone();
+    let id = file_id(&path).await;
     tokio::spawn(async move {
         if tx.send(Bytes::from(first)).await.is_err() {
             return;
         }
+        let mut offset = complete as u64;
+        let mut pending: Vec<u8> = Vec::new();
         loop {
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
-                _ = tx.closed() => return,
-                _ = shutdown.changed() => return,
-            }
-            let Ok(mut file) = tokio::fs::File::open(&path).await else {
-                return;
-            };
+            // Checked before reading, so what was written before the stop is still sent.
+            let ended = !entry.liveness.running(&container)
+                || !state.pods.contains(&namespace, &pod)
+                || file_id(&path).await != id;
             if file.seek(std::io::SeekFrom::Start(offset)).await.is_err() {
                 return;
             }
@@ -147,11 +330,36 @@ async fn container_logs(
             if file.read_to_end(&mut more).await.is_err() {
                 return;
             }
-            if !more.is_empty() {
-                offset += more.len() as u64;
-                if tx.send(Bytes::from(more)).await.is_err() {
+            offset += more.len() as u64;
+            pending.extend_from_slice(&more);
+            let complete = pending.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+            if complete > 0 {
+                let mut out = render_log(
+                    &pending[..complete],
+                    &Options {
+                        timestamps: opts.timestamps,
+                        ..Default::default()
+                    },
+                );
+                pending.drain(..complete);
+                if let Some(left) = budget.as_mut() {
+                    out.truncate(*left);
+                    *left -= out.len();
+                }
+                if !out.is_empty() && tx.send(Bytes::from(out)).await.is_err() {
                     return;
                 }
+                if budget == Some(0) {
+                    return;
+                }
+            }
+            if ended {
+                return;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                _ = tx.closed() => return,
+                _ = shutdown.changed() => return,
             }
         }
     });
@@ -162,27 +370,69 @@ async fn container_logs(
     Response::builder()
         .header("content-type", "text/plain")
         .body(Body::from_stream(stream))
-        .unwrap_or_else(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response())
+        .unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{log_file, tail};
+    use super::*;
 
     #[test]
     fn only_container_names_pick_a_log_file() {
-        let dir = std::path::Path::new("/data/pods/u");
-        assert_eq!(log_file(dir, "web-1"), Some(dir.join("web-1.log")));
+        assert!(is_container_name("web-1"));
         for bad in ["", "../x", "a/b", "..", "a.b"] {
-            assert_eq!(log_file(dir, bad), None, "{bad}");
+            assert!(!is_container_name(bad), "{bad}");
         }
+        let dir = FsPath::new("/data/pods/u");
+        assert_eq!(current_log(dir, "c"), dir.join("c.log"));
+        assert_eq!(previous_log(dir, "c"), dir.join("c.previous.log"));
+    }
+
+    fn log(lines: &[(i64, bool, &str)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (second, partial, text) in lines {
+            let t = Timestamp::from_second(*second)
+                .unwrap()
+                .strftime(TIME_FORMAT)
+                .to_string();
+            push_line(&mut out, &t, "stdout", *partial, text.as_bytes());
+        }
+        out
     }
 
     #[test]
-    fn tail_counts_lines_from_the_end() {
-        assert_eq!(tail(b"a\nb\nc\n", 2), b"b\nc\n");
-        assert_eq!(tail(b"a\nb\nc", 1), b"c");
-        assert_eq!(tail(b"a\nb\n", 5), b"a\nb\n");
-        assert_eq!(tail(b"a\nb\n", 0), b"");
+    fn timestamps_are_rfc3339_with_nine_fraction_digits() {
+        let t = Timestamp::from_second(0).unwrap().strftime(TIME_FORMAT).to_string();
+        assert_eq!(t, "1970-01-01T00:00:00.000000000Z");
+        let now = timestamp_now();
+        assert_eq!(now.len(), 30, "{now}");
+        assert!(now.parse::<Timestamp>().is_ok());
+    }
+
+    #[test]
+    fn renders_tail_since_and_timestamps() {
+        let content = log(&[(10, false, "a"), (20, true, "b1"), (20, false, "b2"), (30, false, "c")]);
+        let opts = |tail: Option<usize>, since: Option<i64>, timestamps: bool| Options {
+            tail_lines: tail,
+            since: since.map(|s| Timestamp::from_second(s).unwrap()),
+            timestamps,
+        };
+        // (tail, since, timestamps) -> output
+        let cases = [
+            (None, None, false, "a\nb1b2\nc\n"),
+            (Some(1), None, false, "c\n"),
+            (Some(2), None, false, "b1b2\nc\n"),
+            (Some(0), None, false, ""),
+            (Some(9), None, false, "a\nb1b2\nc\n"),
+            (None, Some(20), false, "b1b2\nc\n"),
+            (Some(5), Some(25), false, "c\n"),
+            (Some(1), None, true, "1970-01-01T00:00:30.000000000Z c\n"),
+        ];
+        for (tail, since, ts, want) in cases {
+            let got = render_log(&content, &opts(tail, since, ts));
+            assert_eq!(String::from_utf8_lossy(&got), want, "{tail:?} {since:?} {ts}");
+        }
+        // A line not in CRI form is served as it is.
+        assert_eq!(render_log(b"plain text\n", &Options::default()), b"plain text\n");
     }
 }

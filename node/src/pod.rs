@@ -35,16 +35,24 @@ struct ContainerState {
     id: String,
 }
 
-/// Shared between container tasks and the status reporter.
+/// Shared between container tasks, the status reporter and the log endpoint.
 struct Shared {
     containers: Mutex<Vec<ContainerState>>,
     changed: Notify,
+}
+
+impl crate::logs::Liveness for Shared {
+    fn running(&self, container: &str) -> bool {
+        let containers = self.containers.lock().unwrap_or_else(|e| e.into_inner());
+        containers.iter().any(|c| c.name == container && c.running)
+    }
 }
 
 /// Handle of a running pod worker.
 pub struct PodWorker {
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
+    shared: Arc<Shared>,
 }
 
 impl PodWorker {
@@ -57,8 +65,28 @@ impl PodWorker {
         node_ip: String,
     ) -> Self {
         let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(run(client, pod, runtime, pod_dir, node_ip, stop_rx));
-        PodWorker { stop, task }
+        let spec = pod.spec.clone().unwrap_or_default();
+        let shared = Arc::new(Shared {
+            containers: Mutex::new(
+                spec.containers
+                    .iter()
+                    .map(|c| ContainerState {
+                        name: c.name.clone(),
+                        image: c.image.clone().unwrap_or_default(),
+                        state: json!({"waiting": {"reason": "ContainerCreating"}}),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+            changed: Notify::new(),
+        });
+        let task = tokio::spawn(run(client, pod, runtime, pod_dir, node_ip, shared.clone(), stop_rx));
+        PodWorker { stop, task, shared }
+    }
+
+    /// Tells the log endpoint whether a container of this pod runs.
+    pub fn liveness(&self) -> Arc<dyn crate::logs::Liveness> {
+        self.shared.clone()
     }
 
     /// Stops the containers (SIGTERM, the pod's grace period, then SIGKILL) and waits.
@@ -95,7 +123,7 @@ fn container_config(pod: &Pod, spec: &ContainerSpec, pod_dir: &std::path::Path) 
         argv,
         env,
         working_dir,
-        log_path: pod_dir.join(format!("{}.log", spec.name)),
+        log_path: crate::logs::current_log(pod_dir, &spec.name),
     }
 }
 
@@ -123,6 +151,7 @@ async fn run<R: Runtime>(
     runtime: Arc<R>,
     pod_dir: PathBuf,
     node_ip: String,
+    shared: Arc<Shared>,
     stop: watch::Receiver<bool>,
 ) {
     let spec = pod.spec.clone().unwrap_or_default();
@@ -130,20 +159,6 @@ async fn run<R: Runtime>(
     if let Err(e) = std::fs::create_dir_all(&pod_dir) {
         tracing::error!(object = %name, error = %e, dir = %pod_dir.display(), "cannot create the pod directory");
     }
-    let shared = Arc::new(Shared {
-        containers: Mutex::new(
-            spec.containers
-                .iter()
-                .map(|c| ContainerState {
-                    name: c.name.clone(),
-                    image: c.image.clone().unwrap_or_default(),
-                    state: json!({"waiting": {"reason": "ContainerCreating"}}),
-                    ..Default::default()
-                })
-                .collect(),
-        ),
-        changed: Notify::new(),
-    });
     let grace = Duration::from_secs(spec.termination_grace_period_seconds.unwrap_or(30).max(0) as u64);
     let policy = spec.restart_policy.clone().unwrap_or_else(|| "Always".into());
     let mut tasks = Vec::new();
@@ -253,6 +268,14 @@ async fn run_container<R: Runtime>(
                 c.done = Some(exit);
             });
             return;
+        }
+        // The run that ended keeps its log for `kubectl logs --previous` (and serves as
+        // the current one until the next run starts, as a kubelet serves lastState).
+        if let Some(dir) = config.log_path.parent() {
+            let previous = crate::logs::previous_log(dir, &config.name);
+            if let Err(e) = std::fs::rename(&config.log_path, &previous) {
+                tracing::debug!(object = %pod, container = %config.name, error = %e, "no log to keep as the previous one");
+            }
         }
         // A container that ran a while earns a fresh back-off.
         if started.elapsed() > Duration::from_secs(60) {

@@ -1,6 +1,12 @@
 //! ReplicaSet controller: keeps the number of active pods a ReplicaSet controls equal to
-//! its replicas, replacing pods that failed or were deleted, and reports counts.
+//! its replicas, replacing pods that failed or were deleted, and reports the counts as
+//! Kubernetes does (`replicas`, `fullyLabeledReplicas`, `readyReplicas`,
+//! `availableReplicas` — ready for `minReadySeconds` — and `observedGeneration`).
+//!
+//! Pods are read from an [`OwnerIndex`] fed by one watch of all pods; creations and
+//! deletions not yet seen there are [`Expectations`].
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,24 +14,39 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetStatus};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{DeleteParams, PostParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
-use serde_json::json;
 use tokio::sync::watch;
 
 use super::deployment::owner_ref;
-use super::{controlled_by, Error};
+use super::{Error, Expectations, OwnerIndex};
+
+/// What every reconcile shares: the client and the pod cache.
+struct Context {
+    client: kube::Client,
+    pods: OwnerIndex<Pod>,
+    expectations: Expectations,
+}
 
 /// Runs the controller until shutdown.
 pub async fn run(client: kube::Client, shutdown: watch::Receiver<bool>) {
     let replicasets: Api<ReplicaSet> = Api::all(client.clone());
-    let pods: Api<Pod> = Api::all(client.clone());
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        pods: OwnerIndex::new(),
+        expectations: Expectations::default(),
+    });
+    let observer = ctx.clone();
+    let pods = super::indexed_watch(Api::<Pod>::all(client), ctx.pods.clone(), move |e| {
+        observer.expectations.observe(e)
+    });
     Controller::new(replicasets, watcher::Config::default())
-        .owns(pods, watcher::Config::default())
+        .owns_stream(pods)
         .graceful_shutdown_on(super::stopped(shutdown))
-        .run(reconcile, super::retry_soon, Arc::new(client))
+        .run(reconcile, super::retry_soon, ctx)
         .for_each(|r| async move { super::log_result("replicaset", r) })
         .await;
 }
@@ -37,16 +58,120 @@ fn phase(pod: &Pod) -> &str {
         .unwrap_or("Pending")
 }
 
-/// Whether the pod's Ready condition is True.
-pub fn is_ready(pod: &Pod) -> bool {
+/// Whether the pod counts toward a ReplicaSet: not finished and not being deleted.
+pub fn is_active(pod: &Pod) -> bool {
+    pod.metadata.deletion_timestamp.is_none() && !matches!(phase(pod), "Failed" | "Succeeded")
+}
+
+/// When the pod's Ready condition turned True, if it is True.
+fn ready_since(pod: &Pod) -> Option<Option<Timestamp>> {
     let conditions = pod.status.as_ref().and_then(|s| s.conditions.as_ref());
     conditions
         .into_iter()
         .flatten()
-        .any(|c| c.type_ == "Ready" && c.status == "True")
+        .find(|c| c.type_ == "Ready" && c.status == "True")
+        .map(|c| c.last_transition_time.as_ref().map(|t| t.0))
 }
 
-async fn reconcile(rs: Arc<ReplicaSet>, client: Arc<kube::Client>) -> Result<Action, Error> {
+/// Whether the pod's Ready condition is True.
+pub fn is_ready(pod: &Pod) -> bool {
+    ready_since(pod).is_some()
+}
+
+/// Whether the pod has been ready for `min_ready` seconds at `now` (Kubernetes'
+/// `IsPodAvailable`); if it is ready but not yet available, how long until it is.
+pub fn availability(pod: &Pod, min_ready: i32, now: Timestamp) -> (bool, Option<Duration>) {
+    match ready_since(pod) {
+        None => (false, None),
+        Some(_) if min_ready <= 0 => (true, None),
+        // Ready with no transition time: nothing to wait from.
+        Some(None) => (true, None),
+        Some(Some(since)) => {
+            let until = since.as_second() + i64::from(min_ready);
+            if until <= now.as_second() {
+                (true, None)
+            } else {
+                (false, Some(Duration::from_secs((until - now.as_second()) as u64)))
+            }
+        }
+    }
+}
+
+/// The status for the active pods, and when availability should be looked at again.
+pub fn compute_status(rs: &ReplicaSet, active: &[&Pod], now: Timestamp) -> (ReplicaSetStatus, Option<Duration>) {
+    let spec = rs.spec.as_ref();
+    let min_ready = spec.and_then(|s| s.min_ready_seconds).unwrap_or(0);
+    let template_labels = spec
+        .and_then(|s| s.template.as_ref())
+        .and_then(|t| t.metadata.as_ref())
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
+    let mut status = ReplicaSetStatus {
+        replicas: active.len() as i32,
+        observed_generation: rs.metadata.generation,
+        // Conditions (ReplicaFailure) are kept as they are.
+        conditions: rs.status.as_ref().and_then(|s| s.conditions.clone()),
+        ..Default::default()
+    };
+    let (mut labeled, mut ready, mut available) = (0, 0, 0);
+    let mut recheck: Option<Duration> = None;
+    for pod in active {
+        let labels = pod.labels();
+        if template_labels.iter().all(|(k, v)| labels.get(k) == Some(v)) {
+            labeled += 1;
+        }
+        if is_ready(pod) {
+            ready += 1;
+        }
+        let (is_available, wait) = availability(pod, min_ready, now);
+        if is_available {
+            available += 1;
+        }
+        if let Some(w) = wait {
+            recheck = Some(recheck.map_or(w, |r| r.min(w)));
+        }
+    }
+    status.fully_labeled_replicas = Some(labeled);
+    status.ready_replicas = Some(ready);
+    status.available_replicas = Some(available);
+    (status, recheck)
+}
+
+/// The order in which surplus pods go: unscheduled, then not ready, then the newest.
+fn deletion_rank(p: &Pod) -> (bool, bool, std::cmp::Reverse<i64>) {
+    let scheduled = p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some();
+    let created = p
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map(|t| t.0.as_second())
+        .unwrap_or(0);
+    (scheduled, is_ready(p), std::cmp::Reverse(created))
+}
+
+async fn delete_pod(ctx: &Context, api: &Api<Pod>, rs_uid: &str, pod: &Pod) -> Result<(), Error> {
+    let Some(uid) = pod.uid() else { return Ok(()) };
+    ctx.expectations.deleting(rs_uid, uid.clone());
+    // Only this very pod: a new one of the same name is not ours to delete.
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: Some(uid.clone()),
+            resource_version: None,
+        }),
+        ..Default::default()
+    };
+    match api.delete(&pod.name_any(), &params).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => {
+            ctx.expectations.delete_failed(rs_uid, &uid);
+            Err(e.into())
+        }
+    }
+}
+
+async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action, Error> {
+    ctx.pods.ready().await;
     let ns = rs
         .namespace()
         .ok_or_else(|| Error::Malformed("replicaset without namespace".into()))?;
@@ -58,41 +183,41 @@ async fn reconcile(rs: Arc<ReplicaSet>, client: Arc<kube::Client>) -> Result<Act
         .spec
         .as_ref()
         .ok_or_else(|| Error::Malformed(format!("replicaset {name} has no spec")))?;
+    if rs.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
     let want = spec.replicas.unwrap_or(1).max(0) as usize;
-    let pods_api: Api<Pod> = Api::namespaced((*client).clone(), &ns);
-    let selector = super::selector_string(&spec.selector.match_labels.clone().unwrap_or_default());
-    let owned: Vec<Pod> = pods_api
-        .list(&ListParams::default().labels(&selector))
-        .await?
-        .items
-        .into_iter()
-        .filter(|p| controlled_by(&p.metadata, &uid))
-        // A pod being deleted no longer counts, as in Kubernetes.
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
+    let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+
+    let owned = ctx.pods.owned_by(&uid);
+    let cached: HashMap<String, bool> = owned
+        .iter()
+        .filter_map(|p| Some((p.uid()?, p.metadata.deletion_timestamp.is_some())))
         .collect();
+    let (adds, deletes) = ctx.expectations.outstanding(&uid, &cached);
+    let not_deleting = |p: &&Arc<Pod>| !p.uid().is_some_and(|u| deletes.contains(&u));
 
     // Pods that ended for good are replaced, as Kubernetes does.
-    let (finished, mut active): (Vec<Pod>, Vec<Pod>) = owned
-        .into_iter()
-        .partition(|p| matches!(phase(p), "Failed" | "Succeeded"));
-    for pod in &finished {
-        tracing::info!(object = %format!("{ns}/{}", pod.name_any()), phase = phase(pod), "removing finished pod");
-        pods_api.delete(&pod.name_any(), &Default::default()).await?;
+    for pod in owned.iter().filter(not_deleting) {
+        if pod.metadata.deletion_timestamp.is_none() && matches!(phase(pod), "Failed" | "Succeeded") {
+            tracing::info!(object = %format!("{ns}/{}", pod.name_any()), phase = phase(pod), "removing finished pod");
+            delete_pod(&ctx, &pods_api, &uid, pod).await?;
+        }
     }
+    let mut active: Vec<&Arc<Pod>> = owned.iter().filter(|p| is_active(p)).filter(not_deleting).collect();
+    // Created pods the cache does not show yet count as there.
+    let present = active.len() + adds.len();
 
-    if active.len() < want {
+    if present < want {
         let template = spec.template.clone().unwrap_or_default();
-        let mut meta = template.metadata.clone().unwrap_or_default();
-        for _ in active.len()..want {
+        let meta = template.metadata.clone().unwrap_or_default();
+        for _ in present..want {
             let pod = Pod {
                 metadata: ObjectMeta {
                     generate_name: Some(format!("{name}-")),
                     namespace: Some(ns.clone()),
-                    labels: meta
-                        .labels
-                        .take()
-                        .or_else(|| template.metadata.as_ref().and_then(|m| m.labels.clone())),
-                    annotations: template.metadata.as_ref().and_then(|m| m.annotations.clone()),
+                    labels: meta.labels.clone(),
+                    annotations: meta.annotations.clone(),
                     owner_references: Some(vec![owner_ref(rs.as_ref())?]),
                     ..Default::default()
                 },
@@ -100,41 +225,144 @@ async fn reconcile(rs: Arc<ReplicaSet>, client: Arc<kube::Client>) -> Result<Act
                 status: None,
             };
             let created = pods_api.create(&PostParams::default(), &pod).await?;
+            if let Some(pod_uid) = created.uid() {
+                ctx.expectations.created(&uid, pod_uid);
+            }
             tracing::info!(object = %format!("{ns}/{}", created.name_any()), replicaset = %name, "created pod");
-            active.push(created);
         }
-    } else if active.len() > want {
-        // Remove the least useful first: unscheduled, then not ready, then the newest.
-        active.sort_by_key(|p| {
-            let scheduled = p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some();
-            let created = p
-                .metadata
-                .creation_timestamp
-                .as_ref()
-                .map(|t| t.0.as_second())
-                .unwrap_or(0);
-            (scheduled, is_ready(p), std::cmp::Reverse(created))
-        });
-        let excess = active.len() - want;
+    } else if present > want && adds.is_empty() {
+        // With creations still unseen, which pods exist is not known yet: wait for them.
+        active.sort_by_key(|p| deletion_rank(p));
+        let excess = present - want;
         for pod in active.drain(..excess) {
             tracing::info!(object = %format!("{ns}/{}", pod.name_any()), replicaset = %name, "deleting surplus pod");
-            pods_api.delete(&pod.name_any(), &Default::default()).await?;
+            delete_pod(&ctx, &pods_api, &uid, pod).await?;
         }
     }
 
-    let ready = active.iter().filter(|p| is_ready(p)).count() as i32;
-    let status = ReplicaSetStatus {
-        replicas: active.len() as i32,
-        fully_labeled_replicas: Some(active.len() as i32),
-        ready_replicas: Some(ready),
-        available_replicas: Some(ready),
-        observed_generation: rs.metadata.generation,
-        ..Default::default()
-    };
+    // Status counts what the cache shows (as Kubernetes counts its informer's pods).
+    let observed: Vec<&Pod> = owned
+        .iter()
+        .filter(|p| is_active(p))
+        .filter(not_deleting)
+        .map(|p| p.as_ref())
+        .collect();
+    let (status, recheck) = compute_status(&rs, &observed, super::now());
     if rs.status.as_ref() != Some(&status) {
-        let api: Api<ReplicaSet> = Api::namespaced((*client).clone(), &ns);
-        api.patch_status(&name, &PatchParams::default(), &Patch::Merge(json!({"status": status})))
-            .await?;
+        let api: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), &ns);
+        // The cached object's resourceVersion: a stale cache gets a conflict, not a
+        // status computed from pods older than the write it would overwrite.
+        let mut updated = (*rs).clone();
+        updated.status = Some(status);
+        updated.metadata.managed_fields = None;
+        api.replace_status(&name, &PostParams::default(), &updated).await?;
     }
-    Ok(Action::requeue(Duration::from_secs(300)))
+    Ok(match recheck {
+        // Pods become available by the clock, not by an event.
+        Some(after) => Action::requeue(after + Duration::from_millis(200)),
+        None => Action::await_change(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::apps::v1::ReplicaSetSpec;
+    use k8s_openapi::api::core::v1::{PodCondition, PodStatus, PodTemplateSpec};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    fn ts(s: i64) -> Timestamp {
+        Timestamp::from_second(s).unwrap()
+    }
+
+    fn pod(labels: &[(&str, &str)], ready_at: Option<i64>) -> Pod {
+        Pod {
+            metadata: ObjectMeta {
+                labels: Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
+                ..Default::default()
+            },
+            status: Some(PodStatus {
+                phase: Some("Running".into()),
+                conditions: Some(vec![PodCondition {
+                    type_: "Ready".into(),
+                    status: if ready_at.is_some() { "True" } else { "False" }.into(),
+                    last_transition_time: ready_at.map(|s| Time(ts(s))),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn rs(min_ready: i32) -> ReplicaSet {
+        ReplicaSet {
+            metadata: ObjectMeta {
+                generation: Some(3),
+                ..Default::default()
+            },
+            spec: Some(ReplicaSetSpec {
+                replicas: Some(3),
+                min_ready_seconds: Some(min_ready),
+                template: Some(PodTemplateSpec {
+                    metadata: Some(ObjectMeta {
+                        labels: Some([("app".to_string(), "web".to_string())].into()),
+                        ..Default::default()
+                    }),
+                    spec: None,
+                }),
+                ..Default::default()
+            }),
+            status: None,
+        }
+    }
+
+    #[test]
+    fn status_counts_as_kubernetes_does() {
+        // (minReadySeconds, pods as (labels match, ready since), now) ->
+        // (replicas, fullyLabeled, ready, available, recheck after)
+        type Case = (i32, Vec<(bool, Option<i64>)>, i64, (i32, i32, i32, i32, Option<u64>));
+        let cases: Vec<Case> = vec![
+            (0, vec![], 100, (0, 0, 0, 0, None)),
+            (0, vec![(true, Some(90)), (true, None)], 100, (2, 2, 1, 1, None)),
+            (0, vec![(false, Some(90))], 100, (1, 0, 1, 1, None)),
+            (10, vec![(true, Some(95)), (true, Some(80))], 100, (2, 2, 2, 1, Some(5))),
+            (10, vec![(true, Some(90))], 100, (1, 1, 1, 1, None)),
+        ];
+        for (min_ready, pods, now, want) in cases {
+            let pods: Vec<Pod> = pods
+                .iter()
+                .map(|(labeled, ready)| {
+                    let labels: &[(&str, &str)] = if *labeled {
+                        &[("app", "web"), ("x", "y")]
+                    } else {
+                        &[("app", "db")]
+                    };
+                    pod(labels, *ready)
+                })
+                .collect();
+            let refs: Vec<&Pod> = pods.iter().collect();
+            let (s, recheck) = compute_status(&rs(min_ready), &refs, ts(now));
+            let got = (
+                s.replicas,
+                s.fully_labeled_replicas.unwrap(),
+                s.ready_replicas.unwrap(),
+                s.available_replicas.unwrap(),
+                recheck.map(|d| d.as_secs()),
+            );
+            assert_eq!(got, want, "minReady {min_ready}, now {now}");
+            assert_eq!(s.observed_generation, Some(3));
+        }
+    }
+
+    #[test]
+    fn deleting_and_finished_pods_are_not_active() {
+        let mut p = pod(&[], Some(1));
+        assert!(is_active(&p));
+        p.metadata.deletion_timestamp = Some(Time(ts(5)));
+        assert!(!is_active(&p));
+        let mut done = pod(&[], None);
+        done.status.as_mut().unwrap().phase = Some("Succeeded".into());
+        assert!(!is_active(&done));
+    }
 }

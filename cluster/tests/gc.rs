@@ -5,8 +5,9 @@
 
 mod common;
 
-use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use common::wait_until;
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
@@ -52,18 +53,6 @@ impl Cluster {
 }
 
 /// Polls `check` until it holds, or panics naming `what` after `deadline`.
-async fn wait_for<F, Fut>(what: &str, deadline: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let end = Instant::now() + deadline;
-    while !check().await {
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 async fn gone<K>(api: &Api<K>, name: &str) -> bool
 where
     K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
@@ -134,7 +123,7 @@ async fn background_delete_collects_dependents_down_the_chain() {
     let bystander = create(&cms, config_map("bystander", vec![], &[])).await;
 
     cms.delete("owner", &DeleteParams::default()).await.expect("delete");
-    wait_for("the child and grandchild to be collected", DEADLINE, || async {
+    wait_until("the child and grandchild to be collected", DEADLINE, || async {
         gone(&cms, "child").await && gone(&cms, "grandchild").await
     })
     .await;
@@ -157,7 +146,7 @@ async fn foreground_delete_waits_for_blocking_dependents() {
     create(&cms, config_map("loose", vec![owned_by(&owner, false)], &[])).await;
 
     cms.delete("owner", &DeleteParams::foreground()).await.expect("delete");
-    wait_for("the dependents to be deleted", DEADLINE, || async {
+    wait_until("the dependents to be deleted", DEADLINE, || async {
         let blocking = cms.get("blocking").await.expect("blocking is held by its finalizer");
         blocking.metadata.deletion_timestamp.is_some() && gone(&cms, "loose").await
     })
@@ -167,7 +156,7 @@ async fn foreground_delete_waits_for_blocking_dependents() {
     assert_eq!(waiting.finalizers(), ["foregroundDeletion".to_string()]);
 
     drop_finalizers(&cms, "blocking").await;
-    wait_for("the owner to go once its dependent is gone", DEADLINE, || async {
+    wait_until("the owner to go once its dependent is gone", DEADLINE, || async {
         gone(&cms, "blocking").await && gone(&cms, "owner").await
     })
     .await;
@@ -187,7 +176,7 @@ async fn orphan_delete_keeps_dependents_without_the_reference() {
     .await;
 
     cms.delete("owner", &DeleteParams::orphan()).await.expect("delete");
-    wait_for("the orphaned owner to go", DEADLINE, || async {
+    wait_until("the orphaned owner to go", DEADLINE, || async {
         gone(&cms, "owner").await
     })
     .await;
@@ -207,14 +196,14 @@ async fn deleting_a_deployment_takes_its_replicaset_and_pods() {
         .await
         .expect("create");
     let everything = ListParams::default();
-    wait_for("the replicaset and its two pods", DEADLINE, || async {
+    wait_until("the replicaset and its two pods", DEADLINE, || async {
         replicasets.list(&everything).await.expect("list").items.len() == 1
             && pods.list(&everything).await.expect("list").items.len() == 2
     })
     .await;
 
     deploys.delete("web", &DeleteParams::default()).await.expect("delete");
-    wait_for("the replicaset and pods to be collected", DEADLINE, || async {
+    wait_until("the replicaset and pods to be collected", DEADLINE, || async {
         replicasets.list(&everything).await.expect("list").items.is_empty()
             && pods.list(&everything).await.expect("list").items.is_empty()
     })
@@ -238,11 +227,11 @@ async fn a_recreated_owner_is_not_the_owner() {
     // of the owner's name (which now has another uid) can tell.
     let old = create(&cms, config_map("other", vec![], &[])).await;
     cms.delete("other", &DeleteParams::default()).await.expect("delete");
-    wait_for("the old owner to go", DEADLINE, || async { gone(&cms, "other").await }).await;
+    wait_until("the old owner to go", DEADLINE, || async { gone(&cms, "other").await }).await;
     create(&cms, config_map("other", vec![], &[])).await;
     create(&cms, config_map("late-dependent", vec![owned_by(&old, false)], &[])).await;
 
-    wait_for("the dependents of the old owners to be collected", DEADLINE, || async {
+    wait_until("the dependents of the old owners to be collected", DEADLINE, || async {
         gone(&cms, "dependent").await && gone(&cms, "late-dependent").await
     })
     .await;
@@ -276,7 +265,7 @@ async fn deleting_a_namespace_removes_its_content_then_itself() {
         .await
         .expect("create deployment");
     let everything = ListParams::default();
-    wait_for("the deployment's pod", DEADLINE, || async {
+    wait_until("the deployment's pod", DEADLINE, || async {
         pods.list(&everything).await.expect("list").items.len() == 1
     })
     .await;
@@ -288,7 +277,7 @@ async fn deleting_a_namespace_removes_its_content_then_itself() {
         .delete("doomed", &DeleteParams::default())
         .await
         .expect("delete namespace");
-    wait_for("the content without finalizers to go", DEADLINE, || async {
+    wait_until("the content without finalizers to go", DEADLINE, || async {
         cms.list(&everything).await.expect("list").items.len() == 1
             && deploys.list(&everything).await.expect("list").items.is_empty()
             && replicasets.list(&everything).await.expect("list").items.is_empty()
@@ -302,7 +291,7 @@ async fn deleting_a_namespace_removes_its_content_then_itself() {
     assert!(matches!(refused, Err(kube::Error::Api(s)) if s.code == 403));
 
     // The held ConfigMap keeps the namespace, and the conditions say why.
-    wait_for("the conditions to name the finalizer", DEADLINE, || async {
+    wait_until("the conditions to name the finalizer", DEADLINE, || async {
         let ns = namespaces.get("doomed").await.expect("the namespace waits");
         let conditions = ns.status.and_then(|s| s.conditions).unwrap_or_default();
         let holds = |type_: &str, text: &str| {
@@ -328,7 +317,7 @@ async fn deleting_a_namespace_removes_its_content_then_itself() {
 
     drop_finalizers(&cms, "held").await;
     // What `kubectl delete namespace` waits for.
-    wait_for("the namespace to go", DEADLINE, || async {
+    wait_until("the namespace to go", DEADLINE, || async {
         gone(&namespaces, "doomed").await
     })
     .await;

@@ -19,7 +19,7 @@ use kube::{Api, ResourceExt};
 use serde_json::json;
 use tokio::sync::watch;
 
-use common::{text, Server};
+use common::{text, wait_for, Server};
 
 /// A member with everything that makes pods run, stopped by [`Cluster::stop`].
 struct Cluster {
@@ -65,21 +65,6 @@ impl Cluster {
 }
 
 /// Polls `check` until it gives a value, failing after `deadline`.
-async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let end = Instant::now() + deadline;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// Runs kubectl; `None` when it is not installed. Panics on failure.
 async fn kubectl(s: &Server, args: &[&str]) -> Option<String> {
     let out = s.kubectl(args).await?;

@@ -27,6 +27,9 @@ use tokio::sync::{mpsc, watch};
 /// Lines longer than this are split into partial (`P`) lines, as container runtimes do.
 pub const MAX_LINE: usize = 16 * 1024;
 
+/// How much of a log file is read at a time.
+const CHUNK: usize = 64 * 1024;
+
 /// The time format of log lines and of `timestamps=true` (kubelet's RFC3339NanoFixed).
 const TIME_FORMAT: &str = "%Y-%m-%dT%H:%M:%S.%NZ";
 
@@ -94,7 +97,6 @@ fn parse_line(line: &[u8]) -> Entry<'_> {
 /// What to serve of a log.
 #[derive(Debug, Clone, Default)]
 struct Options {
-    tail_lines: Option<usize>,
     since: Option<Timestamp>,
     timestamps: bool,
 }
@@ -114,37 +116,70 @@ fn render(out: &mut Vec<u8>, e: &Entry, timestamps: bool) {
 }
 
 /// Renders the complete lines of `content` (a log file's bytes) as served: lines before
-/// `since` left out, then the last `tail_lines` (a line split into partial ones counts
-/// once).
+/// `since` left out.
 fn render_log(content: &[u8], opts: &Options) -> Vec<u8> {
-    let entries: Vec<Entry> = content
+    let mut out = Vec::new();
+    let entries = content
         .split(|b| *b == b'\n')
         .filter(|l| !l.is_empty())
         .map(parse_line)
         .filter(|e| match (opts.since, e.timestamp()) {
             (Some(since), Some(t)) => t >= since,
             _ => true,
-        })
-        .collect();
-    let start = match opts.tail_lines {
-        None => 0,
-        Some(n) => {
-            // A line starts after a non-partial entry; keep the last n of them whole.
-            let starts: Vec<usize> = (0..entries.len())
-                .filter(|i| *i == 0 || !entries[i - 1].partial)
-                .collect();
-            match n {
-                0 => entries.len(),
-                n if n >= starts.len() => 0,
-                n => starts[starts.len() - n],
-            }
-        }
-    };
-    let mut out = Vec::new();
-    for e in &entries[start..] {
-        render(&mut out, e, opts.timestamps);
+        });
+    for e in entries {
+        render(&mut out, &e, opts.timestamps);
     }
     out
+}
+
+/// The offset where the last `n` logical lines of a log of `len` bytes start (0 when it
+/// has fewer). It reads backwards a chunk at a time, holding only those lines.
+async fn tail_start(file: &mut tokio::fs::File, len: u64, n: usize) -> std::io::Result<u64> {
+    if n == 0 {
+        return Ok(len);
+    }
+    let mut pos = len;
+    // The file from `pos` to the end.
+    let mut data: Vec<u8> = Vec::new();
+    loop {
+        let read = CHUNK.min(pos as usize);
+        pos -= read as u64;
+        let mut chunk = vec![0u8; read];
+        file.seek(std::io::SeekFrom::Start(pos)).await?;
+        file.read_exact(&mut chunk).await?;
+        chunk.extend_from_slice(&data);
+        data = chunk;
+        // Entries start after each newline (and at 0 at the file's beginning); only whole
+        // entries count, so an incomplete last one is left for when it completes.
+        let end = data.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        let mut entries: Vec<usize> = if pos == 0 { vec![0] } else { Vec::new() };
+        entries.extend(
+            data[..end]
+                .iter()
+                .enumerate()
+                .filter(|(i, b)| **b == b'\n' && i + 1 < end)
+                .map(|(i, _)| i + 1),
+        );
+        // A logical line starts at the file's beginning, or after an entry that is not
+        // partial (the first entry read is cut unless the beginning was reached).
+        let mut lines: Vec<usize> = Vec::new();
+        for (k, start) in entries.iter().enumerate() {
+            let starts_line = match k {
+                0 => pos == 0,
+                _ => !parse_line(&data[entries[k - 1]..start - 1]).partial,
+            };
+            if starts_line {
+                lines.push(*start);
+            }
+        }
+        if lines.len() >= n {
+            return Ok(pos + lines[lines.len() - n] as u64);
+        }
+        if pos == 0 {
+            return Ok(0);
+        }
+    }
 }
 
 /// Whether a pod's container is running now; the pod worker answers.
@@ -260,10 +295,10 @@ async fn container_logs(
         (None, None) => None,
     };
     let opts = Options {
-        tail_lines: params.tail_lines.map(|n| n.max(0) as usize),
         since,
         timestamps: params.timestamps,
     };
+    let tail_lines = params.tail_lines.map(|n| n.max(0) as usize);
     let mut path = if params.previous {
         previous_log(&entry.dir, &container)
     } else {
@@ -288,59 +323,65 @@ async fn container_logs(
             )
         }
     };
-    let mut content = Vec::new();
-    if let Err(e) = file.read_to_end(&mut content).await {
-        return error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("reading {}: {e}", path.display()),
-        );
-    }
-    // Only whole lines now; a trailing incomplete one is read again while following.
-    let complete = content.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-    let mut first = render_log(&content[..complete], &opts);
-    let mut budget = params.limit_bytes.map(|n| n.max(0) as usize);
-    if let Some(limit) = budget {
-        first.truncate(limit);
-        budget = Some(limit - first.len());
-    }
-    let follow = params.follow && !params.previous && budget != Some(0);
-    if !follow {
-        return ([("content-type", "text/plain")], first).into_response();
-    }
-    // Follow: what is there, then whatever is appended, until the container stops (or
-    // restarts, which rotates its log), the pod goes, or the client does.
+    // The served part starts `tailLines` logical lines before the end; it is read and
+    // sent in chunks, so a large log is never held in memory.
+    let len = match file.metadata().await {
+        Ok(m) => m.len(),
+        Err(e) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("reading {}: {e}", path.display()),
+            )
+        }
+    };
+    let start = match tail_lines {
+        Some(n) => match tail_start(&mut file, len, n).await {
+            Ok(s) => s,
+            Err(e) => {
+                return error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("reading {}: {e}", path.display()),
+                )
+            }
+        },
+        None => 0,
+    };
+    let budget = params.limit_bytes.map(|n| n.max(0) as usize);
+    let follow = params.follow && !params.previous;
+    // What is there, then (following) whatever is appended, until the container stops
+    // (or restarts, which rotates its log), the pod goes, or the client does.
     let (tx, rx) = mpsc::channel::<Bytes>(16);
     let mut shutdown = state.shutdown.clone();
     let id = file_id(&path).await;
     tokio::spawn(async move {
-        if tx.send(Bytes::from(first)).await.is_err() {
-            return;
-        }
-        let mut offset = complete as u64;
+        let mut budget = budget;
+        let mut offset = start;
         let mut pending: Vec<u8> = Vec::new();
+        let mut chunk = vec![0u8; CHUNK];
         loop {
             // Checked before reading, so what was written before the stop is still sent.
-            let ended = !entry.liveness.running(&container)
+            let ended = !follow
+                || !entry.liveness.running(&container)
                 || !state.pods.contains(&namespace, &pod)
                 || file_id(&path).await != id;
-            if file.seek(std::io::SeekFrom::Start(offset)).await.is_err() {
-                return;
-            }
-            let mut more = Vec::new();
-            if file.read_to_end(&mut more).await.is_err() {
-                return;
-            }
-            offset += more.len() as u64;
-            pending.extend_from_slice(&more);
-            let complete = pending.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-            if complete > 0 {
-                let mut out = render_log(
-                    &pending[..complete],
-                    &Options {
-                        timestamps: opts.timestamps,
-                        ..Default::default()
-                    },
-                );
+            // Everything up to the current end, a chunk at a time.
+            loop {
+                if file.seek(std::io::SeekFrom::Start(offset)).await.is_err() {
+                    return;
+                }
+                let n = match file.read(&mut chunk).await {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(_) => return,
+                };
+                offset += n as u64;
+                pending.extend_from_slice(&chunk[..n]);
+                // Only whole lines; an incomplete last one waits for the rest.
+                let complete = pending.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+                if complete == 0 {
+                    continue;
+                }
+                let mut out = render_log(&pending[..complete], &opts);
                 pending.drain(..complete);
                 if let Some(left) = budget.as_mut() {
                     out.truncate(*left);
@@ -409,29 +450,56 @@ mod tests {
         assert!(now.parse::<Timestamp>().is_ok());
     }
 
-    #[test]
-    fn renders_tail_since_and_timestamps() {
-        let content = log(&[(10, false, "a"), (20, true, "b1"), (20, false, "b2"), (30, false, "c")]);
-        let opts = |tail: Option<usize>, since: Option<i64>, timestamps: bool| Options {
-            tail_lines: tail,
+    #[tokio::test]
+    async fn renders_tail_since_and_timestamps() {
+        // Enough lines before the ones checked that the tail is found across chunks.
+        let filler: Vec<(i64, bool, String)> = (0..20_000).map(|i| (1, i % 3 == 0, format!("filler {i}"))).collect();
+        let mut lines: Vec<(i64, bool, &str)> = filler.iter().map(|(t, p, s)| (*t, *p, s.as_str())).collect();
+        lines.extend([
+            (2, false, "end of filler"),
+            (10, false, "a"),
+            (20, true, "b1"),
+            (20, false, "b2"),
+            (30, false, "c"),
+        ]);
+        let content = log(&lines);
+        assert!(content.len() > 3 * CHUNK);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.log");
+        std::fs::write(&path, &content).unwrap();
+        let mut file = tokio::fs::File::open(&path).await.unwrap();
+        let opts = |since: Option<i64>, timestamps: bool| Options {
             since: since.map(|s| Timestamp::from_second(s).unwrap()),
             timestamps,
         };
         // (tail, since, timestamps) -> output
         let cases = [
-            (None, None, false, "a\nb1b2\nc\n"),
             (Some(1), None, false, "c\n"),
             (Some(2), None, false, "b1b2\nc\n"),
+            (Some(3), None, false, "a\nb1b2\nc\n"),
             (Some(0), None, false, ""),
-            (Some(9), None, false, "a\nb1b2\nc\n"),
             (None, Some(20), false, "b1b2\nc\n"),
             (Some(5), Some(25), false, "c\n"),
             (Some(1), None, true, "1970-01-01T00:00:30.000000000Z c\n"),
         ];
         for (tail, since, ts, want) in cases {
-            let got = render_log(&content, &opts(tail, since, ts));
+            let start = match tail {
+                Some(n) => tail_start(&mut file, content.len() as u64, n).await.unwrap() as usize,
+                None => 0,
+            };
+            let got = render_log(&content[start..], &opts(since, ts));
             assert_eq!(String::from_utf8_lossy(&got), want, "{tail:?} {since:?} {ts}");
         }
+        let all = tail_start(&mut file, content.len() as u64, 1_000_000).await.unwrap();
+        assert_eq!(all, 0, "more lines asked for than there are: from the beginning");
+        let short = log(&[(10, true, "x1"), (10, false, "x2")]);
+        std::fs::write(&path, &short).unwrap();
+        let mut file = tokio::fs::File::open(&path).await.unwrap();
+        assert_eq!(
+            tail_start(&mut file, short.len() as u64, 1).await.unwrap(),
+            0,
+            "a partial first line"
+        );
         // A line not in CRI form is served as it is.
         assert_eq!(render_log(b"plain text\n", &Options::default()), b"plain text\n");
     }

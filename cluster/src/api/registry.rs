@@ -285,7 +285,7 @@ pub static RESOURCES: &[ResourceInfo] = &[
         subresources: &["status", "scale"],
         defaults: workloads::replicationcontroller_defaults,
         validate: workloads::validate_replicationcontroller,
-        columns: workloads::REPLICATIONCONTROLLER_COLUMNS,
+        columns: workloads::REPLICASET_COLUMNS,
         cells: workloads::replicationcontroller_cells,
     }),
     resource!(core::ConfigMap {

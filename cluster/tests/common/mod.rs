@@ -4,7 +4,9 @@
 
 #![allow(dead_code)]
 
+use std::future::Future;
 use std::process::Output;
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::http::{HeaderMap, Request, StatusCode};
@@ -110,4 +112,33 @@ pub async fn kubectl_present() -> bool {
 /// Text of a command's output.
 pub fn text(out: &[u8]) -> String {
     String::from_utf8_lossy(out).into_owned()
+}
+
+/// Polls `check` until it returns `Some`, or panics naming `what` after `deadline`.
+pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let end = Instant::now() + deadline;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Polls `check` until it holds, or panics naming `what` after `deadline`.
+pub async fn wait_until<F, Fut>(what: &str, deadline: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    wait_for(what, deadline, || {
+        let fut = check();
+        async move { fut.await.then_some(()) }
+    })
+    .await
 }

@@ -221,15 +221,20 @@ pub static REPLICASET_COLUMNS: &[Column] = &[
 
 /// One ReplicaSet's row.
 pub fn replicaset_cells(rs: &Value) -> Vec<Value> {
+    replica_cells(rs, cell::selector(rs, "/spec/selector"))
+}
+
+/// A row of [`REPLICASET_COLUMNS`], for ReplicaSets and ReplicationControllers alike.
+fn replica_cells(obj: &Value, selector: Value) -> Vec<Value> {
     vec![
-        cell::name(rs),
-        json!(cell::n(rs, "/spec/replicas")),
-        json!(cell::n(rs, "/status/replicas")),
-        json!(cell::n(rs, "/status/readyReplicas")),
-        cell::age(rs),
-        cell::container_names(rs, "/spec/template/spec/containers"),
-        cell::container_images(rs, "/spec/template/spec/containers"),
-        cell::selector(rs, "/spec/selector"),
+        cell::name(obj),
+        json!(cell::n(obj, "/spec/replicas")),
+        json!(cell::n(obj, "/status/replicas")),
+        json!(cell::n(obj, "/status/readyReplicas")),
+        cell::age(obj),
+        cell::container_names(obj, "/spec/template/spec/containers"),
+        cell::container_images(obj, "/spec/template/spec/containers"),
+        selector,
     ]
 }
 
@@ -551,30 +556,9 @@ pub fn validate_replicationcontroller(rc: &Value, _old: Option<&Value>, errs: &m
     }
 }
 
-/// `kubectl get replicationcontrollers` columns.
-pub static REPLICATIONCONTROLLER_COLUMNS: &[Column] = &[
-    Column::new("Name", "string", 0),
-    Column::new("Desired", "integer", 0),
-    Column::new("Current", "integer", 0),
-    Column::new("Ready", "integer", 0),
-    Column::new("Age", "string", 0),
-    Column::new("Containers", "string", 1),
-    Column::new("Images", "string", 1),
-    Column::new("Selector", "string", 1),
-];
-
-/// One ReplicationController's row.
+/// One ReplicationController's row (its selector is a plain map).
 pub fn replicationcontroller_cells(rc: &Value) -> Vec<Value> {
-    vec![
-        cell::name(rc),
-        json!(cell::n(rc, "/spec/replicas")),
-        json!(cell::n(rc, "/status/replicas")),
-        json!(cell::n(rc, "/status/readyReplicas")),
-        cell::age(rc),
-        cell::container_names(rc, "/spec/template/spec/containers"),
-        cell::container_images(rc, "/spec/template/spec/containers"),
-        cell::map(rc, "/spec/selector"),
-    ]
+    replica_cells(rc, cell::map(rc, "/spec/selector"))
 }
 
 /// CronJob defaults (and the defaults of the Jobs it makes).

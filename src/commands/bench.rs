@@ -1,6 +1,6 @@
-//! `kairn bench`: benchmarks that start their own one-member cluster on a temp directory
-//! (loopback, TLS and tokens as `kairn up` serves them) and measure through kube-rs, as
-//! any client sees the API. Numbers go to stdout as a Markdown table for
+//! `kairn bench`: benchmarks that start their own `kairn server` on a temp directory
+//! (a child process on loopback, TLS and tokens as `kairn up` serves them) and measure
+//! through kube-rs, as any client sees the API. Numbers go to stdout as a Markdown table for
 //! `docs/benchmarks.md`.
 //!
 //! `kairn bench api`:
@@ -9,6 +9,9 @@
 //!   them: its cache must end equal to the server's state (no event lost);
 //! - watch fan-out: W watchers of one namespace, one writer; the delay from each write's
 //!   timestamp to each watcher receiving it (p50, p99, max), and every event received.
+//!
+//! `kairn bench writes`: 200-byte ConfigMap creates per second with 1, 16 and 64 clients,
+//! on its own member or (`--kubeconfig`) on any API server, to compare builds.
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -19,7 +22,6 @@ use anyhow::{bail, Context};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kairn_cluster::kinds::{Batch, BatchOperation, BatchResult, BatchVerb};
-use kairn_cluster::member::Member;
 use kube::api::{ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
 use kube::runtime::{reflector, watcher, WatchStreamExt};
 use kube::{Api, ResourceExt};
@@ -37,6 +39,23 @@ pub struct BenchArgs {
 pub enum Which {
     /// LIST of many ConfigMaps through kube-rs pages, a watcher over them, watch fan-out.
     Api(ApiArgs),
+    /// ConfigMap creates per second through the API with 1, 16 and 64 clients.
+    Writes(WritesArgs),
+}
+
+/// `kairn bench writes` flags.
+#[derive(Debug, clap::Args)]
+pub struct WritesArgs {
+    /// Creates per client count.
+    #[arg(long, default_value_t = 3_000)]
+    pub count: usize,
+    /// Concurrent clients, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+    pub clients: Vec<usize>,
+    /// Measure the API server this kubeconfig names instead of starting one (to compare
+    /// builds: it must be empty, the benchmark creates namespaces).
+    #[arg(long)]
+    pub kubeconfig: Option<std::path::PathBuf>,
 }
 
 /// `kairn bench api` flags.
@@ -60,6 +79,7 @@ pub struct ApiArgs {
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     match args.which {
         Which::Api(a) => api(a).await,
+        Which::Writes(w) => writes(w).await,
     }
 }
 
@@ -70,8 +90,68 @@ fn now_micros() -> u128 {
         .unwrap_or(0)
 }
 
-fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+/// A `kairn server` child process on a temp directory (so its memory is its own), and an
+/// admin client of it. The process is killed when dropped.
+struct Server {
+    child: std::process::Child,
+    client: kube::Client,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    async fn start() -> anyhow::Result<Server> {
+        let dir = tempfile::tempdir().context("creating a temp directory")?;
+        let exe = std::env::current_exe().context("finding the kairn binary")?;
+        let child = std::process::Command::new(exe)
+            .args([
+                "server",
+                "--api-addr",
+                "127.0.0.1:0",
+                "--raft-addr",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
+            .arg(dir.path())
+            .env("KAIRN_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("starting kairn server")?;
+        let path = dir.path().join("kubeconfig");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let kubeconfig = loop {
+            if let Ok(k) = kube::config::Kubeconfig::read_from(&path) {
+                break k;
+            }
+            if Instant::now() > deadline {
+                bail!("kairn server wrote no kubeconfig within a minute");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+        let client = kube::Client::try_from(config)?;
+        Ok(Server {
+            child,
+            client,
+            _dir: dir,
+        })
+    }
+
+    /// The server process's resident memory, in KiB.
+    fn rss_kib(&self) -> u64 {
+        rss_of(&format!("/proc/{}/status", self.child.id()))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn rss_of(status_file: &str) -> u64 {
+    let status = std::fs::read_to_string(status_file).unwrap_or_default();
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -138,16 +218,16 @@ async fn paged_list(api: &Api<ConfigMap>, page: u32) -> anyhow::Result<(usize, u
 }
 
 async fn api(args: ApiArgs) -> anyhow::Result<ExitCode> {
-    let dir = tempfile::tempdir().context("creating a temp directory")?;
-    let member = Member::start_local(dir.path(), &[]).await?;
-    let client = member.client()?;
-    let rss_start = rss_kib();
+    let server = Server::start().await?;
+    let client = server.client.clone();
+    let rss_start = server.rss_kib();
 
     // LIST through pages, as kube-rs' watcher and kubectl read.
     create_namespace(&client, "bench").await?;
     let started = Instant::now();
     populate(&client, "bench", args.objects).await?;
     let populate_time = started.elapsed();
+    let rss_populated = server.rss_kib();
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "bench");
     let mut paged = Vec::new();
     let mut pages = 0;
@@ -168,7 +248,7 @@ async fn api(args: ApiArgs) -> anyhow::Result<ExitCode> {
         bail!("a LIST saw {} of {} ConfigMaps", whole.items.len(), args.objects);
     }
     drop(whole);
-    let rss_after_list = rss_kib();
+    let rss_after_list = server.rss_kib();
 
     // A kube-rs watcher (pages of `page`, then a watch) over the same objects, while a
     // writer changes them: its cache must end as the server's state is.
@@ -274,8 +354,8 @@ async fn api(args: ApiArgs) -> anyhow::Result<ExitCode> {
     }
     let mut delays = delays.lock().map(|d| d.clone()).unwrap_or_default();
     delays.sort_by(|a, b| a.total_cmp(b));
-    let rss_end = rss_kib();
-    member.stop().await?;
+    let rss_end = server.rss_kib();
+    drop(server);
 
     let ms = |d: Duration| format!("{:.0} ms", d.as_secs_f64() * 1000.0);
     println!("| measurement | result |");
@@ -312,10 +392,72 @@ async fn api(args: ApiArgs) -> anyhow::Result<ExitCode> {
         percentile(&delays, 1.0)
     );
     println!(
-        "| process RSS (server and clients in one process) | {} MiB at start, {} MiB after the LIST, {} MiB at the end |",
+        "| `kairn server` RSS | {} MiB idle, {} MiB after creating the ConfigMaps, {} MiB after the LISTs, {} MiB at the end |",
         rss_start / 1024,
+        rss_populated / 1024,
         rss_after_list / 1024,
         rss_end / 1024
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Creates `count` 200-byte ConfigMaps in `ns` from `clients` concurrent tasks; returns
+/// the creates per second and the p99 latency in milliseconds.
+async fn create_load(client: &kube::Client, ns: &str, count: usize, clients: usize) -> anyhow::Result<(f64, f64)> {
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let latencies: Arc<Mutex<Vec<f64>>> = Arc::default();
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (api, next, latencies) = (api.clone(), next.clone(), latencies.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= count {
+                    return Ok::<(), anyhow::Error>(());
+                }
+                let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": format!("w-{i:07}")},
+                    "data": {"payload": "x".repeat(200)}}))?;
+                let t = Instant::now();
+                api.create(&PostParams::default(), &cm).await?;
+                if let Ok(mut l) = latencies.lock() {
+                    l.push(t.elapsed().as_secs_f64() * 1000.0);
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let rate = count as f64 / started.elapsed().as_secs_f64();
+    let mut l = latencies.lock().map(|l| l.clone()).unwrap_or_default();
+    l.sort_by(|a, b| a.total_cmp(b));
+    Ok((rate, percentile(&l, 0.99)))
+}
+
+async fn writes(args: WritesArgs) -> anyhow::Result<ExitCode> {
+    let (server, client) = match &args.kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+            (None, kube::Client::try_from(config)?)
+        }
+        None => {
+            let server = Server::start().await?;
+            let client = server.client.clone();
+            (Some(server), client)
+        }
+    };
+    println!("| clients | creates/s | p99 latency |");
+    println!("|---|---|---|");
+    for (n, clients) in args.clients.iter().enumerate() {
+        let ns = format!("writes-{n}-{clients}");
+        create_namespace(&client, &ns).await?;
+        let (rate, p99) = create_load(&client, &ns, args.count, *clients).await?;
+        println!("| {clients} | {rate:.0} | {p99:.1} ms |");
+    }
+    drop(server);
     Ok(ExitCode::SUCCESS)
 }

@@ -1,7 +1,8 @@
-//! The watch cache, one per resource, as kube-apiserver's cacher: a single store watch
-//! feeds an in-memory, ordered index of the resource's objects; lists and watch starts
-//! are served from it at a consistent revision, and each change is decoded once and fanned
-//! out to every watcher.
+//! The watch cache, one per resource, as kube-apiserver's cacher: an in-memory, ordered
+//! index of the resource's objects; lists and watch starts are served from it at a
+//! consistent revision, and each change is decoded once and fanned out to every watcher.
+//! One store watch feeds them all: a dispatcher routes each change to its resource's
+//! cache, so a write wakes one task, not one per resource.
 //!
 //! The index is a persistent ordered map (`imbl::OrdMap`), so taking a snapshot is O(1):
 //! a paged list pins the snapshot of its first page, and its continue token (carrying that
@@ -11,8 +12,8 @@
 //!
 //! Consistent reads ("the newest state") work as in Kubernetes 1.31+: the store confirms
 //! the revision a linearizable read must reflect, and the cache waits until it has
-//! applied that revision. Every applied store entry reaches the cache, with or without
-//! events for this resource, so its revision keeps up with the store's.
+//! applied that revision. Every applied store entry reaches the dispatcher, with or
+//! without events, so the caches' revision keeps up with the store's.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ops::Bound;
@@ -27,8 +28,8 @@ use tokio::sync::{broadcast, watch};
 
 use super::error::ApiError;
 use super::registry::{ResourceInfo, RESOURCES};
-use super::selectors::{labels_of, FieldSelector, LabelSelector};
-use crate::store::{EventKind, KeyValue, Store, StoreError};
+use super::selectors::{field_text, labels_of, FieldSelector, LabelSelector};
+use crate::store::{Event, EventKind, KeyValue, Store, StoreError};
 
 /// Events kept for watches that start from an older revision.
 const HISTORY: usize = 10_000;
@@ -44,18 +45,53 @@ const WAIT_FOR_REVISION: Duration = Duration::from_secs(3);
 /// How often watchers learn the cache's progress when nothing they watch changes.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
-/// One object as cached: decoded once, serialized once.
+/// The fields Kubernetes lets clients select on (its per-kind field selectors), read
+/// once per object version; other paths are read from the JSON when asked for.
+const SELECTABLE: &[&str] = &[
+    "metadata.name",
+    "metadata.namespace",
+    "spec.nodeName",
+    "spec.restartPolicy",
+    "spec.schedulerName",
+    "spec.serviceAccountName",
+    "spec.hostNetwork",
+    "spec.unschedulable",
+    "status.phase",
+    "status.podIP",
+    "status.nominatedNodeName",
+    "status.replicas",
+    "status.successful",
+    "type",
+    "reason",
+    "source",
+    "reportingComponent",
+    "involvedObject.kind",
+    "involvedObject.namespace",
+    "involvedObject.name",
+    "involvedObject.uid",
+    "involvedObject.apiVersion",
+    "involvedObject.resourceVersion",
+    "involvedObject.fieldPath",
+];
+
+/// One object as cached: serialized once, with what filters read taken out of it. The
+/// JSON is what every response shares; the decoded form is not kept (it costs ten times
+/// the bytes) and is rebuilt for the few answers that need it (tables, metadata).
 #[derive(Debug)]
 pub struct CachedObject {
     /// Its store key.
     pub key: String,
     /// The revision of its last write (its resourceVersion).
     pub revision: u64,
-    /// The object, with its resourceVersion.
-    pub value: Value,
-    /// `value` as JSON, shared by every response that carries it.
+    /// The object as JSON, with its resourceVersion.
     pub json: Bytes,
+    /// Its namespace, if namespaced.
+    pub namespace: Option<String>,
+    /// Its name.
+    pub name: String,
     labels: BTreeMap<String, String>,
+    /// Values of the [`SELECTABLE`] fields the object has.
+    fields: Vec<(&'static str, String)>,
 }
 
 impl CachedObject {
@@ -63,13 +99,39 @@ impl CachedObject {
     pub fn decode(kv: &KeyValue) -> Result<Self, ApiError> {
         let value = super::objects::decode(kv)?;
         let json = Bytes::from(serde_json::to_vec(&value).map_err(|e| ApiError::Internal(e.to_string()))?);
+        let fields = SELECTABLE
+            .iter()
+            .map(|path| (*path, field_text(&value, path)))
+            .filter(|(_, v)| !v.is_empty())
+            .collect();
+        let (name, namespace) = super::admission::object_name(&value);
         Ok(CachedObject {
             key: kv.key.clone(),
             revision: kv.mod_revision,
             labels: labels_of(&value),
-            value,
             json,
+            namespace,
+            name,
+            fields,
         })
+    }
+
+    /// The object, decoded from its JSON.
+    pub fn value(&self) -> Result<Value, ApiError> {
+        serde_json::from_slice(&self.json).map_err(|e| ApiError::Internal(format!("cached {}: {e}", self.key)))
+    }
+
+    /// The text of a field for a field selector ("" when absent).
+    fn field(&self, path: &str) -> String {
+        if SELECTABLE.contains(&path) {
+            return self
+                .fields
+                .iter()
+                .find(|(p, _)| *p == path)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default();
+        }
+        self.value().map(|v| field_text(&v, path)).unwrap_or_default()
     }
 }
 
@@ -134,12 +196,10 @@ pub struct Filter {
 impl Filter {
     /// Whether `obj` passes the filter.
     pub fn matches(&self, obj: &CachedObject) -> bool {
-        if let Some(ns) = &self.namespace {
-            if obj.value.pointer("/metadata/namespace").and_then(Value::as_str) != Some(ns.as_str()) {
-                return false;
-            }
+        if self.namespace.is_some() && obj.namespace != self.namespace {
+            return false;
         }
-        self.labels.matches(&obj.labels) && self.fields.matches(&obj.value)
+        self.labels.matches(&obj.labels) && (self.fields.is_empty() || self.fields.matches_by(|path| obj.field(path)))
     }
 }
 
@@ -179,7 +239,6 @@ struct State {
     /// Every change after `floor` is in `history`.
     floor: u64,
     snapshots: BTreeMap<u64, Snapshot>,
-    last_progress: Instant,
 }
 
 /// The cache of one resource.
@@ -187,8 +246,9 @@ pub struct Cacher {
     res: &'static ResourceInfo,
     state: RwLock<State>,
     tx: broadcast::Sender<CacheMessage>,
-    /// The revision applied so far; 0 until the first fill.
-    revision: watch::Sender<u64>,
+    /// The store revision every cache has applied (0 until the first fill): the
+    /// dispatcher publishes it after applying an entry's changes to their caches.
+    progress: watch::Receiver<u64>,
 }
 
 /// A consistent start for a watch: the objects at `revision` and every change after it.
@@ -241,9 +301,8 @@ fn decode_token(token: &str) -> Result<Token, ApiError> {
 }
 
 impl Cacher {
-    fn new(res: &'static ResourceInfo) -> Self {
+    fn new(res: &'static ResourceInfo, progress: watch::Receiver<u64>) -> Self {
         let (tx, _) = broadcast::channel(CHANNEL);
-        let (revision, _) = watch::channel(0);
         Cacher {
             res,
             state: RwLock::new(State {
@@ -252,10 +311,9 @@ impl Cacher {
                 history: VecDeque::new(),
                 floor: 0,
                 snapshots: BTreeMap::new(),
-                last_progress: Instant::now(),
             }),
             tx,
-            revision,
+            progress,
         }
     }
 
@@ -266,13 +324,21 @@ impl Cacher {
 
     /// The revision the cache has applied.
     pub fn revision(&self) -> u64 {
-        *self.revision.borrow()
+        let progress = *self.progress.borrow();
+        read_lock(&self.state).map_or(progress, |s| s.revision.max(progress))
+    }
+
+    /// The revision a view of `state` is at. `progress` must be read before the lock is
+    /// taken: everything up to it is then in `state`, which may also hold later changes
+    /// of this resource (up to `state.revision`); in between, nothing of it changed.
+    fn current(progress: u64, state: &State) -> u64 {
+        progress.max(state.revision)
     }
 
     /// Waits until the cache has applied `revision` (or times out, as kube-apiserver
     /// does with "Too large resource version").
     pub async fn wait_for(&self, revision: u64) -> Result<(), ApiError> {
-        let mut rx = self.revision.subscribe();
+        let mut rx = self.progress.clone();
         let reached = tokio::time::timeout(WAIT_FOR_REVISION, rx.wait_for(|r| *r >= revision)).await;
         match reached {
             Ok(Ok(_)) => Ok(()),
@@ -306,12 +372,14 @@ impl Cacher {
         at: ReadAt,
     ) -> Result<Page, ApiError> {
         let (objects, revision, start) = {
+            let progress = *self.progress.borrow();
             let mut state = write_lock(&self.state)?;
+            let current = Self::current(progress, &state);
             prune_snapshots(&mut state);
             match continue_token {
                 Some(token) => {
                     let token = decode_token(token)?;
-                    let objects = if token.rv == state.revision {
+                    let objects = if token.rv == current {
                         Some(state.objects.clone())
                     } else {
                         state.snapshots.get(&token.rv).map(|s| s.objects.clone())
@@ -320,22 +388,21 @@ impl Cacher {
                         Some(objects) => (objects, token.rv, Some(token.start)),
                         None => {
                             return Err(ApiError::ContinueExpired {
-                                token: encode_token(state.revision, &token.start),
+                                token: encode_token(current, &token.start),
                             })
                         }
                     }
                 }
                 None => match at {
-                    ReadAt::Exact(rev) if rev != state.revision => match state.snapshots.get(&rev) {
+                    ReadAt::Exact(rev) if rev != current => match state.snapshots.get(&rev) {
                         Some(s) => (s.objects.clone(), rev, None),
                         None => {
                             return Err(ApiError::Expired(format!(
-                                "too old resource version: {rev} ({})",
-                                state.revision
+                                "too old resource version: {rev} ({current})"
                             )))
                         }
                     },
-                    _ => (state.objects.clone(), state.revision, None),
+                    _ => (state.objects.clone(), current, None),
                 },
             }
         };
@@ -387,7 +454,9 @@ impl Cacher {
     /// Starts a watch, after `prepare`: from `from` (changes after it), or, when `from` is
     /// `None`, from the current objects (sent as ADDED) and every change after them.
     pub fn watch(&self, from: Option<u64>, filter: &Filter) -> Result<WatchStart, ApiError> {
+        let progress = *self.progress.borrow();
         let state = read_lock(&self.state)?;
+        let current = Self::current(progress, &state);
         let rx = self.tx.subscribe();
         match from {
             None => {
@@ -402,7 +471,7 @@ impl Cacher {
                 Ok(WatchStart {
                     initial,
                     backlog: VecDeque::new(),
-                    revision: state.revision,
+                    revision: current,
                     rx,
                 })
             }
@@ -424,10 +493,11 @@ impl Cacher {
         }
     }
 
-    /// Replaces the whole content (first fill, or a rebuild after a snapshot install).
-    fn fill(&self, kvs: Vec<KeyValue>, revision: u64) -> Result<(), ApiError> {
+    /// Replaces the whole content (first fill, or a rebuild when the store can no longer
+    /// replay what the dispatcher missed).
+    fn fill(&self, kvs: &[KeyValue], revision: u64) -> Result<(), ApiError> {
         let mut objects = OrdMap::new();
-        for kv in &kvs {
+        for kv in kvs {
             objects.insert(kv.key.clone(), Arc::new(CachedObject::decode(kv)?));
         }
         let rebuilt = {
@@ -443,14 +513,13 @@ impl Cacher {
         if rebuilt {
             let _ = self.tx.send(CacheMessage::Reset);
         }
-        self.revision.send_replace(revision);
         Ok(())
     }
 
-    /// Applies one store entry.
-    fn apply(&self, watched: &crate::store::Watched) -> Result<(), ApiError> {
+    /// Applies the changes of one store entry (at `revision`) to this resource.
+    fn apply(&self, revision: u64, events: &[&Arc<Event>]) -> Result<(), ApiError> {
         let mut state = write_lock(&self.state)?;
-        for ev in &watched.events {
+        for ev in events {
             let object = Arc::new(CachedObject::decode(&ev.kv)?);
             let prev = state.objects.get(&ev.kv.key).cloned();
             let kind = match (ev.kind, &prev) {
@@ -463,7 +532,7 @@ impl Cacher {
                 _ => state.objects.insert(ev.kv.key.clone(), object.clone()),
             };
             let event = Arc::new(CacheEvent {
-                revision: watched.revision,
+                revision,
                 kind,
                 object,
                 prev,
@@ -478,73 +547,14 @@ impl Cacher {
                 state.floor = old.revision;
             }
         }
-        state.revision = watched.revision;
-        if watched.events.is_empty() && state.last_progress.elapsed() >= PROGRESS_EVERY {
-            state.last_progress = Instant::now();
-            let _ = self.tx.send(CacheMessage::Progress(watched.revision));
-        }
-        drop(state);
-        self.revision.send_replace(watched.revision);
+        state.revision = revision;
         Ok(())
     }
 
-    /// Fills the cache and follows the store until `shutdown`; rebuilds whenever the
-    /// store can no longer replay what the cache missed.
-    async fn run(self: Arc<Self>, store: Store, mut shutdown: watch::Receiver<bool>) {
-        let prefix = self.res.prefix(None);
-        loop {
-            let filled = {
-                let (store, prefix) = (store.clone(), prefix.clone());
-                tokio::task::spawn_blocking(move || store.snapshot_local(&prefix)).await
-            };
-            let result = match filled {
-                Ok(Ok((kvs, revision))) => self.fill(kvs, revision).map(|_| revision),
-                Ok(Err(e)) => Err(ApiError::Store(e)),
-                Err(e) => Err(ApiError::Internal(e.to_string())),
-            };
-            let revision = match result {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::warn!(resource = self.res.plural, error = %e, "watch cache fill failed; retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                        _ = shutdown.changed() => return,
-                    }
-                }
-            };
-            let mut stream = match store.watch(&prefix, revision) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(resource = self.res.plural, error = %e, "watch cache could not follow the store");
-                    continue;
-                }
-            };
-            loop {
-                let item = tokio::select! {
-                    item = stream.next() => item,
-                    _ = shutdown.changed() => return,
-                };
-                match item {
-                    None => return,
-                    Some(Ok(watched)) => {
-                        if let Err(e) = self.apply(&watched) {
-                            tracing::warn!(resource = self.res.plural, error = %e, "watch cache rebuilt");
-                            break;
-                        }
-                    }
-                    Some(Err(StoreError::Expired { .. })) => {
-                        tracing::info!(
-                            resource = self.res.plural,
-                            "watch cache fell behind the store; rebuilding"
-                        );
-                        break;
-                    }
-                    Some(Err(e)) => {
-                        tracing::warn!(resource = self.res.plural, error = %e, "watch cache rebuilt");
-                        break;
-                    }
-                }
-            }
+    /// Tells this resource's watchers how far the cache has got (for their bookmarks).
+    fn tell_progress(&self, revision: u64) {
+        if self.tx.receiver_count() > 0 {
+            let _ = self.tx.send(CacheMessage::Progress(revision));
         }
     }
 }
@@ -564,15 +574,134 @@ pub struct Caches {
     by_resource: HashMap<(&'static str, &'static str), Arc<Cacher>>,
 }
 
+/// The part of a store key that names its resource: `/registry/<group>/<plural>/`.
+fn resource_prefix(key: &str) -> Option<&str> {
+    let end = key.match_indices('/').nth(3)?.0;
+    Some(&key[..=end])
+}
+
+/// Routes the store's changes to the caches of their resources.
+struct Dispatcher {
+    by_prefix: HashMap<String, Arc<Cacher>>,
+    progress: watch::Sender<u64>,
+}
+
+impl Dispatcher {
+    /// Fills every cache from one consistent read of the store; returns its revision.
+    async fn fill(&self, store: &Store) -> Result<u64, ApiError> {
+        let read = {
+            let store = store.clone();
+            tokio::task::spawn_blocking(move || store.snapshot_local(REGISTRY)).await
+        };
+        let (kvs, revision) = read.map_err(|e| ApiError::Internal(e.to_string()))??;
+        let mut by_cache: HashMap<&str, Vec<KeyValue>> = HashMap::new();
+        for kv in kvs {
+            if let Some(prefix) = resource_prefix(&kv.key)
+                .and_then(|p| self.by_prefix.get_key_value(p))
+                .map(|(p, _)| p)
+            {
+                by_cache.entry(prefix.as_str()).or_default().push(kv);
+            }
+        }
+        for (prefix, cache) in &self.by_prefix {
+            cache.fill(
+                by_cache.get(prefix.as_str()).map(Vec::as_slice).unwrap_or_default(),
+                revision,
+            )?;
+        }
+        self.progress.send_replace(revision);
+        Ok(revision)
+    }
+
+    /// Applies one store entry to the caches it concerns, then publishes the revision.
+    fn apply(&self, watched: &crate::store::Watched) -> Result<(), ApiError> {
+        let mut by_cache: HashMap<&str, Vec<&Arc<Event>>> = HashMap::new();
+        for ev in &watched.events {
+            if let Some((prefix, _)) = resource_prefix(&ev.kv.key).and_then(|p| self.by_prefix.get_key_value(p)) {
+                by_cache.entry(prefix.as_str()).or_default().push(ev);
+            }
+        }
+        for (prefix, events) in by_cache {
+            if let Some(cache) = self.by_prefix.get(prefix) {
+                cache.apply(watched.revision, &events)?;
+            }
+        }
+        self.progress.send_replace(watched.revision);
+        Ok(())
+    }
+
+    /// Fills the caches and follows the store until `shutdown`; fills them anew whenever
+    /// the store can no longer replay what was missed.
+    async fn run(self, store: Store, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            let revision = match self.fill(&store).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(error = %e, "watch cache fill failed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                        _ = shutdown.changed() => return,
+                    }
+                }
+            };
+            let mut stream = match store.watch(REGISTRY, revision) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "watch cache could not follow the store");
+                    continue;
+                }
+            };
+            let mut told = Instant::now();
+            loop {
+                let item = tokio::select! {
+                    item = stream.next() => item,
+                    _ = shutdown.changed() => return,
+                };
+                match item {
+                    None => return,
+                    Some(Ok(watched)) => {
+                        if let Err(e) = self.apply(&watched) {
+                            tracing::warn!(error = %e, "watch cache rebuilt");
+                            break;
+                        }
+                        if told.elapsed() >= PROGRESS_EVERY {
+                            told = Instant::now();
+                            for cache in self.by_prefix.values() {
+                                cache.tell_progress(watched.revision);
+                            }
+                        }
+                    }
+                    Some(Err(StoreError::Expired { .. })) => {
+                        tracing::info!("watch cache fell behind the store; filling it anew");
+                        break;
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "watch cache rebuilt");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Where every served object's key starts.
+const REGISTRY: &str = "/registry/";
+
 impl Caches {
-    /// Starts one cache per resource, each following `store` until `shutdown` turns true.
+    /// Starts the caches of every resource, fed by one store watch that runs until
+    /// `shutdown` turns true.
     pub fn start(store: &Store, shutdown: watch::Receiver<bool>) -> Arc<Caches> {
+        let (progress, progress_rx) = watch::channel(0);
         let mut by_resource = HashMap::new();
+        let mut by_prefix = HashMap::new();
         for res in RESOURCES {
-            let cacher = Arc::new(Cacher::new(res));
-            tokio::spawn(cacher.clone().run(store.clone(), shutdown.clone()));
+            let cacher = Arc::new(Cacher::new(res, progress_rx.clone()));
+            by_prefix.insert(res.prefix(None), cacher.clone());
             by_resource.insert((res.group, res.plural), cacher);
         }
+        let dispatcher = Dispatcher { by_prefix, progress };
+        tokio::spawn(dispatcher.run(store.clone(), shutdown));
         Arc::new(Caches { by_resource })
     }
 

@@ -411,8 +411,8 @@ async fn get(state: &AppState, target: &Target, params: &Params) -> Result<Value
             let page = cache.list(&filter, None, None, at)?;
             page.items
                 .first()
-                .map(|o| o.value.clone())
-                .ok_or_else(|| not_found(target.res, target.name()))
+                .ok_or_else(|| not_found(target.res, target.name()))?
+                .value()
         }
     }
 }
@@ -441,12 +441,20 @@ async fn list(state: &AppState, target: &Target, params: &Params, shape: Shape) 
     }
     match shape {
         Shape::Table => {
-            let items: Vec<Value> = page.items.iter().map(|o| o.value.clone()).collect();
+            let items = page
+                .items
+                .iter()
+                .map(|o| o.value())
+                .collect::<Result<Vec<Value>, ApiError>>()?;
             let list = json!({"metadata": metadata, "items": items});
             Ok(axum::Json(table::table(target.res, &list)).into_response())
         }
         Shape::Metadata => {
-            let items: Vec<Value> = page.items.iter().map(|o| table::partial_metadata(&o.value)).collect();
+            let items = page
+                .items
+                .iter()
+                .map(|o| o.value().map(|v| table::partial_metadata(&v)))
+                .collect::<Result<Vec<Value>, ApiError>>()?;
             Ok(axum::Json(
                 json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1",
                 "metadata": metadata, "items": items}),
@@ -831,11 +839,10 @@ async fn delete_collection(state: &AppState, target: &Target, req: &Request) -> 
     let page = cache.list(&filter, None, None, ReadAt::Newest)?;
     let mut deleted = Vec::new();
     for obj in page.items {
-        let (name, ns) = object_name(&obj.value);
         let one = Target {
             res: target.res,
-            namespace: ns,
-            name: Some(name),
+            namespace: obj.namespace.clone(),
+            name: Some(obj.name.clone()),
             sub: None,
         };
         match delete(state, &one, &opts).await {

@@ -157,15 +157,26 @@ impl FieldSelector {
 
     /// Whether the object's fields satisfy every term (a missing field reads as "").
     pub fn matches(&self, obj: &Value) -> bool {
-        self.0.iter().all(|(path, eq, want)| {
-            let got = path.split('.').try_fold(obj, |v, seg| v.get(seg));
-            let got = match got {
-                Some(Value::String(s)) => s.clone(),
-                Some(Value::Null) | None => String::new(),
-                Some(other) => other.to_string(),
-            };
-            (got == *want) == *eq
-        })
+        self.matches_by(|path| field_text(obj, path))
+    }
+
+    /// Whether the fields `get` reads (by dotted path) satisfy every term.
+    pub fn matches_by(&self, get: impl Fn(&str) -> String) -> bool {
+        self.0.iter().all(|(path, eq, want)| (get(path) == *want) == *eq)
+    }
+
+    /// Whether the selector has no term.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// The text of the field at a dotted path, as field selectors compare it ("" if absent).
+pub fn field_text(obj: &Value, path: &str) -> String {
+    match path.split('.').try_fold(obj, |v, seg| v.get(seg)) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => String::new(),
+        Some(other) => other.to_string(),
     }
 }
 

@@ -31,7 +31,10 @@ struct Watcher {
 impl Watcher {
     fn line(&self, kind: &str, obj: &CachedObject) -> Bytes {
         match self.shape {
-            Shape::Metadata => event_line(kind, partial_metadata(&obj.value).to_string().as_bytes()),
+            Shape::Metadata => match obj.value() {
+                Ok(v) => event_line(kind, partial_metadata(&v).to_string().as_bytes()),
+                Err(e) => event_line("ERROR", e.status().to_string().as_bytes()),
+            },
             _ => event_line(kind, &obj.json),
         }
     }

@@ -54,6 +54,10 @@ impl From<openraft::StorageError<NodeId>> for StoreError {
     }
 }
 
+/// sled's page cache. Its default (1 GiB) is far more than the hot set here: the API
+/// server's watch cache serves lists, the store mostly single reads and writes.
+const SLED_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
 /// How to open a store member.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
@@ -87,7 +91,7 @@ impl Store {
             .await
             .map_err(StoreError::Listen)?;
         let raft_addr = listener.local_addr().map_err(StoreError::Listen)?;
-        let db = sled::Config::new().path(dir).open()?;
+        let db = sled::Config::new().path(dir).cache_capacity(SLED_CACHE_BYTES).open()?;
         let log = LogStore::open(&db)?;
         let sm = StateMachine::open(&db)?;
         let raft_config = Config {

@@ -5,10 +5,12 @@
 //! batch lands whole or not at all. The reconciler applies each commit through it.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use serde_json::Value;
 
 use super::admission::{self, object_name, FieldValidation};
+use super::auth::UserInfo;
 use super::error::{ApiError, Cause};
 use super::objects::{self, with_revision};
 use super::patch;
@@ -67,9 +69,15 @@ async fn read_pinned(
     Ok((live, rev))
 }
 
-/// Admits and commits a batch; `manager` owns the fields it writes (managedFields).
-pub async fn apply(state: &AppState, batch: Batch, manager: &str) -> Result<BatchResult, ApiError> {
-    let mut set = WriteSet::default();
+/// Admits and commits a batch by `user`; `manager` owns the fields it writes
+/// (managedFields).
+pub async fn apply(
+    state: &AppState,
+    batch: Batch,
+    manager: &str,
+    user: &Arc<UserInfo>,
+) -> Result<BatchResult, ApiError> {
+    let mut set = WriteSet::new(user);
     let mut objects = Vec::with_capacity(batch.operations.len());
     let mut keys = HashSet::new();
     let mut new_namespaces = HashSet::new();

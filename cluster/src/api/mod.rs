@@ -220,7 +220,7 @@ async fn batch_handler(
             serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("the batch is not valid: {e}")))?;
         let manager = patch::field_manager(&params, &headers, "BatchOptions")?;
         tracing::debug!(user = %user.name, manager = %manager, operations = batch.operations.len(), "batch");
-        batch::apply(&state, batch, &manager).await
+        batch::apply(&state, batch, &manager, &user).await
     };
     match result.await {
         Ok(result) => (StatusCode::CREATED, Json(result)).into_response(),

@@ -311,7 +311,7 @@ pub async fn handle(state: AppState, target: Target, req: Request) -> Result<Res
         }
         (Method::DELETE, true, None) => {
             let opts = DeleteOptions::from_request(&req)?;
-            let (obj, _) = delete(&state, &target, &opts).await?;
+            let (obj, _) = delete(&state, &target, &opts, &req.user).await?;
             Ok(axum::Json(obj).into_response())
         }
         (Method::GET, true, Some("log")) => super::logs::proxy(&state, &target, &req.params).await,
@@ -514,7 +514,7 @@ pub async fn create(state: &AppState, target: &Target, obj: Value, opts: &WriteO
     if opts.dry_run {
         return Ok(admitted);
     }
-    admitted.object = write::create(state, target.res, admitted.object).await?;
+    admitted.object = write::create(state, target.res, admitted.object, &opts.user).await?;
     tracing::debug!(object = %format!("{}/{name}", target.res.plural), user = %opts.user.name, manager = ?opts.manager, "created");
     Ok(admitted)
 }
@@ -565,7 +565,7 @@ pub async fn update(
             admitted.object = with_revision(admitted.object, rev);
             return Ok(admitted);
         }
-        match write::update(state, target.res, rev, &live, admitted.object.clone()).await {
+        match write::update(state, target.res, rev, &live, admitted.object.clone(), &opts.user).await {
             Ok((obj, outcome)) => {
                 if outcome == Outcome::Deleted {
                     tracing::debug!(object = %format!("{}/{}", target.res.plural, target.name()), "finalized and deleted");
@@ -716,7 +716,12 @@ fn pod_grace(pod: &Value, asked: Option<i64>) -> i64 {
 /// Deletes an object as Kubernetes does: at once when nothing holds it, else by marking
 /// it (`deletionTimestamp`, finalizers) for its finalizers, its grace period or its
 /// namespace's content to finish first. Returns the object and whether it is gone.
-pub async fn delete(state: &AppState, target: &Target, opts: &DeleteOptions) -> Result<(Value, bool), ApiError> {
+pub async fn delete(
+    state: &AppState,
+    target: &Target,
+    opts: &DeleteOptions,
+    user: &Arc<UserInfo>,
+) -> Result<(Value, bool), ApiError> {
     let res = target.res;
     for _attempt in 0..5 {
         let (live, rev) = read(state, res, target.namespace.as_deref(), target.name()).await?;
@@ -799,7 +804,7 @@ pub async fn delete(state: &AppState, target: &Target, opts: &DeleteOptions) -> 
         if res.kind == "Namespace" {
             marked["status"] = json!({"phase": "Terminating"});
         }
-        let mut set = WriteSet::default();
+        let mut set = WriteSet::new(user);
         let key = target.key();
         let gone = if write::deletion_complete(&marked) {
             set.delete(res, key, rev, &live);
@@ -845,7 +850,7 @@ async fn delete_collection(state: &AppState, target: &Target, req: &Request) -> 
             name: Some(obj.name.clone()),
             sub: None,
         };
-        match delete(state, &one, &opts).await {
+        match delete(state, &one, &opts, &req.user).await {
             Ok((obj, _)) => deleted.push(obj),
             Err(ApiError::NotFound { .. }) => {}
             Err(e) => return Err(e),

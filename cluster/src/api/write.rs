@@ -8,9 +8,11 @@
 //! last finalizer goes and the grace period is over.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use serde_json::{json, Value};
 
+use super::auth::UserInfo;
 use super::error::{ApiError, Cause};
 use super::objects::{encode, with_revision};
 use super::registry::ResourceInfo;
@@ -34,11 +36,12 @@ enum Guard {
     },
 }
 
-/// Store operations being gathered into one transaction.
-#[derive(Debug, Default)]
+/// Store operations being gathered into one transaction, written by one user.
+#[derive(Debug)]
 pub struct WriteSet {
     txn: Txn,
     guards: HashMap<String, Guard>,
+    user: Arc<UserInfo>,
 }
 
 /// What happened to an object in a write set.
@@ -79,6 +82,15 @@ fn random_below(n: u32) -> u32 {
 }
 
 impl WriteSet {
+    /// An empty set of writes by `user`.
+    pub fn new(user: &Arc<UserInfo>) -> Self {
+        WriteSet {
+            txn: Txn::default(),
+            guards: HashMap::new(),
+            user: user.clone(),
+        }
+    }
+
     fn guard(&mut self, key: String, expect: Expect, guard: Guard) {
         self.txn.compares.push(Compare {
             key: key.clone(),
@@ -217,8 +229,11 @@ impl WriteSet {
     /// Commits the set as one transaction; a failed compare becomes the API error it
     /// means (already exists, not found, modified, value already allocated).
     pub async fn commit(self, state: &AppState) -> Result<u64, ApiError> {
+        let ops = self.txn.ops.len();
         let result = state.store.txn(self.txn).await?;
         let Some((cmp, actual)) = result.failed else {
+            // Who wrote what, for the record (the audit trail will keep it in the store).
+            tracing::debug!(user = %self.user.name, revision = result.revision, ops, "write committed");
             return Ok(result.revision);
         };
         Err(match self.guards.get(&cmp.key) {
@@ -265,8 +280,8 @@ impl WriteSet {
     }
 }
 
-/// Writes an admitted new object; returns it as stored.
-pub async fn create(state: &AppState, res: &ResourceInfo, obj: Value) -> Result<Value, ApiError> {
+/// Writes an admitted new object for `user`; returns it as stored.
+pub async fn create(state: &AppState, res: &ResourceInfo, obj: Value, user: &Arc<UserInfo>) -> Result<Value, ApiError> {
     let ns = obj.pointer("/metadata/namespace").and_then(Value::as_str);
     let name = obj
         .pointer("/metadata/name")
@@ -276,7 +291,7 @@ pub async fn create(state: &AppState, res: &ResourceInfo, obj: Value) -> Result<
     // A randomly drawn cluster IP or node port may be taken: draw again.
     for _ in 0..8 {
         let mut obj = obj.clone();
-        let mut set = WriteSet::default();
+        let mut set = WriteSet::new(user);
         set.create(res, key.clone(), &mut obj)?;
         match set.commit(state).await {
             Ok(rev) => return Ok(with_revision(obj, rev)),
@@ -287,13 +302,14 @@ pub async fn create(state: &AppState, res: &ResourceInfo, obj: Value) -> Result<
     Err(ApiError::Internal("no free cluster IP or node port found".into()))
 }
 
-/// Writes an admitted replacement of `old` (last written at `rev`).
+/// Writes an admitted replacement of `old` (last written at `rev`) for `user`.
 pub async fn update(
     state: &AppState,
     res: &ResourceInfo,
     rev: u64,
     old: &Value,
     new: Value,
+    user: &Arc<UserInfo>,
 ) -> Result<(Value, Outcome), ApiError> {
     let ns = new.pointer("/metadata/namespace").and_then(Value::as_str);
     let name = new
@@ -303,7 +319,7 @@ pub async fn update(
     let key = res.key(ns, name);
     for _ in 0..8 {
         let mut obj = new.clone();
-        let mut set = WriteSet::default();
+        let mut set = WriteSet::new(user);
         let outcome = set.update(res, key.clone(), rev, old, &mut obj)?;
         match set.commit(state).await {
             Ok(rev) => return Ok((with_revision(obj, rev), outcome)),

@@ -216,7 +216,9 @@ mod tests {
             "{tags:?}"
         );
         assert!(tags.contains(&("stdout".into(), "F".into(), 10)), "{tags:?}");
-        assert_eq!(tags.last(), Some(&("stdout".into(), "P".into(), 4)));
+        // stdout and stderr are copied side by side: only each stream's own order is fixed.
+        let last_stdout = tags.iter().rev().find(|(stream, _, _)| stream == "stdout");
+        assert_eq!(last_stdout, Some(&("stdout".into(), "P".into(), 4)));
     }
 
     #[tokio::test]

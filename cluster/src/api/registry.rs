@@ -22,6 +22,10 @@ use k8s_openapi::api::{
     discovery::v1 as discovery, networking::v1 as networking, scheduling::v1 as scheduling,
 };
 
+/// Type-checks an object through its typed struct: the normalized object and the paths
+/// of the fields the type does not know, or the field that does not fit.
+pub type Normalize = fn(Value) -> Result<(Value, Vec<String>), Cause>;
+
 /// A served resource.
 #[derive(Debug)]
 pub struct ResourceInfo {
@@ -47,7 +51,7 @@ pub struct ResourceInfo {
     pub name_rule: NameRule,
     /// Type-checks and normalizes an object of this kind; also returns the paths of
     /// fields the type does not know (dropped from the normalized object).
-    pub normalize: fn(Value) -> Result<(Value, Vec<String>), Cause>,
+    pub normalize: Normalize,
     /// Registers the kind's schema with a generator and returns its definition name.
     pub schema: fn(&mut SchemaGenerator) -> String,
     /// Fills the defaults Kubernetes applies on every write.

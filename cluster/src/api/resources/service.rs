@@ -207,10 +207,7 @@ pub fn validate(svc: &Value, old: Option<&Value>, errs: &mut Errors) {
         v::protocol(errs, &format!("{field}.protocol"), p.get("protocol"));
         let key = (p.get("port").cloned(), p.get("protocol").cloned());
         if !seen.insert(format!("{key:?}")) {
-            errs.duplicate(
-                &format!("{field}"),
-                &json!({"port": p.get("port"), "protocol": p.get("protocol")}),
-            );
+            errs.duplicate(field, &json!({"port": p.get("port"), "protocol": p.get("protocol")}));
         }
         match p.get("targetPort") {
             Some(Value::String(s)) => v::port_name(errs, &format!("{field}.targetPort"), &json!(s)),

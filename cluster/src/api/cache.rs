@@ -587,6 +587,12 @@ struct Dispatcher {
 }
 
 impl Dispatcher {
+    /// The prefix (the `by_prefix` key) of the cache a store key belongs to, if any.
+    fn prefix_of(&self, key: &str) -> Option<&str> {
+        let (prefix, _) = self.by_prefix.get_key_value(resource_prefix(key)?)?;
+        Some(prefix.as_str())
+    }
+
     /// Fills every cache from one consistent read of the store; returns its revision.
     async fn fill(&self, store: &Store) -> Result<u64, ApiError> {
         let read = {
@@ -596,11 +602,8 @@ impl Dispatcher {
         let (kvs, revision) = read.map_err(|e| ApiError::Internal(e.to_string()))??;
         let mut by_cache: HashMap<&str, Vec<KeyValue>> = HashMap::new();
         for kv in kvs {
-            if let Some(prefix) = resource_prefix(&kv.key)
-                .and_then(|p| self.by_prefix.get_key_value(p))
-                .map(|(p, _)| p)
-            {
-                by_cache.entry(prefix.as_str()).or_default().push(kv);
+            if let Some(prefix) = self.prefix_of(&kv.key) {
+                by_cache.entry(prefix).or_default().push(kv);
             }
         }
         for (prefix, cache) in &self.by_prefix {
@@ -617,8 +620,8 @@ impl Dispatcher {
     fn apply(&self, watched: &crate::store::Watched) -> Result<(), ApiError> {
         let mut by_cache: HashMap<&str, Vec<&Arc<Event>>> = HashMap::new();
         for ev in &watched.events {
-            if let Some((prefix, _)) = resource_prefix(&ev.kv.key).and_then(|p| self.by_prefix.get_key_value(p)) {
-                by_cache.entry(prefix.as_str()).or_default().push(ev);
+            if let Some(prefix) = self.prefix_of(&ev.kv.key) {
+                by_cache.entry(prefix).or_default().push(ev);
             }
         }
         for (prefix, events) in by_cache {

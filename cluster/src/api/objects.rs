@@ -556,15 +556,13 @@ pub async fn update(
             opts.manager.as_deref(),
             mode == Mode::Status,
         );
-        // Nothing changed: no write and no new resourceVersion, as in Kubernetes.
-        if with_revision(admitted.object.clone(), rev) == live {
-            admitted.object = live;
+        // Nothing changed: no write and no new resourceVersion, as in Kubernetes. (Compared
+        // with the live version set in place, rather than on a copy of the object.)
+        admitted.object = with_revision(admitted.object, rev);
+        if admitted.object == live || opts.dry_run {
             return Ok(admitted);
         }
-        if opts.dry_run {
-            admitted.object = with_revision(admitted.object, rev);
-            return Ok(admitted);
-        }
+        // (The store copy drops the resourceVersion; the write sets the new one.)
         match write::update(state, target.res, rev, &live, admitted.object.clone(), &opts.user).await {
             Ok((obj, outcome)) => {
                 if outcome == Outcome::Deleted {

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
+use super::admission::object_name;
 use super::auth::UserInfo;
 use super::error::{ApiError, Cause};
 use super::objects::{encode, with_revision};
@@ -99,11 +100,18 @@ impl WriteSet {
         self.guards.insert(key, guard);
     }
 
+    /// Guards the object itself at `key` (absent, or at a revision).
+    fn guard_object(&mut self, res: &ResourceInfo, key: &str, expect: Expect, obj: &Value) {
+        let (name, _) = object_name(obj);
+        let guard = Guard::Object {
+            resource: res.qualified_plural(),
+            name,
+        };
+        self.guard(key.to_string(), expect, guard);
+    }
+
     fn hold(&mut self, res: &ResourceInfo, obj: &Value, held: Vec<Allocation>, chosen: &[Allocation], owner_key: &str) {
-        let name = obj
-            .pointer("/metadata/name")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
+        let (name, _) = object_name(obj);
         for a in held {
             let (field, value) = match &a {
                 Allocation::ClusterIp(ip) => ("spec.clusterIPs", ip.clone()),
@@ -114,7 +122,7 @@ impl WriteSet {
                 value,
                 chosen: chosen.contains(&a),
                 kind: res.qualified_kind(),
-                name: name.to_string(),
+                name: name.clone(),
             };
             self.guard(a.key(), Expect::Absent, guard);
             self.txn.ops.push(Op::Put {
@@ -132,21 +140,9 @@ impl WriteSet {
 
     /// Adds the creation of an admitted object (filling in the values it is allotted).
     pub fn create(&mut self, res: &ResourceInfo, key: String, obj: &mut Value) -> Result<(), ApiError> {
-        let name = obj
-            .pointer("/metadata/name")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
         // The object's own compare first: an existing object is "already exists", not a
         // clash over the values it holds.
-        self.guard(
-            key.clone(),
-            Expect::Absent,
-            Guard::Object {
-                resource: res.qualified_plural(),
-                name,
-            },
-        );
+        self.guard_object(res, &key, Expect::Absent, obj);
         if res.kind == "Service" {
             let chosen = service::held(obj);
             let held = service::allocate(obj, random_below);
@@ -169,19 +165,7 @@ impl WriteSet {
         old: &Value,
         new: &mut Value,
     ) -> Result<Outcome, ApiError> {
-        let name = new
-            .pointer("/metadata/name")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
-        self.guard(
-            key.clone(),
-            Expect::ModRevision(rev),
-            Guard::Object {
-                resource: res.qualified_plural(),
-                name,
-            },
-        );
+        self.guard_object(res, &key, Expect::ModRevision(rev), new);
         if deletion_complete(new) {
             if res.kind == "Service" {
                 self.release(service::held(old));
@@ -207,19 +191,7 @@ impl WriteSet {
 
     /// Adds the removal of `old`, last written at `rev`.
     pub fn delete(&mut self, res: &ResourceInfo, key: String, rev: u64, old: &Value) {
-        let name = old
-            .pointer("/metadata/name")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
-        self.guard(
-            key.clone(),
-            Expect::ModRevision(rev),
-            Guard::Object {
-                resource: res.qualified_plural(),
-                name,
-            },
-        );
+        self.guard_object(res, &key, Expect::ModRevision(rev), old);
         if res.kind == "Service" {
             self.release(service::held(old));
         }
@@ -280,14 +252,15 @@ impl WriteSet {
     }
 }
 
+/// The store key of an admitted object.
+fn key_of(res: &ResourceInfo, obj: &Value) -> String {
+    let (name, ns) = object_name(obj);
+    res.key(ns.as_deref(), &name)
+}
+
 /// Writes an admitted new object for `user`; returns it as stored.
 pub async fn create(state: &AppState, res: &ResourceInfo, obj: Value, user: &Arc<UserInfo>) -> Result<Value, ApiError> {
-    let ns = obj.pointer("/metadata/namespace").and_then(Value::as_str);
-    let name = obj
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    let key = res.key(ns, name);
+    let key = key_of(res, &obj);
     // A randomly drawn cluster IP or node port may be taken: draw again.
     for _ in 0..8 {
         let mut obj = obj.clone();
@@ -311,12 +284,7 @@ pub async fn update(
     new: Value,
     user: &Arc<UserInfo>,
 ) -> Result<(Value, Outcome), ApiError> {
-    let ns = new.pointer("/metadata/namespace").and_then(Value::as_str);
-    let name = new
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    let key = res.key(ns, name);
+    let key = key_of(res, &new);
     for _ in 0..8 {
         let mut obj = new.clone();
         let mut set = WriteSet::new(user);

@@ -33,8 +33,14 @@ enum Command {
     Get(commands::get::GetArgs),
     /// Show what the next sync would change (exit 1 when there are differences).
     Diff(commands::diff::DiffArgs),
-    /// Show each Application's synced commit, pending commit and last error.
+    /// Show each Application's source, sync, health, drift and last error.
     Status(commands::status::StatusArgs),
+    /// Sync an Application now, optionally to another revision or as a dry run.
+    Sync(commands::sync::SyncArgs),
+    /// List an Application's syncs, or show one in full.
+    History(commands::history::HistoryArgs),
+    /// Show who changed what, when, and from which commit.
+    Audit(commands::audit::AuditArgs),
     /// Run a benchmark on a cluster of its own: `kairn bench api`.
     Bench(commands::bench::BenchArgs),
 }
@@ -57,6 +63,9 @@ fn main() -> ExitCode {
             Command::Get(args) => commands::get::run(args).await,
             Command::Diff(args) => commands::diff::run(args).await,
             Command::Status(args) => commands::status::run(args).await,
+            Command::Sync(args) => commands::sync::run(args).await,
+            Command::History(args) => commands::history::run(args).await,
+            Command::Audit(args) => commands::audit::run(args).await,
             Command::Bench(args) => commands::bench::run(args).await,
         }
     });

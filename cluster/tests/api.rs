@@ -198,6 +198,7 @@ async fn batch_writes_all_or_nothing() {
             op(BatchVerb::Create, cm("bad", json!({"k": 5})), None),
         ],
         dry_run: false,
+        origin: None,
     };
     let err = api_error(batch(&s.client, &bad).await.unwrap_err());
     assert_eq!(err.code, 422);
@@ -212,6 +213,7 @@ async fn batch_writes_all_or_nothing() {
     let orphan = Batch {
         operations: vec![op(BatchVerb::Create, cm("lost", json!({})), None)],
         dry_run: false,
+        origin: None,
     };
     let err = api_error(batch(&s.client, &orphan).await.unwrap_err());
     assert_eq!(err.code, 422);
@@ -227,6 +229,7 @@ async fn batch_writes_all_or_nothing() {
             op(BatchVerb::Create, cm("a", json!({"k": "1"})), None),
         ],
         dry_run: false,
+        origin: None,
     };
     let result = batch(&s.client, &good).await.unwrap();
     let rvs: Vec<_> = result
@@ -246,6 +249,7 @@ async fn batch_writes_all_or_nothing() {
             op(BatchVerb::Update, cm("a", json!({"k": "2"})), stale),
         ],
         dry_run: false,
+        origin: None,
     };
     let err = api_error(batch(&s.client, &conflicting).await.unwrap_err());
     assert_eq!(err.code, 409);
@@ -260,6 +264,7 @@ async fn batch_writes_all_or_nothing() {
             op(BatchVerb::Create, cm("c", json!({})), None),
         ],
         dry_run: false,
+        origin: None,
     };
     batch(&s.client, &mixed).await.unwrap();
     assert!(cms.get_opt("a").await.unwrap().is_none() && cms.get_opt("c").await.unwrap().is_some());

@@ -2,7 +2,7 @@
 //! for the whole commit. Errors the server reports for one operation are traced back to
 //! the file, document and object that produced it.
 
-use kairn_cluster::kinds::{Batch, BatchOperation, BatchResult, BatchVerb};
+use kairn_cluster::kinds::{Batch, BatchOperation, BatchOrigin, BatchResult, BatchVerb};
 use serde_json::Value;
 
 use crate::manifest::ManifestError;
@@ -49,16 +49,25 @@ fn operation(change: &Change) -> Option<BatchOperation> {
     })
 }
 
-/// Sends the plan's changes as one batch; `dry_run` validates without writing.
+/// Sends the plan's changes as one batch; `dry_run` validates without writing. With an
+/// `origin`, the batch is recorded as the sync of that Application's commit (its audit
+/// records name them, and its history entry lands in the same transaction), and it is
+/// sent even when nothing changes, so that the sync is still recorded.
 /// Returns the store revision the commit landed at (0 for a dry run or an empty plan).
-pub async fn apply(client: &kube::Client, plan: &Plan, dry_run: bool) -> Result<u64, ApplyError> {
+pub async fn apply(
+    client: &kube::Client,
+    plan: &Plan,
+    dry_run: bool,
+    origin: Option<BatchOrigin>,
+) -> Result<u64, ApplyError> {
     let applied: Vec<&Change> = plan.changes.iter().filter(|c| c.action != Action::Unchanged).collect();
-    if applied.is_empty() {
+    if applied.is_empty() && (dry_run || origin.is_none()) {
         return Ok(0);
     }
     let batch = Batch {
         operations: applied.iter().filter_map(|c| operation(c)).collect(),
         dry_run,
+        origin,
     };
     let body = serde_json::to_vec(&batch).map_err(kube::Error::SerdeError)?;
     let request = http_request(body)?;
@@ -108,6 +117,28 @@ fn explain(applied: &[&Change], status: &kube::core::Status) -> ApplyError {
     // A conflict, or an object gone between planning and applying, is a race: plan again.
     if status.reason == "Conflict" || status.reason == "NotFound" {
         return ApplyError::Conflict(status.message.clone());
+    }
+    if status.reason == "AlreadyExists" {
+        // An object Git declares exists without this Application's label: not ours to
+        // take over silently.
+        return ApplyError::Rejected(vec![ManifestError {
+            source_path: "(commit)".into(),
+            object: "?".into(),
+            field: String::new(),
+            message: format!(
+                "{}: it exists and no Application manages it; delete it, or label it {}=<application> to hand it over",
+                status.message,
+                kairn_cluster::kinds::APP_LABEL
+            ),
+        }]);
+    }
+    if status.code == 413 {
+        return ApplyError::Rejected(vec![ManifestError {
+            source_path: "(commit)".into(),
+            object: "?".into(),
+            field: String::new(),
+            message: format!("the commit is too large to apply in one transaction: {}", status.message),
+        }]);
     }
     let causes = status.details.as_ref().map(|d| d.causes.clone()).unwrap_or_default();
     let mut errors: Vec<ManifestError> = causes

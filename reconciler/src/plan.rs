@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use kairn_cluster::api::audit::redact;
 use kairn_cluster::kinds::{PlanSummary, APP_LABEL, COMMIT_ANNOTATION, SOURCE_PATH_ANNOTATION};
 use kube::discovery::{ApiResource, Discovery, Scope};
 use serde_json::{json, Value};
@@ -126,6 +127,30 @@ impl Plan {
     pub fn has_changes(&self) -> bool {
         self.changes.iter().any(|c| c.action != Action::Unchanged)
     }
+
+    /// The plan for machines (`kairn diff -o json`): every change but the unchanged
+    /// ones, with its diff, and the counts.
+    pub fn to_json(&self) -> Value {
+        let changes: Vec<Value> = self
+            .changes
+            .iter()
+            .filter(|c| c.action != Action::Unchanged)
+            .map(|c| json!({"action": c.action.as_str(), "object": c.object, "source": c.source, "diff": c.diff}))
+            .collect();
+        json!({"changes": changes, "summary": self.summary()})
+    }
+}
+
+impl Action {
+    /// The verb shown to people: `create`, `update`, `prune`, `unchanged`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Create => "create",
+            Action::Update => "update",
+            Action::Prune => "prune",
+            Action::Unchanged => "unchanged",
+        }
+    }
 }
 
 /// Identity of an object across desired and live: apiVersion's group, kind, namespace, name.
@@ -138,13 +163,15 @@ fn identity(obj: &Value) -> (String, String, String, String) {
     (group, s("/kind"), s("/metadata/namespace"), s("/metadata/name"))
 }
 
-/// Turns manifests into the objects to apply: served kind, namespace defaulted, and the
-/// Application label, commit and source annotations set. Collects every error.
+/// Turns manifests into the objects to apply: served kind, namespace defaulted (to the
+/// Application's destination), and the Application label, commit and source annotations
+/// set. Collects every error.
 pub fn desired_objects(
     manifests: Vec<Manifest>,
     catalog: &Catalog,
     app: &str,
     commit: &str,
+    default_namespace: &str,
 ) -> Result<Vec<(String, Value)>, Vec<ManifestError>> {
     let mut out = Vec::new();
     let mut errors = Vec::new();
@@ -181,7 +208,7 @@ pub fn desired_objects(
         }
         if *namespaced {
             if meta.get("namespace").and_then(Value::as_str).is_none_or(str::is_empty) {
-                meta["namespace"] = json!("default");
+                meta["namespace"] = json!(default_namespace);
             }
         } else if let Some(m) = meta.as_object_mut() {
             m.remove("namespace");
@@ -232,9 +259,10 @@ pub fn desired_objects(
     }
 }
 
-/// Lists the live objects of every manageable kind labelled as owned by `app`.
-pub async fn live_objects(client: &kube::Client, catalog: &Catalog, app: &str) -> Result<Vec<Value>, kube::Error> {
-    let params = kube::api::ListParams::default().labels(&format!("{APP_LABEL}={app}"));
+/// Lists the live objects of every manageable kind that some Application manages (for
+/// the CLI, which has no watch-fed cache; the reconciler reads its cache instead).
+pub async fn live_objects(client: &kube::Client, catalog: &Catalog) -> Result<Vec<Value>, kube::Error> {
+    let params = kube::api::ListParams::default().labels(APP_LABEL);
     let mut out = Vec::new();
     for (ar, _) in catalog.manageable() {
         let api: kube::Api<kube::api::DynamicObject> = kube::Api::all_with(client.clone(), ar);
@@ -246,6 +274,59 @@ pub async fn live_objects(client: &kube::Client, catalog: &Catalog, app: &str) -
         }
     }
     Ok(out)
+}
+
+/// Objects of the commit that another Application already owns: an object belongs to
+/// exactly one Application, and a second claim is an error, never a takeover.
+/// `lookup` finds the live object of an identity among all managed objects.
+pub fn foreign_claims(
+    desired: &[(String, Value)],
+    app: &str,
+    lookup: impl Fn(&str, &str, Option<&str>, &str) -> Option<Value>,
+) -> Vec<ManifestError> {
+    let mut errors = Vec::new();
+    for (source, obj) in desired {
+        let s = |p: &str| obj.pointer(p).and_then(Value::as_str).unwrap_or_default();
+        let ns = obj.pointer("/metadata/namespace").and_then(Value::as_str);
+        let Some(live) = lookup(s("/apiVersion"), s("/kind"), ns, s("/metadata/name")) else {
+            continue;
+        };
+        let owner = live
+            .pointer("/metadata/labels")
+            .and_then(|l| l.get(APP_LABEL))
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if !owner.is_empty() && owner != app {
+            errors.push(ManifestError {
+                source_path: source.clone(),
+                object: manifest::describe(obj),
+                field: format!("metadata.labels.{APP_LABEL}"),
+                message: format!(
+                    "already managed by Application {owner:?}; an object belongs to one Application (remove it from one of them)"
+                ),
+            });
+        }
+    }
+    errors
+}
+
+/// Where a kind goes in a sync: what others depend on first (Namespaces, then accounts
+/// and configuration, then Services, then workloads), as Argo CD and Helm order them.
+pub fn kind_rank(kind: &str) -> u8 {
+    match kind {
+        "Namespace" => 0,
+        "ResourceQuota" | "LimitRange" | "PriorityClass" => 1,
+        "ServiceAccount" => 2,
+        "Secret" => 3,
+        "ConfigMap" => 4,
+        "PersistentVolume" | "PersistentVolumeClaim" | "StorageClass" => 5,
+        "ClusterRole" | "ClusterRoleBinding" | "Role" | "RoleBinding" => 6,
+        "Service" | "Endpoints" | "EndpointSlice" => 7,
+        "DaemonSet" | "Pod" | "ReplicationController" | "ReplicaSet" | "Deployment" | "StatefulSet" => 8,
+        "Job" | "CronJob" => 9,
+        "Ingress" => 10,
+        _ => 11,
+    }
 }
 
 /// Whether every field `desired` sets has the same value in `live`.
@@ -326,9 +407,12 @@ fn unified(old: &str, new: &str, object: &str) -> String {
 pub fn compute(desired: Vec<(String, Value)>, live: Vec<Value>) -> Plan {
     let mut live_by_id: BTreeMap<_, Value> = live.into_iter().map(|o| (identity(&o), o)).collect();
     let mut changes = Vec::new();
+    let mut desired = desired;
+    // Stable: manifest order within a kind.
+    desired.sort_by_key(|(_, o)| kind_rank(o.get("kind").and_then(Value::as_str).unwrap_or_default()));
     for (source, want) in desired {
         let object = manifest::describe(&want);
-        let shown_want = without_commit(&want);
+        let shown_want = redact(&without_commit(&want));
         match live_by_id.remove(&identity(&want)) {
             None => changes.push(Change {
                 action: Action::Create,
@@ -339,11 +423,11 @@ pub fn compute(desired: Vec<(String, Value)>, live: Vec<Value>) -> Plan {
                 live: None,
             }),
             Some(have) => {
-                let same = contains(&shown_want, &have);
+                let same = contains(&without_commit(&want), &have);
                 let diff = if same {
                     String::new()
                 } else {
-                    let shown_have = project(&without_commit(&have), &shown_want);
+                    let shown_have = project(&redact(&without_commit(&have)), &shown_want);
                     unified(
                         &manifest::to_yaml(&shown_have),
                         &manifest::to_yaml(&shown_want),
@@ -361,12 +445,15 @@ pub fn compute(desired: Vec<(String, Value)>, live: Vec<Value>) -> Plan {
             }
         }
     }
-    // Whatever is still live and labelled for this app has left Git.
-    for (_, have) in live_by_id {
+    // Whatever is still live and labelled for this app has left Git: pruned last, the
+    // workloads before what they use.
+    let mut gone: Vec<Value> = live_by_id.into_values().collect();
+    gone.sort_by_key(|o| std::cmp::Reverse(kind_rank(o.get("kind").and_then(Value::as_str).unwrap_or_default())));
+    for have in gone {
         let object = manifest::describe(&have);
         changes.push(Change {
             action: Action::Prune,
-            diff: unified(&manifest::to_yaml(&without_server_fields(&have)), "", &object),
+            diff: unified(&manifest::to_yaml(&redact(&without_server_fields(&have))), "", &object),
             object,
             source: None,
             desired: None,
@@ -438,7 +525,7 @@ mod tests {
                 json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d", "labels": {"a": "b"}}}),
             ),
         ];
-        let out = desired_objects(manifests, &catalog(), "app", "abc123").unwrap();
+        let out = desired_objects(manifests, &catalog(), "app", "abc123", "default").unwrap();
         assert!(
             out[0].1["metadata"].get("namespace").is_none(),
             "cluster-scoped objects have no namespace"
@@ -463,7 +550,7 @@ mod tests {
             d(2, "apps/v1", "Deployment"),
             d(3, "apps/v1", "Deployment"),
         ];
-        let errors: Vec<String> = desired_objects(manifests, &catalog(), "app", "c")
+        let errors: Vec<String> = desired_objects(manifests, &catalog(), "app", "c", "default")
             .unwrap_err()
             .iter()
             .map(ToString::to_string)

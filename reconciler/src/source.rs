@@ -219,3 +219,37 @@ pub fn watch_refs(git_dir: &Path, tx: mpsc::Sender<()>) -> Result<notify::Recomm
 
 /// How often a repository is polled even without a notification.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(3);
+
+/// One Application's repository (placeholder: local only).
+#[derive(Debug, Clone)]
+pub struct Source {
+    path: PathBuf,
+}
+
+impl Source {
+    /// Opens a local path or file:// URL.
+    pub fn new(repo_url: &str, _data_dir: &Path) -> Result<Source, SourceError> {
+        Ok(Source { path: PathBuf::from(repo_url.strip_prefix("file://").unwrap_or(repo_url)) })
+    }
+    /// Whether it is fetched from elsewhere.
+    pub fn is_remote(&self) -> bool {
+        false
+    }
+    /// The repository read.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+    /// Fetches (no-op locally).
+    pub async fn fetch(&self) -> Result<(), SourceError> {
+        Ok(())
+    }
+    /// Resolves a revision.
+    pub async fn resolve(&self, revision: &str) -> Result<CommitInfo, SourceError> {
+        resolve(&self.path, revision).await
+    }
+    /// Every file of the commit.
+    pub async fn read_tree(&self, sha: &str) -> Result<std::collections::BTreeMap<String, Vec<u8>>, SourceError> {
+        let files = read_manifests(&self.path, sha, "").await?;
+        Ok(files.into_iter().map(|f| (f.path, f.content.into_bytes())).collect())
+    }
+}

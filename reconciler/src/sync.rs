@@ -1,18 +1,21 @@
-//! One sync: from a commit to a plan, and from a plan to the cluster.
+//! One sync, in steps both the reconciler and the CLI use: render a commit into desired
+//! objects, plan them against live objects, apply the plan as one transaction.
 
-use std::path::Path;
+use std::collections::HashMap;
 
-use kairn_cluster::kinds::Application;
+use kairn_cluster::kinds::{Application, APP_LABEL, APP_NAMESPACE};
+use serde_json::Value;
 
-use crate::apply::{self, ApplyError};
-use crate::manifest::{self, ManifestError};
+use crate::apply::ApplyError;
+use crate::manifest::ManifestError;
 use crate::plan::{self, Catalog, Plan};
-use crate::source::{self, CommitInfo, SourceError};
+use crate::render::{self, Tree};
+use crate::source::{Source, SourceError};
 
 /// Why a commit could not be planned or applied.
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
-    /// The repository, branch or path could not be read.
+    /// The repository, revision or path could not be read.
     #[error("source: {0}")]
     Source(#[from] SourceError),
     /// Manifests are invalid: the commit is rejected as a whole.
@@ -43,39 +46,123 @@ impl SyncError {
     }
 }
 
-/// The repository path of an Application (local paths only for now).
-pub fn repo_path(app: &Application) -> &Path {
-    Path::new(&app.spec.repo_url)
+/// The Application's name (objects carry it in their `app.kairn.dev/name` label).
+pub fn app_name(app: &Application) -> &str {
+    app.metadata.name.as_deref().unwrap_or_default()
 }
 
-/// Plans the cluster's move to `commit`: reads, parses and checks its manifests, then
-/// compares them with the live objects the Application owns.
-pub async fn plan(client: &kube::Client, app: &Application, commit: &str) -> Result<Plan, SyncError> {
-    let name = app.metadata.name.as_deref().unwrap_or_default();
-    let files = source::read_manifests(repo_path(app), commit, &app.spec.path).await?;
-    let manifests = manifest::parse(&files).map_err(SyncError::Invalid)?;
+/// `namespace/name` of an Application.
+pub fn app_key(app: &Application) -> String {
+    format!(
+        "{}/{}",
+        app.metadata.namespace.as_deref().unwrap_or(APP_NAMESPACE),
+        app_name(app)
+    )
+}
+
+/// The namespace of namespaced objects that name none.
+pub fn default_namespace(app: &Application) -> &str {
+    app.spec
+        .destination
+        .namespace
+        .as_deref()
+        .filter(|n| !n.is_empty())
+        .unwrap_or("default")
+}
+
+/// Renders the Application's path of `tree` (a commit, or a working directory for
+/// `kairn diff --local`) into the objects to apply, labelled and annotated.
+pub async fn desired_from_tree(
+    tree: Tree,
+    app: &Application,
+    catalog: &Catalog,
+    commit: &str,
+) -> Result<Vec<(String, Value)>, SyncError> {
+    let path = app.spec.source.path.clone();
+    // Rendering thousands of documents is CPU work: keep it off the async threads.
+    let manifests = tokio::task::spawn_blocking(move || render::render(&tree, &path))
+        .await
+        .map_err(|e| SyncError::Source(SourceError::Task(e.to_string())))?
+        .map_err(SyncError::Invalid)?;
+    plan::desired_objects(manifests, catalog, app_name(app), commit, default_namespace(app)).map_err(SyncError::Invalid)
+}
+
+/// Renders the Application at `commit` into the objects to apply.
+pub async fn desired(
+    source: &Source,
+    app: &Application,
+    catalog: &Catalog,
+    commit: &str,
+) -> Result<Vec<(String, Value)>, SyncError> {
+    let tree = source.read_tree(commit).await?;
+    desired_from_tree(tree, app, catalog, commit).await
+}
+
+/// Plans `desired` against the live objects, refusing objects another Application owns.
+/// `live` is every managed object (of any Application).
+pub fn plan(app: &Application, desired: Vec<(String, Value)>, live: &[Value]) -> Result<Plan, SyncError> {
+    let name = app_name(app);
+    let index: HashMap<(String, String, Option<String>, String), &Value> = live
+        .iter()
+        .map(|o| {
+            let s = |p: &str| o.pointer(p).and_then(Value::as_str).unwrap_or_default().to_string();
+            let ns = o.pointer("/metadata/namespace").and_then(Value::as_str).map(String::from);
+            ((s("/apiVersion"), s("/kind"), ns, s("/metadata/name")), o)
+        })
+        .collect();
+    let foreign = plan::foreign_claims(&desired, name, |av, kind, ns, n| {
+        index
+            .get(&(av.to_string(), kind.to_string(), ns.map(String::from), n.to_string()))
+            .map(|v| (*v).clone())
+    });
+    if !foreign.is_empty() {
+        return Err(SyncError::Invalid(foreign));
+    }
+    let owned: Vec<Value> = live
+        .iter()
+        .filter(|o| o.pointer(&format!("/metadata/labels/{}", APP_LABEL.replace('/', "~1"))).and_then(Value::as_str) == Some(name))
+        .cloned()
+        .collect();
+    Ok(plan::compute(desired, owned))
+}
+
+/// Every file under `dir` (a working tree), keyed by path relative to it, for
+/// `kairn diff --local`; `.git` and other dot-directories are skipped.
+pub fn working_tree(dir: &std::path::Path) -> Result<Tree, SourceError> {
+    fn walk(root: &std::path::Path, dir: &std::path::Path, out: &mut Tree) -> Result<(), SourceError> {
+        let entries = std::fs::read_dir(dir).map_err(|e| SourceError::Task(format!("{}: {e}", dir.display())))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| SourceError::Task(format!("{}: {e}", dir.display())))?;
+            let path = entry.path();
+            if entry.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            if path.is_dir() {
+                walk(root, &path, out)?;
+            } else {
+                let rel = path.strip_prefix(root).unwrap_or(&path).to_string_lossy().replace('\\', "/");
+                let content = std::fs::read(&path).map_err(|e| SourceError::Task(format!("{}: {e}", path.display())))?;
+                out.insert(rel, content);
+            }
+        }
+        Ok(())
+    }
+    let mut out = Tree::new();
+    walk(dir, dir, &mut out)?;
+    Ok(out)
+}
+
+/// What syncing would do, checked by the API server (a dry-run batch: the server's real
+/// defaulting and admission), for `kairn diff` and `kairn sync --dry-run` from the CLI.
+/// Reads live objects with a LIST, as a one-shot client does.
+pub async fn review(client: &kube::Client, app: &Application, tree: Tree, commit: &str) -> Result<Plan, SyncError> {
     let catalog = Catalog::discover(client).await?;
-    let desired = plan::desired_objects(manifests, &catalog, name, commit).map_err(SyncError::Invalid)?;
-    let live = plan::live_objects(client, &catalog, name).await?;
-    let mut plan = plan::compute(desired, live);
-    if !app.spec.prune {
+    let desired = desired_from_tree(tree, app, &catalog, commit).await?;
+    let live = plan::live_objects(client, &catalog).await?;
+    let mut plan = plan(app, desired, &live)?;
+    if !app.spec.sync_policy.prune {
         plan.changes.retain(|c| c.action != plan::Action::Prune);
     }
+    crate::apply::apply(client, &plan, true, None).await?;
     Ok(plan)
-}
-
-/// A plan the API server has validated change by change (a dry-run batch), so that an
-/// invalid object is reported before anything is applied: what `kairn diff` shows.
-pub async fn review(client: &kube::Client, app: &Application, commit: &str) -> Result<Plan, SyncError> {
-    let plan = plan(client, app, commit).await?;
-    apply::apply(client, &plan, true).await?;
-    Ok(plan)
-}
-
-/// Plans and applies `commit`; returns the plan and the store revision it landed at.
-/// The batch is validated as it is applied, so no separate dry run is needed.
-pub async fn sync(client: &kube::Client, app: &Application, commit: &CommitInfo) -> Result<(Plan, u64), SyncError> {
-    let plan = plan(client, app, &commit.sha).await?;
-    let revision = apply::apply(client, &plan, false).await?;
-    Ok((plan, revision))
 }

@@ -1,34 +1,77 @@
-//! The reconciler: one worker per Application, following its branch.
+//! The reconciler: one worker per Application.
 //!
-//! A worker wakes on a change to the repository's refs (notify), on a poll tick, or on
-//! shutdown. A new commit is planned and applied; a rejected commit is recorded in the
-//! Application's status and not retried, leaving the cluster on the last good commit.
-//! Every so often the last good commit is re-applied to undo drift.
+//! A worker wakes on a new commit (notify on a local repository's refs, a poll of a
+//! remote one, or a webhook's refresh annotation), on a change to one of its managed
+//! objects (the live cache's watch), on a sync asked for by hand (`operation`), or on
+//! shutdown. Each wake it compares the target revision with the cluster and:
+//! - with `automated`, applies a new commit as one transaction;
+//! - with `selfHeal`, puts back what was changed outside Git (a drift);
+//! - runs a requested `operation` (`kairn sync`), then clears it;
+//! - writes status: sync, health, one entry per object, conditions.
+//!
+//! A rejected commit is recorded (status, history) and never retried; the cluster stays
+//! on the last good commit. A sync that raced with another writer is retried.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use kairn_cluster::kinds::{self, Application, ApplicationSpec};
+use kairn_cluster::kinds::{
+    self, Application, ApplicationCondition, ApplicationSpec, ApplicationStatus, BatchOrigin, HealthState,
+    OperationState, PlanSummary, ResourceStatus, SyncError as StatusError, SyncState,
+};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::watcher;
 use kube::Api;
-use serde_json::json;
-use tokio::sync::{mpsc, watch};
+use serde_json::{json, Value};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::source;
-use crate::sync;
+use crate::apply::{self, ApplyError};
+use crate::health::{self, Health};
+use crate::history;
+use crate::live::LiveCache;
+use crate::plan::{Action, Catalog, Plan};
+use crate::source::{self, CommitInfo, Source};
+use crate::sync::{self, SyncError};
 
-/// How often the last good commit is re-applied to correct drift.
-const RESYNC: Duration = Duration::from_secs(30);
+/// How the reconciler runs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where remote repositories are mirrored (`<data-dir>/repos`).
+    pub repos_dir: PathBuf,
+}
+
+/// The annotation a webhook (or a user) sets to make the reconciler fetch at once.
+pub const REFRESH_ANNOTATION: &str = "kairn.dev/refresh";
+/// Default seconds between polls of a remote repository.
+const DEFAULT_POLL: u64 = 60;
+/// After a sync, how long the live cache may lag behind it before a difference counts
+/// as drift.
+const SETTLE: Duration = Duration::from_secs(3);
+/// Most entries kept in `status.resources` (the rest are counted in the message).
+const MAX_RESOURCE_ENTRIES: usize = 5_000;
 
 /// Runs the reconciler until `shutdown` turns true: watches Applications and keeps one
 /// worker per Application.
-pub async fn run(client: kube::Client, shutdown: watch::Receiver<bool>) {
+pub async fn run(client: kube::Client, config: Config, shutdown: watch::Receiver<bool>) {
+    let catalog = loop {
+        match Catalog::discover(&client).await {
+            Ok(c) => break c,
+            Err(e) => {
+                tracing::warn!(error = %e, "discovering served kinds; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = wait_shutdown(shutdown.clone()) => return,
+                }
+            }
+        }
+    };
+    let live = LiveCache::start(&client, &catalog, shutdown.clone());
     let apps: Api<Application> = Api::all(client.clone());
     let mut events = watcher(apps, watcher::Config::default()).boxed();
-    let mut workers: HashMap<String, (ApplicationSpec, JoinHandle<()>)> = HashMap::new();
+    let mut workers: HashMap<String, (ApplicationSpec, watch::Sender<Application>, JoinHandle<()>)> = HashMap::new();
     let mut stop = shutdown.clone();
     loop {
         let event = tokio::select! {
@@ -39,7 +82,7 @@ pub async fn run(client: kube::Client, shutdown: watch::Receiver<bool>) {
         let app = match event {
             Ok(watcher::Event::Apply(app) | watcher::Event::InitApply(app)) => app,
             Ok(watcher::Event::Delete(app)) => {
-                if let Some((_, handle)) = workers.remove(&app_key(&app)) {
+                if let Some((_, _, handle)) = workers.remove(&sync::app_key(&app)) {
                     handle.abort();
                 }
                 continue;
@@ -54,167 +97,673 @@ pub async fn run(client: kube::Client, shutdown: watch::Receiver<bool>) {
         if app.metadata.name.is_none() {
             continue;
         }
-        let name = app_key(&app);
-        if workers
-            .get(&name)
-            .is_some_and(|(spec, handle)| *spec == app.spec && !handle.is_finished())
-        {
-            continue;
+        let key = sync::app_key(&app);
+        if let Some((spec, tx, handle)) = workers.get(&key) {
+            if *spec == app.spec && !handle.is_finished() {
+                // Same source: hand over the new object (an operation, a refresh).
+                let _ = tx.send(app);
+                continue;
+            }
         }
-        if let Some((_, old)) = workers.remove(&name) {
+        if let Some((_, _, old)) = workers.remove(&key) {
             old.abort();
         }
-        tracing::info!(object = %name, repo = %app.spec.repo_url, branch = %app.spec.target_revision, "following application");
-        let handle = tokio::spawn(follow(client.clone(), app.clone(), shutdown.clone()));
-        workers.insert(name, (app.spec, handle));
+        tracing::info!(object = %key, repo = %app.spec.source.repo_url, revision = %app.spec.source.target_revision, "following application");
+        let (tx, rx) = watch::channel(app.clone());
+        let handle = tokio::spawn(follow(
+            client.clone(),
+            config.clone(),
+            catalog.clone(),
+            live.clone(),
+            rx,
+            shutdown.clone(),
+        ));
+        workers.insert(key, (app.spec, tx, handle));
     }
-    for (_, (_, handle)) in workers {
+    for (_, (_, _, handle)) in workers {
         handle.abort();
     }
 }
 
-/// `namespace/name` of an Application: workers are keyed by it.
-fn app_key(app: &Application) -> String {
-    format!(
-        "{}/{}",
-        app.metadata.namespace.as_deref().unwrap_or_default(),
-        app.metadata.name.as_deref().unwrap_or_default()
-    )
+async fn wait_shutdown(mut shutdown: watch::Receiver<bool>) {
+    while !*shutdown.borrow() {
+        if shutdown.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
-/// Follows one Application's branch until shutdown.
-async fn follow(client: kube::Client, app: Application, mut shutdown: watch::Receiver<bool>) {
-    let name = app.metadata.name.clone().unwrap_or_default();
-    let repo = sync::repo_path(&app).to_path_buf();
-    let (tx, mut wake) = mpsc::channel(1);
-    // Kept alive for the worker's lifetime; without it, polling still works.
-    let _watcher = match source::git_dir(&repo)
-        .await
-        .and_then(|dir| source::watch_refs(&dir, tx))
-    {
-        Ok(w) => Some(w),
+/// Follows one Application until shutdown.
+async fn follow(
+    client: kube::Client,
+    config: Config,
+    catalog: Catalog,
+    live: LiveCache,
+    mut updates: watch::Receiver<Application>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let app = updates.borrow_and_update().clone();
+    let key = sync::app_key(&app);
+    let source = match Source::new(&app.spec.source.repo_url, &config.repos_dir) {
+        Ok(s) => s,
         Err(e) => {
-            tracing::warn!(object = %name, error = %e, "cannot watch the repository; polling only");
-            None
+            tracing::warn!(object = %key, error = %e, "cannot use the repository");
+            let mut w = Worker::new(client, app, None, catalog, live);
+            w.status.conditions = vec![condition("SourceError", &e.to_string())];
+            w.status.sync = SyncState {
+                status: "Unknown".into(),
+                message: Some(e.to_string()),
+            };
+            w.write_status().await;
+            return;
         }
     };
-    let namespace = app
-        .metadata
-        .namespace
-        .clone()
-        .unwrap_or_else(|| kairn_cluster::kinds::APP_NAMESPACE.to_string());
-    let mut worker = Worker {
-        api: Api::namespaced(client.clone(), &namespace),
-        client,
-        good: app.status.as_ref().and_then(|s| s.synced_revision.clone()),
-        app,
-        name,
-        last_attempt: None,
-        last_resync: Instant::now(),
-        last_error: None,
+    let (tx, mut wake) = mpsc::channel(1);
+    // Kept alive for the worker's lifetime; without it, polling still works.
+    let _watcher = if source.is_remote() {
+        None
+    } else {
+        match source::git_dir(source.path()).await.and_then(|dir| source::watch_refs(&dir, tx)) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(object = %key, error = %e, "cannot watch the repository; polling only");
+                None
+            }
+        }
     };
+    let mut changes = live.subscribe();
+    let name = sync::app_name(&app).to_string();
+    let mut worker = Worker::new(client, app, Some(source), catalog, live);
+    worker.live.ready().await;
+    worker.fetch_due = true;
     loop {
         worker.tick().await;
+        let poll = if worker.source.as_ref().is_some_and(Source::is_remote) {
+            worker.poll_interval()
+        } else {
+            source::POLL_INTERVAL
+        };
+        let settle = worker.settling_left();
         tokio::select! {
             _ = wake.recv() => {
                 // Let the rest of a multi-file ref update land before reading.
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 while wake.try_recv().is_ok() {}
             }
-            _ = tokio::time::sleep(source::POLL_INTERVAL) => {}
+            changed = changes.recv() => match changed {
+                Ok(app) if app != name => continue,
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                    // Coalesce a burst (a sync of thousands of objects) into one look.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    while changes.try_recv().is_ok() {}
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+            r = updates.changed() => {
+                if r.is_err() {
+                    return;
+                }
+                let app = updates.borrow_and_update().clone();
+                let old = annotation(&worker.app, REFRESH_ANNOTATION);
+                if annotation(&app, REFRESH_ANNOTATION) != old {
+                    worker.fetch_due = true;
+                }
+                worker.app = app;
+            }
+            _ = tokio::time::sleep(settle.unwrap_or(poll)) => {
+                if settle.is_none() {
+                    worker.fetch_due = true;
+                }
+            }
             _ = shutdown.changed() => return,
         }
     }
 }
 
+fn annotation(app: &Application, key: &str) -> Option<String> {
+    app.metadata.annotations.as_ref().and_then(|a| a.get(key)).cloned()
+}
+
+fn condition(type_: &str, message: &str) -> ApplicationCondition {
+    ApplicationCondition {
+        type_: type_.into(),
+        message: message.into(),
+        last_transition_time: kinds::now(),
+    }
+}
+
+/// One Application's state between wakes.
 struct Worker {
     client: kube::Client,
     api: Api<Application>,
     app: Application,
-    name: String,
-    /// The newest commit tried, successfully or not.
+    key: String,
+    source: Option<Source>,
+    catalog: Catalog,
+    live: LiveCache,
+    /// A fetch is due (poll tick, refresh annotation, start).
+    fetch_due: bool,
+    /// The newest commit an automated sync tried, successfully or not.
     last_attempt: Option<String>,
-    /// The last commit applied successfully.
-    good: Option<String>,
-    last_resync: Instant,
-    /// The last error written to status (not rewritten while unchanged).
-    last_error: Option<Vec<String>>,
+    /// The operation ids already run.
+    last_operation: Option<String>,
+    /// The commit the cluster is on.
+    synced: Option<String>,
+    /// When the last sync landed: the live cache may lag until [`SETTLE`] after it.
+    synced_at: Option<Instant>,
+    /// Rendered desired objects of one commit (rendering is the costly part of a look).
+    rendered: Option<(String, Result<Vec<(String, Value)>, Vec<String>>)>,
+    /// Who changed a drifted object, by object and resourceVersion (one audit query each).
+    drift_authors: HashMap<(String, String), String>,
+    /// The status as last written.
+    status: ApplicationStatus,
+    written: Option<Value>,
 }
 
 impl Worker {
-    async fn tick(&mut self) {
-        let head = match source::resolve(sync::repo_path(&self.app), &self.app.spec.target_revision).await {
-            Ok(head) => head,
-            Err(e) => {
-                tracing::warn!(object = %self.name, error = %e, "cannot read the branch");
-                self.record_error(None, vec![e.to_string()]).await;
-                return;
-            }
-        };
-        if self.last_attempt.as_deref() != Some(&head.sha) {
-            self.attempt(&head).await;
-        } else if self.last_resync.elapsed() >= RESYNC {
-            self.last_resync = Instant::now();
-            if self.good.as_deref() == Some(head.sha.as_str()) {
-                // Drift correction: re-apply the commit the cluster should be on.
-                if let Err(e) = sync::sync(&self.client, &self.app, &head).await {
-                    tracing::warn!(object = %self.name, commit = %head.sha, error = %e, "resync failed");
-                }
-            }
+    fn new(client: kube::Client, app: Application, source: Option<Source>, catalog: Catalog, live: LiveCache) -> Self {
+        let namespace = app
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| kinds::APP_NAMESPACE.to_string());
+        let status = app.status.clone().unwrap_or_default();
+        Worker {
+            api: Api::namespaced(client.clone(), &namespace),
+            client,
+            key: sync::app_key(&app),
+            synced: status.synced_revision.clone(),
+            last_attempt: status
+                .last_error
+                .as_ref()
+                .map(|e| e.revision.clone())
+                .or_else(|| status.synced_revision.clone()),
+            last_operation: status.operation_state.as_ref().map(|o| o.id.clone()),
+            status,
+            app,
+            source,
+            catalog,
+            live,
+            fetch_due: false,
+            synced_at: None,
+            rendered: None,
+            drift_authors: HashMap::new(),
+            written: None,
         }
     }
 
-    async fn attempt(&mut self, head: &source::CommitInfo) {
+    fn name(&self) -> &str {
+        sync::app_name(&self.app)
+    }
+
+    fn poll_interval(&self) -> Duration {
+        Duration::from_secs(
+            self.app
+                .spec
+                .source
+                .poll_interval_seconds
+                .map(u64::from)
+                .unwrap_or(DEFAULT_POLL)
+                .max(1),
+        )
+    }
+
+    /// Time left until the live cache has surely caught up with the last sync.
+    fn settling_left(&self) -> Option<Duration> {
+        let at = self.synced_at?;
+        SETTLE.checked_sub(at.elapsed()).filter(|d| !d.is_zero())
+    }
+
+    async fn tick(&mut self) {
+        let Some(source) = self.source.clone() else { return };
+        let mut conditions = Vec::new();
+        if self.fetch_due && source.is_remote() {
+            self.fetch_due = false;
+            if let Err(e) = source.fetch().await {
+                // The cluster stays on its last synced commit; the mirror keeps the last
+                // fetched state.
+                tracing::warn!(object = %self.key, error = %e, "fetching the repository");
+                conditions.push(condition("SourceError", &format!("fetching: {e}")));
+            }
+        }
+        let target = self.app.spec.source.target_revision.clone();
+        let head = match source.resolve(&target).await {
+            Ok(head) => head,
+            Err(e) => {
+                tracing::warn!(object = %self.key, error = %e, "cannot resolve the target revision");
+                conditions.push(condition("SourceError", &e.to_string()));
+                self.status.conditions = conditions;
+                self.status.sync = SyncState {
+                    status: "Unknown".into(),
+                    message: Some(e.to_string()),
+                };
+                self.write_status().await;
+                return;
+            }
+        };
+        self.status.target_revision = Some(head.sha.clone());
+
+        if let Some(op) = self.app.operation.clone().filter(|op| Some(&op.id) != self.last_operation.as_ref()) {
+            self.run_operation(&source, &op, &head).await;
+        } else if self.app.spec.sync_policy.automated && self.last_attempt.as_deref() != Some(&head.sha) {
+            self.sync(&source, &head, "auto-sync", "automated", self.app.spec.sync_policy.prune).await;
+        }
+        self.compare(&source, &head, conditions).await;
+        self.write_status().await;
+    }
+
+    /// Renders `commit` (once per commit).
+    async fn desired(&mut self, source: &Source, sha: &str) -> Result<Vec<(String, Value)>, SyncError> {
+        if let Some((cached, result)) = &self.rendered {
+            if cached == sha {
+                return result.clone().map_err(|m| {
+                    SyncError::Invalid(
+                        m.into_iter()
+                            .map(|message| crate::manifest::ManifestError {
+                                source_path: String::new(),
+                                object: String::new(),
+                                field: String::new(),
+                                message,
+                            })
+                            .collect(),
+                    )
+                });
+            }
+        }
+        let result = sync::desired(source, &self.app, &self.catalog, sha).await;
+        match &result {
+            Ok(objs) => self.rendered = Some((sha.to_string(), Ok(objs.clone()))),
+            Err(e) if e.is_rejection() => self.rendered = Some((sha.to_string(), Err(e.messages()))),
+            Err(_) => {}
+        }
+        result
+    }
+
+    /// Every managed object, from the live cache.
+    fn live_objects(&self) -> Vec<Value> {
+        // Objects of other Applications matter too: a claim on one is a conflict.
+        let mut all = Vec::new();
+        for obj in self.live.owned_by(self.name()) {
+            all.push(obj);
+        }
+        all
+    }
+
+    /// Plans `commit` against the cluster.
+    async fn plan(&mut self, source: &Source, sha: &str) -> Result<Plan, SyncError> {
+        let desired = self.desired(source, sha).await?;
+        let mut live = self.live_objects();
+        // Claims on objects owned elsewhere: look each desired object up.
+        for (_, obj) in &desired {
+            let s = |p: &str| obj.pointer(p).and_then(Value::as_str).unwrap_or_default();
+            let ns = obj.pointer("/metadata/namespace").and_then(Value::as_str);
+            if let Some(other) = self.live.get(s("/apiVersion"), s("/kind"), ns, s("/metadata/name")) {
+                let owner = other.pointer("/metadata/labels").and_then(|l| l.get(kinds::APP_LABEL));
+                if owner.and_then(Value::as_str) != Some(self.name()) {
+                    live.push(other);
+                }
+            }
+        }
+        sync::plan(&self.app, desired, &live)
+    }
+
+    /// Syncs `commit`; records history and status. Returns whether it landed.
+    async fn sync(&mut self, source: &Source, commit: &CommitInfo, operation: &str, by: &str, prune: bool) -> bool {
         let started = Instant::now();
-        match sync::sync(&self.client, &self.app, head).await {
+        let (ns, name) = self.key.split_once('/').map(|(a, b)| (a.to_string(), b.to_string())).unwrap_or_default();
+        let result = async {
+            let mut plan = self.plan(source, &commit.sha).await?;
+            if !prune {
+                plan.changes.retain(|c| c.action != Action::Prune);
+            }
+            let entry = history::entry(commit, &plan, operation, by);
+            let origin = BatchOrigin {
+                application: self.key.clone(),
+                commit: commit.sha.clone(),
+                history: Some(entry),
+            };
+            let revision = apply::apply(&self.client, &plan, false, Some(origin)).await?;
+            Ok::<_, SyncError>((plan, revision))
+        }
+        .await;
+        match result {
             Ok((plan, revision)) => {
                 let summary = plan.summary();
                 tracing::info!(
-                    object = %self.name, commit = %head.sha, author = %head.author, revision,
+                    object = %self.key, commit = %commit.sha, author = %commit.author, revision, operation,
                     created = summary.created, updated = summary.updated, pruned = summary.pruned,
                     unchanged = summary.unchanged, elapsed_ms = started.elapsed().as_millis() as u64,
                     "synced commit"
                 );
-                self.last_attempt = Some(head.sha.clone());
-                self.good = Some(head.sha.clone());
-                self.last_error = None;
-                let status = json!({"status": {
-                    "syncStatus": "Synced", "syncedRevision": head.sha, "pendingRevision": null,
-                    "lastSyncTime": kinds::now(), "lastPlan": summary, "lastError": null}});
-                self.patch_status(status).await;
+                self.last_attempt = Some(commit.sha.clone());
+                self.synced = Some(commit.sha.clone());
+                self.synced_at = Some(Instant::now());
+                self.status.synced_revision = Some(commit.sha.clone());
+                self.status.last_sync_time = Some(kinds::now());
+                self.status.last_plan = Some(summary);
+                self.status.last_error = None;
+                true
             }
             Err(e) if e.is_rejection() => {
-                tracing::warn!(object = %self.name, commit = %head.sha, error = %e, "commit rejected");
-                self.last_attempt = Some(head.sha.clone());
-                self.record_error(Some(&head.sha), e.messages()).await;
+                tracing::warn!(object = %self.key, commit = %commit.sha, error = %e, "commit rejected");
+                self.last_attempt = Some(commit.sha.clone());
+                let messages = e.messages();
+                let entry = history::failure(commit, operation, by, messages.clone());
+                if let Err(e) = history::record(&self.client, &ns, &name, &entry).await {
+                    tracing::warn!(object = %self.key, error = %e, "cannot record history");
+                }
+                self.status.last_error = Some(StatusError {
+                    revision: commit.sha.clone(),
+                    messages,
+                    time: kinds::now(),
+                });
+                false
             }
             Err(e) => {
-                // Transient (API down, concurrent change): retried on the next tick.
-                tracing::warn!(object = %self.name, commit = %head.sha, error = %e, "sync failed; will retry");
-                self.record_error(Some(&head.sha), e.messages()).await;
+                // Transient (API down, a concurrent change): retried on the next wake.
+                tracing::warn!(object = %self.key, commit = %commit.sha, error = %e, "sync failed; will retry");
+                if matches!(e, SyncError::Apply(ApplyError::Conflict(_))) {
+                    self.synced_at = Some(Instant::now());
+                }
+                false
             }
         }
     }
 
-    async fn record_error(&mut self, commit: Option<&str>, messages: Vec<String>) {
-        if self.last_error.as_ref() == Some(&messages) {
+    /// Runs a sync asked for by hand, then clears it from the Application.
+    async fn run_operation(&mut self, source: &Source, op: &kinds::Operation, head: &CommitInfo) {
+        let commit = match &op.revision {
+            Some(rev) if !rev.is_empty() => match source.resolve(rev).await {
+                Ok(c) => c,
+                Err(e) => {
+                    self.finish_operation(op, "Error", e.to_string(), None, None).await;
+                    return;
+                }
+            },
+            _ => head.clone(),
+        };
+        let by = if op.initiated_by.is_empty() { "unknown" } else { &op.initiated_by };
+        if op.dry_run {
+            let result = async {
+                let mut plan = self.plan(source, &commit.sha).await?;
+                if !(op.prune || self.app.spec.sync_policy.prune) {
+                    plan.changes.retain(|c| c.action != Action::Prune);
+                }
+                apply::apply(&self.client, &plan, true, None).await?;
+                Ok::<_, SyncError>(plan)
+            }
+            .await;
+            match result {
+                Ok(plan) => {
+                    let s = plan.summary();
+                    let message = format!("dry run: {} to create, {} to update, {} to prune", s.created, s.updated, s.pruned);
+                    self.finish_operation(op, "Succeeded", message, Some(&commit), Some(s)).await
+                }
+                Err(e) => self.finish_operation(op, "Failed", e.messages().join("; "), Some(&commit), None).await,
+            }
             return;
         }
-        self.last_error = Some(messages.clone());
-        let revision = commit.unwrap_or_default();
-        let status = json!({"status": {
-            "syncStatus": "OutOfSync", "pendingRevision": commit,
-            "lastError": {"revision": revision, "messages": messages, "time": kinds::now()}}});
-        self.patch_status(status).await;
-    }
-
-    async fn patch_status(&self, patch: serde_json::Value) {
-        if let Err(e) = self
-            .api
-            .patch_status(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-        {
-            tracing::warn!(object = %self.name, error = %e, "cannot update application status");
+        let prune = op.prune || self.app.spec.sync_policy.prune;
+        if self.sync(source, &commit, "sync", by, prune).await {
+            let summary = self.status.last_plan.clone();
+            let message = format!("synced {}", short(&commit.sha));
+            self.finish_operation(op, "Succeeded", message, Some(&commit), summary).await;
+        } else {
+            let message = self
+                .status
+                .last_error
+                .as_ref()
+                .filter(|e| e.revision == commit.sha)
+                .map(|e| e.messages.join("; "))
+                .unwrap_or_else(|| "the sync did not land; see the logs".into());
+            self.finish_operation(op, "Failed", message, Some(&commit), None).await;
         }
     }
+
+    async fn finish_operation(
+        &mut self,
+        op: &kinds::Operation,
+        phase: &str,
+        message: String,
+        commit: Option<&CommitInfo>,
+        summary: Option<PlanSummary>,
+    ) {
+        tracing::info!(object = %self.key, operation = %op.id, phase, message = %message, "operation finished");
+        self.last_operation = Some(op.id.clone());
+        self.status.operation_state = Some(OperationState {
+            id: op.id.clone(),
+            phase: phase.into(),
+            message,
+            revision: commit.map(|c| c.sha.clone()),
+            summary,
+            finished_at: Some(kinds::now()),
+        });
+        // Status first (a waiting `kairn sync` reads it), then the request goes.
+        self.write_status().await;
+        let clear = json!({"operation": null});
+        if let Err(e) = self
+            .api
+            .patch(self.name(), &PatchParams::default(), &Patch::Merge(&clear))
+            .await
+        {
+            tracing::warn!(object = %self.key, error = %e, "cannot clear the operation");
+        }
+    }
+
+    /// Compares the target revision with the cluster: sync state, drift (healed when
+    /// asked), health and the per-object entries.
+    async fn compare(&mut self, source: &Source, head: &CommitInfo, mut conditions: Vec<ApplicationCondition>) {
+        let settling = self.settling_left().is_some();
+        let plan = match self.plan(source, &head.sha).await {
+            Ok(plan) => plan,
+            Err(e) => {
+                let messages = e.messages();
+                if e.is_rejection() {
+                    self.status.sync = SyncState {
+                        status: "Failed".into(),
+                        message: Some(format!("commit {} is rejected: {}", short(&head.sha), messages.join("; "))),
+                    };
+                    if self.status.last_error.as_ref().is_none_or(|err| err.revision != head.sha) {
+                        self.status.last_error = Some(StatusError {
+                            revision: head.sha.clone(),
+                            messages,
+                            time: kinds::now(),
+                        });
+                    }
+                } else {
+                    conditions.push(condition("ComparisonError", &e.to_string()));
+                }
+                self.status.conditions = conditions;
+                return;
+            }
+        };
+        let on_head = self.synced.as_deref() == Some(head.sha.as_str());
+        let policy = self.app.spec.sync_policy.clone();
+        let drifted: Vec<&crate::plan::Change> = plan
+            .changes
+            .iter()
+            .filter(|c| c.action != Action::Unchanged)
+            .filter(|c| policy.prune || c.action != Action::Prune)
+            .collect();
+        // Drift: the cluster was on this commit, and something changed since.
+        if on_head && !drifted.is_empty() && !settling && policy.automated && policy.self_heal {
+            tracing::info!(object = %self.key, commit = %head.sha, objects = drifted.len(), "drift: putting back what Git says");
+            let mut heal = plan.clone();
+            if !policy.prune {
+                heal.changes.retain(|c| c.action != Action::Prune);
+            }
+            for c in heal.changes.iter().filter(|c| c.action != Action::Unchanged) {
+                let who = self.drift_author(c).await;
+                tracing::info!(object = %c.object, app = %self.key, changed_by = %who, "drift event");
+            }
+            self.sync(source, head, "self-heal", "automated", policy.prune).await;
+            // Look again once the cache has the result.
+            self.status.conditions = conditions;
+            return;
+        }
+        let mut resources = Vec::new();
+        let mut healths = Vec::new();
+        let mut out_of_sync = 0;
+        for change in &plan.changes {
+            let obj = change.live.as_ref().or(change.desired.as_ref()).cloned().unwrap_or(Value::Null);
+            let s = |p: &str| obj.pointer(p).and_then(Value::as_str).unwrap_or_default().to_string();
+            let (status, mut message) = match change.action {
+                Action::Unchanged => ("Synced", None),
+                Action::Create => ("OutOfSync", Some("in Git, not in the cluster".to_string())),
+                Action::Prune if !policy.prune => ("OutOfSync", Some("no longer in Git; pruning is off".to_string())),
+                Action::Prune => ("OutOfSync", Some("no longer in Git; will be pruned".to_string())),
+                Action::Update if on_head => {
+                    let who = self.drift_author(change).await;
+                    ("OutOfSync", Some(format!("changed outside Git by {who}")))
+                }
+                Action::Update => ("OutOfSync", Some("differs from the target revision".to_string())),
+            };
+            if change.action != Action::Unchanged {
+                out_of_sync += 1;
+            }
+            let health = match (&change.live, change.action) {
+                (None, _) => Some((Health::Missing, None)),
+                (Some(_), Action::Prune) => None,
+                (Some(live), _) => health::assess(live, &|ns, sel| self.live.pods(ns, sel)),
+            };
+            if let Some((h, why)) = &health {
+                healths.push(*h);
+                if *h != Health::Healthy && message.is_none() {
+                    message = why.clone();
+                }
+            }
+            if resources.len() < MAX_RESOURCE_ENTRIES {
+                resources.push(ResourceStatus {
+                    api_version: s("/apiVersion"),
+                    kind: s("/kind"),
+                    namespace: obj.pointer("/metadata/namespace").and_then(Value::as_str).map(String::from),
+                    name: s("/metadata/name"),
+                    status: status.into(),
+                    health: health.map(|(h, _)| h.as_str().to_string()),
+                    message,
+                    diff: (change.action == Action::Update).then(|| change.diff.clone()),
+                });
+            }
+        }
+        let sync_state = if self.status.last_error.as_ref().is_some_and(|e| e.revision == head.sha) {
+            let e = self.status.last_error.as_ref().map(|e| e.messages.join("; ")).unwrap_or_default();
+            SyncState {
+                status: "Failed".into(),
+                message: Some(format!("commit {} is rejected: {e}", short(&head.sha))),
+            }
+        } else if out_of_sync == 0 && on_head {
+            SyncState {
+                status: "Synced".into(),
+                message: None,
+            }
+        } else if settling {
+            SyncState {
+                status: "Synced".into(),
+                message: Some("settling after the sync".into()),
+            }
+        } else {
+            let why = if on_head {
+                format!("{out_of_sync} object(s) differ from Git")
+            } else {
+                format!("revision {} is not applied", short(&head.sha))
+            };
+            SyncState {
+                status: "OutOfSync".into(),
+                message: Some(why),
+            }
+        };
+        let overall = health::overall(healths.iter().copied());
+        let unhealthy = resources
+            .iter()
+            .filter(|r| r.health.as_deref().is_some_and(|h| h != "Healthy"))
+            .map(|r| format!("{} {}: {}", r.kind, r.name, r.message.clone().unwrap_or_default()))
+            .take(3)
+            .collect::<Vec<_>>();
+        self.status.health = HealthState {
+            status: overall.as_str().into(),
+            message: (overall != Health::Healthy).then(|| unhealthy.join("; ")),
+        };
+        if plan.changes.len() > MAX_RESOURCE_ENTRIES {
+            conditions.push(condition(
+                "ResourcesTruncated",
+                &format!("{} objects; status lists the first {MAX_RESOURCE_ENTRIES}", plan.changes.len()),
+            ));
+        }
+        self.status.sync = sync_state;
+        self.status.resources = resources;
+        self.status.conditions = conditions;
+    }
+
+    /// Who last changed a drifted object, from the audit trail (one query per version).
+    async fn drift_author(&mut self, change: &crate::plan::Change) -> String {
+        let Some(live) = &change.live else { return "unknown".into() };
+        let rv = live.pointer("/metadata/resourceVersion").and_then(Value::as_str).unwrap_or_default().to_string();
+        let key = (change.object.clone(), rv);
+        if let Some(who) = self.drift_authors.get(&key) {
+            return who.clone();
+        }
+        let s = |p: &str| live.pointer(p).and_then(Value::as_str).unwrap_or_default();
+        let query = {
+            let mut query = form_urlencoded::Serializer::new(String::new());
+            query.append_pair("kind", s("/kind")).append_pair("name", s("/metadata/name")).append_pair("limit", "1");
+            if let Some(ns) = live.pointer("/metadata/namespace").and_then(Value::as_str) {
+                query.append_pair("namespace", ns);
+            }
+            query.finish()
+        };
+        let who = match history::audit(&self.client, &query).await {
+            Ok(records) => records
+                .first()
+                .map(|r| format!("{} ({} at {})", r.user, r.verb, r.time))
+                .unwrap_or_else(|| "unknown".into()),
+            Err(e) => {
+                tracing::debug!(error = %e, "reading the audit trail");
+                "unknown".into()
+            }
+        };
+        self.drift_authors.insert(key, who.clone());
+        who
+    }
+
+    /// Writes status when it changed.
+    async fn write_status(&mut self) {
+        let value = match serde_json::to_value(&self.status) {
+            Ok(v) => v,
+            Err(_) => return,
+        };
+        if self.written.as_ref() == Some(&value) {
+            return;
+        }
+        // A merge patch keeps keys it does not name: name the absent ones as null.
+        let mut patched = value.clone();
+        for key in [
+            "syncedRevision",
+            "targetRevision",
+            "lastSyncTime",
+            "lastPlan",
+            "lastError",
+            "resources",
+            "conditions",
+            "operationState",
+        ] {
+            if patched.get(key).is_none() {
+                patched[key] = Value::Null;
+            }
+        }
+        for key in ["sync", "health"] {
+            if patched[key].get("message").is_none() {
+                patched[key]["message"] = Value::Null;
+            }
+        }
+        let patch = json!({"status": patched});
+        let params = PatchParams::default();
+        match self.api.patch_status(self.name(), &params, &Patch::Merge(&patch)).await {
+            Ok(_) => self.written = Some(value),
+            Err(e) => tracing::warn!(object = %self.key, error = %e, "cannot update application status"),
+        }
+    }
+}
+
+fn short(sha: &str) -> &str {
+    &sha[..12.min(sha.len())]
 }

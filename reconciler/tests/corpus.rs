@@ -133,7 +133,7 @@ async fn real_world_manifests_apply_cleanly_or_are_refused_by_name() {
                 m.object["apiVersion"].as_str().unwrap_or("?"),
                 m.object["kind"].as_str().unwrap_or("?")
             );
-            let desired = match plan::desired_objects(vec![m], &catalog, &app, "corpus") {
+            let desired = match plan::desired_objects(vec![m], &catalog, &app, "corpus", "default") {
                 Ok(desired) => desired,
                 Err(errors) => {
                     refused += 1;
@@ -148,10 +148,10 @@ async fn real_world_manifests_apply_cleanly_or_are_refused_by_name() {
                 }
             };
             ensure_namespace(&client, &desired[0].1).await;
-            let live = plan::live_objects(&client, &catalog, &app).await.unwrap();
+            let live = owned(plan::live_objects(&client, &catalog).await.unwrap(), &app);
             let first = plan::compute(desired.clone(), live);
             let expected_invalid = INVALID.iter().find(|(doc, _)| *doc == source);
-            match (apply::apply(&client, &first, false).await, expected_invalid) {
+            match (apply::apply(&client, &first, false, None).await, expected_invalid) {
                 (Err(e), Some((_, field))) => {
                     invalid += 1;
                     if !e.to_string().contains(&format!("{source}: {kind} ")) || !e.to_string().contains(field) {
@@ -168,7 +168,7 @@ async fn real_world_manifests_apply_cleanly_or_are_refused_by_name() {
                 (Ok(_), Some((_, field))) => failures.push(format!("{source} applied despite its invalid {field}")),
                 (Ok(_), None) => {}
             }
-            let live = plan::live_objects(&client, &catalog, &app).await.unwrap();
+            let live = owned(plan::live_objects(&client, &catalog).await.unwrap(), &app);
             let again = plan::compute(desired, live);
             for change in again.changes.iter().filter(|c| c.action != Action::Unchanged) {
                 failures.push(format!(
@@ -177,9 +177,9 @@ async fn real_world_manifests_apply_cleanly_or_are_refused_by_name() {
                 ));
             }
             // Prune it again, so that documents reusing a name in another file do not collide.
-            let live = plan::live_objects(&client, &catalog, &app).await.unwrap();
+            let live = owned(plan::live_objects(&client, &catalog).await.unwrap(), &app);
             let cleanup = plan::compute(vec![], live);
-            if let Err(e) = apply::apply(&client, &cleanup, false).await {
+            if let Err(e) = apply::apply(&client, &cleanup, false, None).await {
                 failures.push(format!("{source} ({kind}) could not be pruned: {e}"));
             }
             applied += 1;
@@ -202,4 +202,11 @@ async fn real_world_manifests_apply_cleanly_or_are_refused_by_name() {
         INVALID.len(),
         "every known-invalid document was seen and refused"
     );
+}
+
+/// The live objects `app` owns, of all managed ones.
+fn owned(live: Vec<serde_json::Value>, app: &str) -> Vec<serde_json::Value> {
+    live.into_iter()
+        .filter(|o| o.pointer("/metadata/labels").and_then(|l| l.get(kairn_cluster::kinds::APP_LABEL)).and_then(|v| v.as_str()) == Some(app))
+        .collect()
 }

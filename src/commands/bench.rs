@@ -189,6 +189,7 @@ async fn populate(client: &kube::Client, ns: &str, count: usize) -> anyhow::Resu
         let batch = Batch {
             operations,
             dry_run: false,
+            origin: None,
         };
         let req = kube::core::Request::new("/apis/kairn.dev/v1/batches")
             .create(&PostParams::default(), serde_json::to_vec(&batch)?)

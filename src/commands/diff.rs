@@ -1,13 +1,17 @@
-//! `kairn diff`: what syncing a revision would change, per object, as a unified YAML
-//! diff. Exits 1 when there are differences, like diff(1).
+//! `kairn diff`: what syncing a revision (or a working tree) would change, per object,
+//! as a unified YAML diff after the server's own defaulting and admission. Exits 0 when
+//! nothing would change, 1 when something would, 2 on an error, like diff(1).
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use kairn_reconciler::plan::Action;
-use kairn_reconciler::{source, sync};
+use kairn_reconciler::source::Source;
+use kairn_reconciler::sync;
+use serde_json::json;
 
-use crate::client::ClientArgs;
+use crate::client::{ClientArgs, Output};
 
 /// `kairn diff` arguments.
 #[derive(Debug, clap::Args)]
@@ -15,14 +19,22 @@ pub struct DiffArgs {
     #[command(flatten)]
     pub client: ClientArgs,
     /// Only this Application (default: every Application).
-    #[arg(long)]
     pub app: Option<String>,
-    /// Branch or commit to compare with the cluster (default: the followed branch's tip).
-    #[arg(long)]
+    /// Only this Application (the older spelling of the positional argument).
+    #[arg(long = "app", conflicts_with = "app")]
+    pub app_flag: Option<String>,
+    /// Branch, tag or commit to compare with the cluster (default: the target revision).
+    #[arg(long, conflicts_with = "local")]
     pub revision: Option<String>,
+    /// A working tree of the Application's repository, uncommitted changes included.
+    #[arg(long)]
+    pub local: Option<PathBuf>,
+    /// Where remote repositories are mirrored.
+    #[arg(long, default_value = ".kairn/repos")]
+    pub repos_dir: PathBuf,
 }
 
-fn paint(line: &str, color: bool) -> String {
+pub(crate) fn paint(line: &str, color: bool) -> String {
     if !color {
         return line.to_string();
     }
@@ -40,52 +52,82 @@ fn paint(line: &str, color: bool) -> String {
 /// Runs `kairn diff`.
 pub async fn run(args: DiffArgs) -> anyhow::Result<ExitCode> {
     let client = args.client.connect().await?;
-    let apps = super::applications(&client, args.client.namespace.as_deref(), args.app.as_deref()).await?;
+    let wanted = args.app.as_deref().or(args.app_flag.as_deref());
+    let apps = super::applications(&client, args.client.namespace.as_deref(), wanted).await?;
     let color = args.client.color();
+    let json_out = matches!(args.client.output, Output::Json);
     let mut differences = false;
     let mut failed = false;
+    let mut reports = Vec::new();
     for app in &apps {
-        let name = app.metadata.name.as_deref().unwrap_or_default();
-        let revision = args
-            .revision
-            .clone()
-            .unwrap_or_else(|| app.spec.target_revision.clone());
-        let commit = source::resolve(sync::repo_path(app), &revision)
-            .await
-            .with_context(|| format!("application {name}: resolving {revision}"))?;
-        let plan = match sync::review(&client, app, &commit.sha).await {
+        let key = sync::app_key(app);
+        let (tree, label) = match &args.local {
+            Some(dir) => {
+                let tree = sync::working_tree(dir).with_context(|| format!("reading {}", dir.display()))?;
+                (tree, format!("working tree {}", dir.display()))
+            }
+            None => {
+                let source = Source::new(&app.spec.source.repo_url, &args.repos_dir)
+                    .with_context(|| format!("application {key}: repository"))?;
+                source.fetch().await.with_context(|| format!("application {key}: fetching"))?;
+                let revision = args
+                    .revision
+                    .clone()
+                    .unwrap_or_else(|| app.spec.source.target_revision.clone());
+                let commit = source
+                    .resolve(&revision)
+                    .await
+                    .with_context(|| format!("application {key}: resolving {revision}"))?;
+                let tree = source
+                    .read_tree(&commit.sha)
+                    .await
+                    .with_context(|| format!("application {key}: reading {}", commit.sha))?;
+                (tree, commit.sha)
+            }
+        };
+        let commit_label = if args.local.is_some() { "working-tree" } else { label.as_str() };
+        let plan = match sync::review(&client, app, tree, commit_label).await {
             Ok(plan) => plan,
             Err(e) => {
-                for m in e.messages() {
-                    eprintln!("error: {m}");
+                if json_out {
+                    reports.push(json!({"application": key, "revision": label, "errors": e.messages()}));
+                } else {
+                    for m in e.messages() {
+                        eprintln!("error: {m}");
+                    }
                 }
                 failed = true;
                 continue;
             }
         };
+        differences |= plan.has_changes();
+        if json_out {
+            let mut report = plan.to_json();
+            report["application"] = json!(key);
+            report["revision"] = json!(label);
+            report["errors"] = json!([]);
+            reports.push(report);
+            continue;
+        }
         for change in plan.changes.iter().filter(|c| c.action != Action::Unchanged) {
-            differences = true;
-            let verb = match change.action {
-                Action::Create => "create",
-                Action::Update => "update",
-                Action::Prune => "prune",
-                Action::Unchanged => "unchanged",
-            };
             let from = change.source.as_deref().map(|s| format!(" ({s})")).unwrap_or_default();
-            println!("{}", paint(&format!("=== {verb} {}{from}", change.object), color));
+            println!(
+                "{}",
+                paint(&format!("=== {} {}{from}", change.action.as_str(), change.object), color)
+            );
             for line in change.diff.lines() {
                 println!("{}", paint(line, color));
             }
         }
         let s = plan.summary();
+        let at = if args.local.is_some() { label.clone() } else { label[..12.min(label.len())].to_string() };
         eprintln!(
-            "{name} @ {}: {} to create, {} to update, {} to prune, {} unchanged",
-            &commit.sha[..12.min(commit.sha.len())],
-            s.created,
-            s.updated,
-            s.pruned,
-            s.unchanged
+            "{key} @ {at}: {} to create, {} to update, {} to prune, {} unchanged",
+            s.created, s.updated, s.pruned, s.unchanged
         );
+    }
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(&json!({"applications": reports}))?);
     }
     Ok(if failed {
         ExitCode::from(2)

@@ -1,11 +1,14 @@
 //! One module per `kairn` verb.
 
 pub mod agent;
+pub mod audit;
 pub mod bench;
 pub mod diff;
 pub mod get;
+pub mod history;
 pub mod server;
 pub mod status;
+pub mod sync;
 pub mod up;
 
 use anyhow::Context;

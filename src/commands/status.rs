@@ -1,5 +1,5 @@
-//! `kairn status`: per Application, the commit the cluster is on, the commit waiting,
-//! and why it waits.
+//! `kairn status`: per Application, its source, sync and health, the commit the cluster
+//! is on, what is out of sync and why (with who changed it), and the last rejection.
 
 use std::process::ExitCode;
 
@@ -14,8 +14,16 @@ pub struct StatusArgs {
     pub app: Option<String>,
 }
 
-fn short(sha: Option<&str>) -> String {
+pub(crate) fn short(sha: Option<&str>) -> String {
     sha.map(|s| s.chars().take(12).collect()).unwrap_or_else(|| "-".into())
+}
+
+fn or_unknown(s: &str) -> &str {
+    if s.is_empty() {
+        "Unknown"
+    } else {
+        s
+    }
 }
 
 /// Runs `kairn status`.
@@ -33,20 +41,25 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
             for app in &apps {
                 let name = app.metadata.name.as_deref().unwrap_or_default();
                 let status = app.status.clone().unwrap_or_default();
+                let src = &app.spec.source;
+                let policy = &app.spec.sync_policy;
                 println!("application: {name}");
                 println!(
-                    "  source:    {} (branch {}, path {})",
-                    app.spec.repo_url, app.spec.target_revision, app.spec.path
+                    "  source:    {} (revision {}, path {})",
+                    src.repo_url,
+                    src.target_revision,
+                    if src.path.is_empty() { "." } else { &src.path }
                 );
                 println!(
-                    "  sync:      {}",
-                    if status.sync_status.is_empty() {
-                        "Unknown"
-                    } else {
-                        &status.sync_status
-                    }
+                    "  policy:    automated={} prune={} selfHeal={}",
+                    policy.automated, policy.prune, policy.self_heal
                 );
+                let why = status.sync.message.as_deref().map(|m| format!(" ({m})")).unwrap_or_default();
+                println!("  sync:      {}{why}", or_unknown(&status.sync.status));
+                let why = status.health.message.as_deref().map(|m| format!(" ({m})")).unwrap_or_default();
+                println!("  health:    {}{why}", or_unknown(&status.health.status));
                 println!("  synced:    {}", short(status.synced_revision.as_deref()));
+                println!("  target:    {}", short(status.target_revision.as_deref()));
                 if let Some(t) = &status.last_sync_time {
                     println!("  last sync: {t}");
                 }
@@ -56,7 +69,27 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
                         p.created, p.updated, p.pruned, p.unchanged
                     );
                 }
-                println!("  pending:   {}", short(status.pending_revision.as_deref()));
+                for c in &status.conditions {
+                    println!("  condition: {}: {} (since {})", c.type_, c.message, c.last_transition_time);
+                }
+                let off: Vec<_> = status.resources.iter().filter(|r| r.status != "Synced").collect();
+                for r in &off {
+                    let ns = r.namespace.as_deref().map(|n| format!("{n}/")).unwrap_or_default();
+                    println!(
+                        "  out of sync: {} {ns}{}: {}",
+                        r.kind,
+                        r.name,
+                        r.message.as_deref().unwrap_or_default()
+                    );
+                    if matches!(args.client.output, Output::Wide) {
+                        for line in r.diff.as_deref().unwrap_or_default().lines() {
+                            println!("      {line}");
+                        }
+                    }
+                }
+                if let Some(op) = &status.operation_state {
+                    println!("  last operation {}: {} {}", op.id, op.phase, op.message);
+                }
                 if let Some(err) = &status.last_error {
                     println!("  last error (commit {}, {}):", short(Some(&err.revision)), err.time);
                     for m in &err.messages {

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use kairn_cluster::kinds::{Application, ApplicationSpec};
+use kairn_cluster::kinds::{Application, ApplicationSource, ApplicationSpec, SyncPolicy};
 use kairn_node::runtime::process::ProcessRuntime;
 use kairn_node::AgentConfig;
 use kairn_reconciler::source;
@@ -22,10 +22,11 @@ use crate::{examples, shutdown};
 pub struct UpArgs {
     #[command(flatten)]
     pub control_plane: ControlPlaneArgs,
-    /// Git repository to follow (default: `<data-dir>/repo`, created from the examples).
+    /// Git repository to follow: a local path or a `file://`, `http(s)://`, `ssh://` or
+    /// `git://` URL (default: `<data-dir>/repo`, created from the examples).
     #[arg(long)]
-    pub repo: Option<PathBuf>,
-    /// Branch to follow (default: the repository's HEAD branch).
+    pub repo: Option<String>,
+    /// Branch, tag or commit to follow (default: the repository's HEAD branch).
     #[arg(long)]
     pub branch: Option<String>,
     /// Directory inside the repository holding the manifests.
@@ -91,12 +92,17 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         .context("resolving the data directory")?;
 
     let (repo, default_app) = match &args.repo {
+        Some(url) if url.contains("://") && !url.starts_with("file://") => {
+            let name = app_name(Path::new(url.trim_end_matches('/').trim_end_matches(".git")));
+            (url.clone(), name)
+        }
         Some(repo) => {
-            let repo = repo
+            let path = PathBuf::from(repo.strip_prefix("file://").unwrap_or(repo));
+            let repo = path
                 .canonicalize()
-                .with_context(|| format!("repository {}", repo.display()))?;
+                .with_context(|| format!("repository {}", path.display()))?;
             let name = app_name(&repo);
-            (repo, name)
+            (repo.display().to_string(), name)
         }
         None => {
             let repo = data_dir.join("repo");
@@ -106,21 +112,31 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
                     .with_context(|| format!("creating the example repository {}", repo.display()))?;
                 tracing::info!(repo = %repo.display(), "created the example repository");
             }
-            (repo, "examples".to_string())
+            (repo.display().to_string(), "examples".to_string())
         }
     };
     let branch = match &args.branch {
         Some(b) => b.clone(),
-        None => source::default_branch(&repo)
+        None if repo.contains("://") => "HEAD".to_string(),
+        None => source::default_branch(Path::new(&repo))
             .await
-            .with_context(|| format!("reading {}", repo.display()))?,
+            .with_context(|| format!("reading {repo}"))?,
     };
     let app = args.app.clone().unwrap_or(default_app);
+    // What `kairn up` promises: every commit applied, removals pruned, drift undone.
     let spec = ApplicationSpec {
-        repo_url: repo.display().to_string(),
-        target_revision: branch.clone(),
-        path: args.path.clone(),
-        prune: true,
+        source: ApplicationSource {
+            repo_url: repo.clone(),
+            target_revision: branch.clone(),
+            path: args.path.clone(),
+            poll_interval_seconds: None,
+        },
+        sync_policy: SyncPolicy {
+            automated: true,
+            prune: true,
+            self_heal: true,
+        },
+        ..Default::default()
     };
     ensure_application(&cp.client, &app, spec).await?;
 
@@ -141,8 +157,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     println!("  API:         {}", cp.api_url);
     println!("  kubeconfig:  {}   (export KUBECONFIG={0})", cp.kubeconfig.display());
     println!(
-        "  repository:  {} (branch {branch}, path {})",
-        repo.display(),
+        "  repository:  {repo} (revision {branch}, path {})",
         args.path
     );
     println!("  application: {app}");

@@ -10,7 +10,9 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::admission::{self, object_name, FieldValidation};
+use super::audit::Provenance;
 use super::auth::UserInfo;
+use super::history;
 use super::error::{ApiError, Cause};
 use super::objects::{self, with_revision};
 use super::patch;
@@ -77,7 +79,13 @@ pub async fn apply(
     manager: &str,
     user: &Arc<UserInfo>,
 ) -> Result<BatchResult, ApiError> {
-    let mut set = WriteSet::new(user);
+    let mut set = WriteSet::new(user, "batch/create");
+    if let Some(origin) = &batch.origin {
+        set.from_git(Provenance {
+            application: origin.application.clone(),
+            commit: origin.commit.clone(),
+        });
+    }
     let mut objects = Vec::with_capacity(batch.operations.len());
     let mut keys = HashSet::new();
     let mut new_namespaces = HashSet::new();
@@ -104,6 +112,11 @@ pub async fn apply(
                 .map_err(|_| ApiError::BadRequest(format!("operations[{i}]: bad resourceVersion {rv}")))
         });
         let pinned = pinned.transpose()?;
+        set.set_verb(match op.op {
+            BatchVerb::Create => "batch/create",
+            BatchVerb::Update => "batch/update",
+            BatchVerb::Delete => "batch/delete",
+        });
         match op.op {
             BatchVerb::Create => {
                 let submitted = op.object.clone();
@@ -169,6 +182,10 @@ pub async fn apply(
     }
     if batch.dry_run {
         return Ok(BatchResult { revision: 0, objects });
+    }
+    if let Some(entry) = batch.origin.as_ref().and_then(|o| o.history.as_ref().map(|h| (o, h))) {
+        let (origin, entry) = entry;
+        history::record(state, &mut set, &origin.application, entry).await?;
     }
     let revision = set.commit(state).await?;
     tracing::info!(revision, objects = objects.len(), "batch committed");

@@ -6,11 +6,13 @@
 //! watch caches (`cache`); every write goes through `admission` and `write`.
 
 mod admission;
+pub mod audit;
 pub mod auth;
 mod batch;
 pub mod cache;
 mod discovery;
 mod error;
+pub mod history;
 mod logs;
 mod objects;
 mod openapi;
@@ -66,6 +68,7 @@ impl AppState {
     /// `shutdown` turns true.
     pub fn new(store: Store, shutdown: tokio::sync::watch::Receiver<bool>) -> Self {
         let caches = cache::Caches::start(&store, shutdown.clone());
+        tokio::spawn(audit::retain(store.clone(), shutdown.clone()));
         AppState {
             store,
             caches,
@@ -99,6 +102,11 @@ pub fn router(state: AppState, auth: Arc<Authenticator>) -> Router {
         .route(
             "/apis/kairn.dev/v1/batches",
             post(batch_handler).layer(DefaultBodyLimit::max(MAX_BATCH_BODY)),
+        )
+        .route("/apis/kairn.dev/v1/auditrecords", get(audit_handler))
+        .route(
+            "/apis/kairn.dev/v1/namespaces/{ns}/applications/{name}/history",
+            get(history_list_handler).post(history_append_handler),
         )
         .route("/apis/{group}/{version}/{*rest}", any(group_handler))
         .fallback(|| async {
@@ -224,6 +232,39 @@ async fn batch_handler(
     };
     match result.await {
         Ok(result) => (StatusCode::CREATED, Json(result)).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `GET /apis/kairn.dev/v1/auditrecords`: `kairn audit`.
+async fn audit_handler(State(state): State<AppState>, Query(params): Query<HashMap<String, String>>) -> Response {
+    match audit::serve(&state, &params).await {
+        Ok(list) => Json(list).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `GET .../applications/{name}/history`: `kairn history`.
+async fn history_list_handler(State(state): State<AppState>, Path((ns, name)): Path<(String, String)>) -> Response {
+    match history::serve_list(&state, &ns, &name).await {
+        Ok(list) => Json(list).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `POST .../applications/{name}/history`: a sync recorded without a batch.
+async fn history_append_handler(
+    State(state): State<AppState>,
+    Extension(user): Extension<Arc<UserInfo>>,
+    Path((ns, name)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let result = async {
+        let body = body_or_error(body, MAX_OBJECT_BODY)?;
+        history::serve_append(&state, &user, &ns, &name, &body).await
+    };
+    match result.await {
+        Ok(entry) => (StatusCode::CREATED, Json(entry)).into_response(),
         Err(e) => e.into_response(),
     }
 }

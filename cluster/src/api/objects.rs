@@ -223,11 +223,20 @@ impl Request {
     /// Write options from the query parameters and the user.
     pub fn write_options(&self) -> Result<WriteOptions, ApiError> {
         let manager = Some(patch::field_manager(&self.params, &self.headers, "UpdateOptions")?);
+        let verb = match self.method {
+            Method::POST => "create",
+            Method::PUT => "update",
+            Method::PATCH if self.content_type() == "application/apply-patch+yaml" => "apply",
+            Method::PATCH => "patch",
+            Method::DELETE => "delete",
+            _ => "write",
+        };
         Ok(WriteOptions {
             dry_run: self.params.get("dryRun").is_some_and(|d| d == "All"),
             fields: FieldValidation::from_param(self.params.get("fieldValidation").map(String::as_str))?,
             manager,
             user: self.user.clone(),
+            verb: verb.to_string(),
         })
     }
 }
@@ -334,6 +343,8 @@ pub struct WriteOptions {
     pub manager: Option<String>,
     /// Who writes.
     pub user: Arc<UserInfo>,
+    /// The request's verb, as the audit trail records it.
+    pub verb: String,
 }
 
 impl WriteOptions {
@@ -348,6 +359,7 @@ impl WriteOptions {
                 uid: String::new(),
                 groups: vec!["system:masters".into()],
             }),
+            verb: "create".into(),
         }
     }
 }
@@ -514,7 +526,7 @@ pub async fn create(state: &AppState, target: &Target, obj: Value, opts: &WriteO
     if opts.dry_run {
         return Ok(admitted);
     }
-    admitted.object = write::create(state, target.res, admitted.object, &opts.user).await?;
+    admitted.object = write::create(state, target.res, admitted.object, &opts.user, &opts.verb).await?;
     tracing::debug!(object = %format!("{}/{name}", target.res.plural), user = %opts.user.name, manager = ?opts.manager, "created");
     Ok(admitted)
 }
@@ -563,7 +575,12 @@ pub async fn update(
             return Ok(admitted);
         }
         // (The store copy drops the resourceVersion; the write sets the new one.)
-        match write::update(state, target.res, rev, &live, admitted.object.clone(), &opts.user).await {
+        let verb = match mode {
+            Mode::Main => opts.verb.clone(),
+            Mode::Status => format!("{}/status", opts.verb),
+            Mode::Finalize => format!("{}/finalize", opts.verb),
+        };
+        match write::update(state, target.res, rev, &live, admitted.object.clone(), &opts.user, &verb).await {
             Ok((obj, outcome)) => {
                 if outcome == Outcome::Deleted {
                     tracing::debug!(object = %format!("{}/{}", target.res.plural, target.name()), "finalized and deleted");
@@ -802,7 +819,7 @@ pub async fn delete(
         if res.kind == "Namespace" {
             marked["status"] = json!({"phase": "Terminating"});
         }
-        let mut set = WriteSet::new(user);
+        let mut set = WriteSet::new(user, "delete");
         let key = target.key();
         let gone = if write::deletion_complete(&marked) {
             set.delete(res, key, rev, &live);

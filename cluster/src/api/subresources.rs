@@ -133,7 +133,7 @@ pub async fn bind(state: &AppState, target: &Target, req: &Request) -> Result<Re
             .collect();
         conds.push(json!({"type": "PodScheduled", "status": "True", "lastTransitionTime": crate::kinds::now()}));
         pod["status"]["conditions"] = json!(conds);
-        match write::update(state, target.res, rev, &live, pod, &req.user).await {
+        match write::update(state, target.res, rev, &live, pod, &req.user, "create/binding").await {
             Ok(_) => return Ok(success(201)),
             Err(ApiError::Conflict { .. }) => continue,
             Err(e) => return Err(e),

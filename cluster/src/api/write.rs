@@ -1,7 +1,8 @@
 //! The one write path. Every API write, single or batch, is admitted (`admission`) and
 //! then turned into store operations here: the object itself, the values it holds
 //! exclusively (a Service's cluster IP and node ports), and the end of a deletion whose
-//! finalizers are done. One [`WriteSet`] is one store transaction.
+//! finalizers are done. One [`WriteSet`] is one store transaction, and carries the
+//! audit record of every object it writes.
 //!
 //! Deletion follows Kubernetes: an object with finalizers (or a pod with a grace period,
 //! or a namespace with content) first gets a `deletionTimestamp`; it is removed when the
@@ -13,6 +14,7 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use super::admission::object_name;
+use super::audit::{self, Provenance};
 use super::auth::UserInfo;
 use super::error::{ApiError, Cause};
 use super::objects::{encode, with_revision};
@@ -37,12 +39,17 @@ enum Guard {
     },
 }
 
-/// Store operations being gathered into one transaction, written by one user.
+/// Store operations being gathered into one transaction, written by one user; every
+/// object written adds its audit record to the same transaction.
 #[derive(Debug)]
 pub struct WriteSet {
     txn: Txn,
     guards: HashMap<String, Guard>,
     user: Arc<UserInfo>,
+    /// The request's verb, for the audit records (`patch`, `update/status`...).
+    verb: String,
+    /// The Application and commit, when the writes come from Git.
+    provenance: Option<Provenance>,
 }
 
 /// What happened to an object in a write set.
@@ -83,13 +90,36 @@ fn random_below(n: u32) -> u32 {
 }
 
 impl WriteSet {
-    /// An empty set of writes by `user`.
-    pub fn new(user: &Arc<UserInfo>) -> Self {
+    /// An empty set of writes by `user` through a request of `verb` (as the audit trail
+    /// names it: `create`, `patch`, `update/status`, ...).
+    pub fn new(user: &Arc<UserInfo>, verb: &str) -> Self {
         WriteSet {
             txn: Txn::default(),
             guards: HashMap::new(),
             user: user.clone(),
+            verb: verb.to_string(),
+            provenance: None,
         }
+    }
+
+    /// Names the verb of the writes added from now on.
+    pub fn set_verb(&mut self, verb: &str) {
+        verb.clone_into(&mut self.verb);
+    }
+
+    /// Marks the writes as coming from an Application's commit (for the audit trail).
+    pub fn from_git(&mut self, provenance: Provenance) {
+        self.provenance = Some(provenance);
+    }
+
+    /// Adds a raw store op (a history entry riding with a sync, for instance).
+    pub fn push(&mut self, op: Op) {
+        self.txn.ops.push(op);
+    }
+
+    fn audit(&mut self, before: Option<(&Value, u64)>, after: Option<&Value>) {
+        let op = audit::append(&self.user.name, &self.verb, before, after, self.provenance.as_ref());
+        self.txn.ops.push(op);
     }
 
     fn guard(&mut self, key: String, expect: Expect, guard: Guard) {
@@ -152,6 +182,7 @@ impl WriteSet {
             key,
             value: encode(obj)?,
         });
+        self.audit(None, Some(obj));
         Ok(())
     }
 
@@ -171,6 +202,7 @@ impl WriteSet {
                 self.release(service::held(old));
             }
             self.txn.ops.push(Op::Delete { key });
+            self.audit(Some((old, rev)), None);
             return Ok(Outcome::Deleted);
         }
         if res.kind == "Service" {
@@ -186,6 +218,7 @@ impl WriteSet {
             key,
             value: encode(new)?,
         });
+        self.audit(Some((old, rev)), Some(new));
         Ok(Outcome::Stored)
     }
 
@@ -196,6 +229,7 @@ impl WriteSet {
             self.release(service::held(old));
         }
         self.txn.ops.push(Op::Delete { key });
+        self.audit(Some((old, rev)), None);
     }
 
     /// Commits the set as one transaction; a failed compare becomes the API error it
@@ -204,8 +238,7 @@ impl WriteSet {
         let ops = self.txn.ops.len();
         let result = state.store.txn(self.txn).await?;
         let Some((cmp, actual)) = result.failed else {
-            // Who wrote what, for the record (the audit trail will keep it in the store).
-            tracing::debug!(user = %self.user.name, revision = result.revision, ops, "write committed");
+            tracing::debug!(user = %self.user.name, verb = %self.verb, revision = result.revision, ops, "write committed");
             return Ok(result.revision);
         };
         Err(match self.guards.get(&cmp.key) {
@@ -258,13 +291,20 @@ fn key_of(res: &ResourceInfo, obj: &Value) -> String {
     res.key(ns.as_deref(), &name)
 }
 
-/// Writes an admitted new object for `user`; returns it as stored.
-pub async fn create(state: &AppState, res: &ResourceInfo, obj: Value, user: &Arc<UserInfo>) -> Result<Value, ApiError> {
+/// Writes an admitted new object for `user` through a request of `verb`; returns it as
+/// stored.
+pub async fn create(
+    state: &AppState,
+    res: &ResourceInfo,
+    obj: Value,
+    user: &Arc<UserInfo>,
+    verb: &str,
+) -> Result<Value, ApiError> {
     let key = key_of(res, &obj);
     // A randomly drawn cluster IP or node port may be taken: draw again.
     for _ in 0..8 {
         let mut obj = obj.clone();
-        let mut set = WriteSet::new(user);
+        let mut set = WriteSet::new(user, verb);
         set.create(res, key.clone(), &mut obj)?;
         match set.commit(state).await {
             Ok(rev) => return Ok(with_revision(obj, rev)),
@@ -275,7 +315,8 @@ pub async fn create(state: &AppState, res: &ResourceInfo, obj: Value, user: &Arc
     Err(ApiError::Internal("no free cluster IP or node port found".into()))
 }
 
-/// Writes an admitted replacement of `old` (last written at `rev`) for `user`.
+/// Writes an admitted replacement of `old` (last written at `rev`) for `user` through a
+/// request of `verb`.
 pub async fn update(
     state: &AppState,
     res: &ResourceInfo,
@@ -283,11 +324,12 @@ pub async fn update(
     old: &Value,
     new: Value,
     user: &Arc<UserInfo>,
+    verb: &str,
 ) -> Result<(Value, Outcome), ApiError> {
     let key = key_of(res, &new);
     for _ in 0..8 {
         let mut obj = new.clone();
-        let mut set = WriteSet::new(user);
+        let mut set = WriteSet::new(user, verb);
         let outcome = set.update(res, key.clone(), rev, old, &mut obj)?;
         match set.commit(state).await {
             Ok(rev) => return Ok((with_revision(obj, rev), outcome)),

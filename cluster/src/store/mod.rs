@@ -22,7 +22,7 @@ use openraft::{BasicNode, Config, Raft};
 
 pub use log_store::LogStore;
 pub use state_machine::StateMachine;
-pub use types::{Compare, Event, EventKind, Expect, KeyValue, NodeId, Op, Txn, TxnResult};
+pub use types::{append_key, append_revision, Compare, Event, EventKind, Expect, KeyValue, NodeId, Op, Txn, TxnResult};
 pub use watch::{Applied, WatchStream, Watched};
 
 /// What can go wrong with the store.

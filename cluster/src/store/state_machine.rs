@@ -170,22 +170,26 @@ impl StateMachine {
             }
         }
         // Later ops in one transaction see earlier ones: track the pending state per key.
-        let mut pending: std::collections::HashMap<&str, Option<Vec<u8>>> = Default::default();
+        let mut pending: std::collections::HashMap<String, Option<Vec<u8>>> = Default::default();
         let mut events = Vec::new();
+        let mut appends = 0;
         for op in &txn.ops {
-            let key = op.key();
-            let before = match pending.get(key) {
+            let key = op.key_at(index, appends).into_owned();
+            let before = match pending.get(&key) {
                 Some(v) => v.clone(),
-                None => self.get(key)?.map(|kv| kv.value),
+                None => self.get(&key)?.map(|kv| kv.value),
             };
             let full = format!("{DATA}{key}");
             match op {
-                Op::Put { value, .. } => {
+                Op::Put { value, .. } | Op::Append { value, .. } => {
+                    if matches!(op, Op::Append { .. }) {
+                        appends += 1;
+                    }
                     batch.insert(full.as_bytes(), encode(index, value));
                     events.push(Event {
                         kind: EventKind::Put,
                         kv: KeyValue {
-                            key: key.to_string(),
+                            key: key.clone(),
                             mod_revision: index,
                             value: value.clone(),
                         },
@@ -199,7 +203,7 @@ impl StateMachine {
                         events.push(Event {
                             kind: EventKind::Delete,
                             kv: KeyValue {
-                                key: key.to_string(),
+                                key: key.clone(),
                                 mod_revision: index,
                                 value: prev.clone(),
                             },

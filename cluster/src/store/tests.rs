@@ -152,3 +152,40 @@ async fn watch_replays_history_then_streams_and_refuses_unknown_revisions() {
     assert!(matches!(store.watch("/w/", start), Err(StoreError::Expired { .. })));
     store.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn appends_are_keyed_by_the_revision_they_land_at() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let append = |v: &str| Op::Append {
+        prefix: "/log/".into(),
+        value: v.as_bytes().to_vec(),
+    };
+    let first = store
+        .txn(Txn {
+            compares: vec![],
+            ops: vec![put("/obj", "1"), append("a"), append("b")],
+        })
+        .await
+        .unwrap();
+    let second = store
+        .txn(Txn {
+            compares: vec![],
+            ops: vec![append("c")],
+        })
+        .await
+        .unwrap();
+    let (kvs, _, _) = store.list("/log/", None, None).await.unwrap();
+    let keys: Vec<(String, u64)> = kvs.iter().map(|kv| (kv.key.clone(), kv.mod_revision)).collect();
+    assert_eq!(
+        keys,
+        vec![
+            (append_key("/log/", first.revision, 0), first.revision),
+            (append_key("/log/", first.revision, 1), first.revision),
+            (append_key("/log/", second.revision, 0), second.revision),
+        ]
+    );
+    assert_eq!(append_revision(&keys[2].0), Some(second.revision));
+    assert_eq!(kvs[1].value, b"b");
+    store.shutdown().await.unwrap();
+}

@@ -50,15 +50,31 @@ pub enum Op {
     Put { key: String, value: Vec<u8> },
     /// Remove `key` (a no-op if absent).
     Delete { key: String },
+    /// Add a record at `{prefix}{revision:020}.{n:05}`, `n` counting the transaction's
+    /// appends: an append-only log ordered by revision, whose keys no writer has to
+    /// choose before the revision is known (audit records, sync history).
+    Append { prefix: String, value: Vec<u8> },
 }
 
 impl Op {
-    /// The key this operation touches.
-    pub fn key(&self) -> &str {
+    /// The key this operation touches (for an append, its key at `revision`, `n`-th).
+    pub fn key_at(&self, revision: u64, n: usize) -> std::borrow::Cow<'_, str> {
         match self {
-            Op::Put { key, .. } | Op::Delete { key } => key,
+            Op::Put { key, .. } | Op::Delete { key } => std::borrow::Cow::Borrowed(key),
+            Op::Append { prefix, .. } => std::borrow::Cow::Owned(append_key(prefix, revision, n)),
         }
     }
+}
+
+/// The key of the `n`-th append under `prefix` in the transaction at `revision`.
+pub fn append_key(prefix: &str, revision: u64, n: usize) -> String {
+    format!("{prefix}{revision:020}.{n:05}")
+}
+
+/// The revision an appended record was written at, from its key.
+pub fn append_revision(key: &str) -> Option<u64> {
+    let tail = key.rsplit('/').next()?;
+    tail.split('.').next()?.parse().ok()
 }
 
 /// A transaction: if every compare holds, apply every op, atomically.

@@ -7,8 +7,12 @@ use crate::api::validation::Errors;
 
 /// Application validation: a source to follow.
 pub fn validate(app: &Value, _old: Option<&Value>, errs: &mut Errors) {
-    if cell::s(app, "/spec/repoUrl").trim().is_empty() {
-        errs.required("spec.repoUrl");
+    if cell::s(app, "/spec/source/repoURL").trim().is_empty() {
+        errs.required("spec.source.repoURL");
+    }
+    let path = cell::s(app, "/spec/source/path");
+    if path.split('/').any(|part| part == "..") || path.starts_with('/') {
+        errs.invalid("spec.source.path", &json!(path), "must be a relative path inside the repository");
     }
 }
 
@@ -29,12 +33,12 @@ pub fn cells(app: &Value) -> Vec<Value> {
     let revision: String = cell::s(app, "/status/syncedRevision").chars().take(12).collect();
     vec![
         cell::name(app),
-        cell::or_none(cell::s(app, "/status/syncStatus")),
+        cell::or_none(cell::s(app, "/status/sync/status")),
         cell::or_none(cell::s(app, "/status/health/status")),
         cell::or_none(&revision),
         cell::age(app),
-        json!(cell::s(app, "/spec/repoUrl")),
-        json!(cell::s(app, "/spec/path")),
-        json!(cell::s(app, "/spec/targetRevision")),
+        json!(cell::s(app, "/spec/source/repoURL")),
+        json!(cell::s(app, "/spec/source/path")),
+        json!(cell::s(app, "/spec/source/targetRevision")),
     ]
 }

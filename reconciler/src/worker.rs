@@ -705,15 +705,17 @@ impl Worker {
         let s = |p: &str| live.pointer(p).and_then(Value::as_str).unwrap_or_default();
         let query = {
             let mut query = form_urlencoded::Serializer::new(String::new());
-            query.append_pair("kind", s("/kind")).append_pair("name", s("/metadata/name")).append_pair("limit", "1");
+            query.append_pair("kind", s("/kind")).append_pair("name", s("/metadata/name")).append_pair("limit", "50");
             if let Some(ns) = live.pointer("/metadata/namespace").and_then(Value::as_str) {
                 query.append_pair("namespace", ns);
             }
             query.finish()
         };
         let who = match history::audit(&self.client, &query).await {
+            // The newest write that changed what Git sets (not a controller's status).
             Ok(records) => records
-                .first()
+                .iter()
+                .find(|r| changes_desired_state(&r.patch))
                 .map(|r| format!("{} ({} at {})", r.user, r.verb, r.time))
                 .unwrap_or_else(|| "unknown".into()),
             Err(e) => {
@@ -762,6 +764,19 @@ impl Worker {
             Err(e) => tracing::warn!(object = %self.key, error = %e, "cannot update application status"),
         }
     }
+}
+
+/// Whether an audit record's patch touches more than status and bookkeeping: a write
+/// that may have caused a drift.
+fn changes_desired_state(patch: &Value) -> bool {
+    patch.as_array().is_some_and(|ops| {
+        ops.iter().any(|op| {
+            let path = op["path"].as_str().unwrap_or_default();
+            !(path.starts_with("/status")
+                || path == "/metadata/generation"
+                || path.starts_with("/metadata/annotations/deployment.kubernetes.io"))
+        })
+    })
 }
 
 fn short(sha: &str) -> &str {

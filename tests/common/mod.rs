@@ -108,6 +108,10 @@ impl Kairn {
                 "up",
                 "--api-addr",
                 "127.0.0.1:0",
+                "--raft-addr",
+                "127.0.0.1:0",
+                "--log-addr",
+                "127.0.0.1:0",
                 "--node-name",
                 "e2e-node",
                 "--data-dir",
@@ -217,4 +221,12 @@ pub async fn running_pods(client: &kube::Client, ns: &str, selector: &str) -> Ve
         .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
         .filter_map(|p| pid_of(&p).filter(|pid| alive(*pid)).map(|pid| (p, pid)))
         .collect()
+}
+
+/// Whether the real `kubectl` is on PATH (tests that drive it say why they skip it).
+pub fn kubectl_present() -> bool {
+    Command::new("kubectl")
+        .args(["version", "--client"])
+        .output()
+        .is_ok_and(|o| o.status.success())
 }

@@ -127,6 +127,20 @@ impl LiveCache {
         k.store.get(&key).map(|obj| to_json(&k.resource, &obj))
     }
 
+    /// The Application that manages the object of `apiVersion`/`kind` at
+    /// `namespace`/`name`, if any manages it (no copy of the object is made).
+    pub fn owner_of(&self, api_version: &str, kind: &str, namespace: Option<&str>, name: &str) -> Option<String> {
+        let k = self
+            .kinds
+            .iter()
+            .find(|k| k.resource.api_version == api_version && k.resource.kind == kind)?;
+        let mut key = ObjectRef::new_with(name, k.resource.clone());
+        if let Some(ns) = namespace {
+            key = key.within(ns);
+        }
+        k.store.get(&key)?.metadata.labels.as_ref()?.get(APP_LABEL).cloned()
+    }
+
     /// Pods of `namespace` whose labels match every `match_labels` pair.
     pub fn pods(&self, namespace: &str, match_labels: &HashMap<String, String>) -> Vec<Arc<Pod>> {
         self.pods

@@ -410,23 +410,32 @@ pub fn compute(desired: Vec<(String, Value)>, live: Vec<Value>) -> Plan {
     let mut desired = desired;
     // Stable: manifest order within a kind.
     desired.sort_by_key(|(_, o)| kind_rank(o.get("kind").and_then(Value::as_str).unwrap_or_default()));
-    for (source, want) in desired {
+    for (source, mut want) in desired {
         let object = manifest::describe(&want);
-        let shown_want = redact(&without_commit(&want));
         match live_by_id.remove(&identity(&want)) {
-            None => changes.push(Change {
-                action: Action::Create,
-                diff: unified("", &manifest::to_yaml(&shown_want), &object),
-                object,
-                source: Some(source),
-                desired: Some(want),
-                live: None,
-            }),
+            None => {
+                let shown_want = redact(&without_commit(&want));
+                changes.push(Change {
+                    action: Action::Create,
+                    diff: unified("", &manifest::to_yaml(&shown_want), &object),
+                    object,
+                    source: Some(source),
+                    desired: Some(want),
+                    live: None,
+                })
+            }
             Some(have) => {
-                let same = contains(&without_commit(&want), &have);
+                // The commit annotation differs on every commit by design: compare without
+                // it (taken out and put back, rather than copying every object).
+                let commit = want
+                    .pointer_mut("/metadata/annotations")
+                    .and_then(Value::as_object_mut)
+                    .and_then(|a| a.remove(COMMIT_ANNOTATION));
+                let same = contains(&want, &have);
                 let diff = if same {
                     String::new()
                 } else {
+                    let shown_want = redact(&want);
                     let shown_have = project(&redact(&without_commit(&have)), &shown_want);
                     unified(
                         &manifest::to_yaml(&shown_have),
@@ -434,6 +443,12 @@ pub fn compute(desired: Vec<(String, Value)>, live: Vec<Value>) -> Plan {
                         &object,
                     )
                 };
+                if let (Some(c), Some(a)) = (
+                    commit,
+                    want.pointer_mut("/metadata/annotations").and_then(Value::as_object_mut),
+                ) {
+                    a.insert(COMMIT_ANNOTATION.to_string(), c);
+                }
                 changes.push(Change {
                     action: if same { Action::Unchanged } else { Action::Update },
                     object,

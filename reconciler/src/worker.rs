@@ -50,8 +50,10 @@ const DEFAULT_POLL: u64 = 60;
 /// After a sync, how long the live cache may lag behind it before a difference counts
 /// as drift.
 const SETTLE: Duration = Duration::from_secs(3);
-/// Most entries kept in `status.resources` (the rest are counted in the message).
-const MAX_RESOURCE_ENTRIES: usize = 5_000;
+/// Most entries kept in `status.resources`: beyond it, only the objects that are not
+/// Synced and Healthy are listed (a status of 10,000 entries would make every status
+/// write a megabyte).
+const MAX_RESOURCE_ENTRIES: usize = 1_000;
 
 /// Runs the reconciler until `shutdown` turns true: watches Applications and keeps one
 /// worker per Application.
@@ -184,38 +186,52 @@ async fn follow(
             source::POLL_INTERVAL
         };
         let settle = worker.settling_left();
-        tokio::select! {
-            _ = wake.recv() => {
-                // Let the rest of a multi-file ref update land before reading.
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                while wake.try_recv().is_ok() {}
+        if settle.is_none() && worker.compared_settling {
+            // The last look raced the sync it followed: look again now.
+            continue;
+        }
+        let timer = tokio::time::sleep(settle.unwrap_or(poll));
+        tokio::pin!(timer);
+        // Wait for something that concerns this Application.
+        loop {
+            tokio::select! {
+                _ = wake.recv() => {
+                    // Let the rest of a multi-file ref update land before reading.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    while wake.try_recv().is_ok() {}
+                }
+                changed = changes.recv() => match changed {
+                    Ok(app) if app != name => continue,
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                        // Coalesce a burst (a sync of thousands of objects) into one look.
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        while changes.try_recv().is_ok() {}
+                        worker.dirty = true;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+                r = updates.changed() => {
+                    if r.is_err() {
+                        return;
+                    }
+                    let app = updates.borrow_and_update().clone();
+                    if annotation(&app, REFRESH_ANNOTATION) != annotation(&worker.app, REFRESH_ANNOTATION) {
+                        worker.fetch_due = true;
+                    }
+                    worker.app = app;
+                    worker.dirty = true;
+                }
+                _ = &mut timer => {
+                    if settle.is_none() {
+                        worker.fetch_due = true;
+                    } else {
+                        // The settling window is over: look at the cluster as it now is.
+                        worker.dirty = true;
+                    }
+                }
+                _ = shutdown.changed() => return,
             }
-            changed = changes.recv() => match changed {
-                Ok(app) if app != name => continue,
-                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
-                    // Coalesce a burst (a sync of thousands of objects) into one look.
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    while changes.try_recv().is_ok() {}
-                }
-                Err(broadcast::error::RecvError::Closed) => return,
-            },
-            r = updates.changed() => {
-                if r.is_err() {
-                    return;
-                }
-                let app = updates.borrow_and_update().clone();
-                let old = annotation(&worker.app, REFRESH_ANNOTATION);
-                if annotation(&app, REFRESH_ANNOTATION) != old {
-                    worker.fetch_due = true;
-                }
-                worker.app = app;
-            }
-            _ = tokio::time::sleep(settle.unwrap_or(poll)) => {
-                if settle.is_none() {
-                    worker.fetch_due = true;
-                }
-            }
-            _ = shutdown.changed() => return,
+            break;
         }
     }
 }
@@ -243,6 +259,15 @@ struct Worker {
     live: LiveCache,
     /// A fetch is due (poll tick, refresh annotation, start).
     fetch_due: bool,
+    /// Something a comparison depends on changed since the last one (a managed object,
+    /// the Application, the target commit): a comparison of thousands of objects is not
+    /// repeated on every poll.
+    dirty: bool,
+    /// The target commit of the last comparison.
+    compared: Option<String>,
+    /// Whether the last comparison ran while the live cache could still lag a sync (a
+    /// later one must follow).
+    compared_settling: bool,
     /// The newest commit an automated sync tried, successfully or not.
     last_attempt: Option<String>,
     /// The operation ids already run.
@@ -285,6 +310,9 @@ impl Worker {
             catalog,
             live,
             fetch_due: false,
+            dirty: true,
+            compared: None,
+            compared_settling: false,
             synced_at: None,
             rendered: None,
             drift_authors: HashMap::new(),
@@ -332,7 +360,7 @@ impl Worker {
             Err(e) => {
                 tracing::warn!(object = %self.key, error = %e, "cannot resolve the target revision");
                 conditions.push(condition("SourceError", &e.to_string()));
-                self.status.conditions = conditions;
+                self.set_conditions(conditions);
                 self.status.sync = SyncState {
                     status: "Unknown".into(),
                     message: Some(e.to_string()),
@@ -346,9 +374,30 @@ impl Worker {
         if let Some(op) = self.app.operation.clone().filter(|op| Some(&op.id) != self.last_operation.as_ref()) {
             self.run_operation(&source, &op, &head).await;
         } else if self.app.spec.sync_policy.automated && self.last_attempt.as_deref() != Some(&head.sha) {
-            self.sync(&source, &head, "auto-sync", "automated", self.app.spec.sync_policy.prune).await;
+            if self.sync(&source, &head, "auto-sync", "automated", self.app.spec.sync_policy.prune).await {
+                // Say it landed at once; the comparison below refines sync and health.
+                self.status.sync = SyncState {
+                    status: "Synced".into(),
+                    message: Some("settling after the sync".into()),
+                };
+                self.write_status().await;
+            }
         }
-        self.compare(&source, &head, conditions).await;
+        if self.compared.as_deref() != Some(&head.sha) || (self.compared_settling && self.settling_left().is_none()) {
+            self.dirty = true;
+        }
+        if self.dirty {
+            self.dirty = false;
+            self.compared = Some(head.sha.clone());
+            self.compared_settling = self.settling_left().is_some();
+            self.compare(&source, &head, conditions).await;
+        } else {
+            // Only the source's health may have changed.
+            let mut kept: Vec<ApplicationCondition> =
+                self.status.conditions.iter().filter(|c| c.type_ != "SourceError").cloned().collect();
+            kept.extend(conditions);
+            self.set_conditions(kept);
+        }
         self.write_status().await;
     }
 
@@ -397,11 +446,10 @@ impl Worker {
         for (_, obj) in &desired {
             let s = |p: &str| obj.pointer(p).and_then(Value::as_str).unwrap_or_default();
             let ns = obj.pointer("/metadata/namespace").and_then(Value::as_str);
-            if let Some(other) = self.live.get(s("/apiVersion"), s("/kind"), ns, s("/metadata/name")) {
-                let owner = other.pointer("/metadata/labels").and_then(|l| l.get(kinds::APP_LABEL));
-                if owner.and_then(Value::as_str) != Some(self.name()) {
-                    live.push(other);
-                }
+            let (av, kind, name) = (s("/apiVersion"), s("/kind"), s("/metadata/name"));
+            let owner = self.live.owner_of(av, kind, ns, name);
+            if owner.is_some_and(|o| o != self.name()) {
+                live.extend(self.live.get(av, kind, ns, name));
             }
         }
         sync::plan(&self.app, desired, &live)
@@ -438,6 +486,7 @@ impl Worker {
                 self.last_attempt = Some(commit.sha.clone());
                 self.synced = Some(commit.sha.clone());
                 self.synced_at = Some(Instant::now());
+                self.dirty = true;
                 self.status.synced_revision = Some(commit.sha.clone());
                 self.status.last_sync_time = Some(kinds::now());
                 self.status.last_plan = Some(summary);
@@ -573,7 +622,7 @@ impl Worker {
                 } else {
                     conditions.push(condition("ComparisonError", &e.to_string()));
                 }
-                self.status.conditions = conditions;
+                self.set_conditions(conditions);
                 return;
             }
         };
@@ -598,7 +647,7 @@ impl Worker {
             }
             self.sync(source, head, "self-heal", "automated", policy.prune).await;
             // Look again once the cache has the result.
-            self.status.conditions = conditions;
+            self.set_conditions(conditions);
             return;
         }
         let mut resources = Vec::new();
@@ -632,7 +681,8 @@ impl Worker {
                     message = why.clone();
                 }
             }
-            if resources.len() < MAX_RESOURCE_ENTRIES {
+            let notable = status != "Synced" || health.as_ref().is_some_and(|(h, _)| *h != Health::Healthy);
+            if resources.len() < MAX_RESOURCE_ENTRIES && (notable || plan.changes.len() <= MAX_RESOURCE_ENTRIES) {
                 resources.push(ResourceStatus {
                     api_version: s("/apiVersion"),
                     kind: s("/kind"),
@@ -686,12 +736,15 @@ impl Worker {
         if plan.changes.len() > MAX_RESOURCE_ENTRIES {
             conditions.push(condition(
                 "ResourcesTruncated",
-                &format!("{} objects; status lists the first {MAX_RESOURCE_ENTRIES}", plan.changes.len()),
+                &format!(
+                    "{} objects: status lists only those not Synced and Healthy (at most {MAX_RESOURCE_ENTRIES})",
+                    plan.changes.len()
+                ),
             ));
         }
         self.status.sync = sync_state;
         self.status.resources = resources;
-        self.status.conditions = conditions;
+        self.set_conditions(conditions);
     }
 
     /// Who last changed a drifted object, from the audit trail (one query per version).
@@ -725,6 +778,22 @@ impl Worker {
         };
         self.drift_authors.insert(key, who.clone());
         who
+    }
+
+    /// Sets the conditions, keeping the time of one already reported (a condition that
+    /// stays is not a change, and is not rewritten).
+    fn set_conditions(&mut self, mut conditions: Vec<ApplicationCondition>) {
+        for c in &mut conditions {
+            if let Some(old) = self
+                .status
+                .conditions
+                .iter()
+                .find(|o| o.type_ == c.type_ && o.message == c.message)
+            {
+                c.last_transition_time.clone_from(&old.last_transition_time);
+            }
+        }
+        self.status.conditions = conditions;
     }
 
     /// Writes status when it changed.

@@ -12,6 +12,10 @@
 //!
 //! `kairn bench writes`: 200-byte ConfigMap creates per second with 1, 16 and 64 clients,
 //! on its own member or (`--kubeconfig`) on any API server, to compare builds.
+//!
+//! `kairn bench gitops`: the reconciler on repos of 1,000 and 10,000 objects (`gitops.rs`).
+
+mod gitops;
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -41,6 +45,8 @@ pub enum Which {
     Api(ApiArgs),
     /// ConfigMap creates per second through the API with 1, 16 and 64 clients.
     Writes(WritesArgs),
+    /// First sync, 1% change and one-object change of repos of 1,000 and 10,000 objects.
+    Gitops(gitops::GitopsArgs),
 }
 
 /// `kairn bench writes` flags.
@@ -80,6 +86,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     match args.which {
         Which::Api(a) => api(a).await,
         Which::Writes(w) => writes(w).await,
+        Which::Gitops(g) => gitops::run(g).await,
     }
 }
 
@@ -94,7 +101,7 @@ fn now_micros() -> u128 {
 /// admin client of it. The process is killed when dropped.
 struct Server {
     child: std::process::Child,
-    client: kube::Client,
+    pub(super) client: kube::Client,
     _dir: tempfile::TempDir,
 }
 
@@ -112,9 +119,12 @@ impl Server {
                 "--data-dir",
             ])
             .arg(dir.path())
-            .env("KAIRN_LOG", "warn")
+            .env(
+                "KAIRN_LOG",
+                if std::env::var_os("KAIRN_BENCH_LOG").is_some() { "info,openraft=warn" } else { "warn" },
+            )
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(server_log())
             .spawn()
             .context("starting kairn server")?;
         let path = dir.path().join("kubeconfig");
@@ -147,6 +157,15 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Where the server's log goes: `$KAIRN_BENCH_LOG` (a file, with the server logging at
+/// info) when set, to see inside a run; nowhere otherwise.
+fn server_log() -> std::process::Stdio {
+    match std::env::var_os("KAIRN_BENCH_LOG").and_then(|p| std::fs::File::create(p).ok()) {
+        Some(file) => std::process::Stdio::from(file),
+        None => std::process::Stdio::null(),
     }
 }
 

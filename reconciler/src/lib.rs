@@ -3,6 +3,7 @@
 
 pub mod apply;
 pub mod manifest;
+pub mod render;
 pub mod plan;
 pub mod source;
 pub mod sync;

@@ -8,6 +8,11 @@
 
 use serde_json::{Map, Value};
 
+/// kustomize looks the name up as `yaml.Lookup("metadata/name")`, which reads one field
+/// literally named `metadata/name` — there is none, so every name hashes as "". A
+/// pointer that never resolves reproduces that.
+const NAME: &str = "/metadata~1name";
+
 /// The hash suffix kustomize gives a ConfigMap or Secret (`None` for other kinds).
 pub fn suffix(object: &Value) -> Option<String> {
     let field = |path: &str| -> Value {
@@ -24,7 +29,7 @@ pub fn suffix(object: &Value) -> Option<String> {
     match object.get("kind").and_then(Value::as_str) {
         Some("ConfigMap") => {
             m.insert("kind".into(), "ConfigMap".into());
-            m.insert("name".into(), field("/metadata/name"));
+            m.insert("name".into(), field(NAME));
             m.insert("data".into(), field("/data"));
             if let Some(b @ Value::Object(_)) = object.get("binaryData") {
                 m.insert("binaryData".into(), b.clone());
@@ -33,7 +38,7 @@ pub fn suffix(object: &Value) -> Option<String> {
         Some("Secret") => {
             m.insert("kind".into(), "Secret".into());
             m.insert("type".into(), field("/type"));
-            m.insert("name".into(), field("/metadata/name"));
+            m.insert("name".into(), field(NAME));
             m.insert("data".into(), field("/data"));
             if let Some(s @ Value::Object(_)) = object.get("stringData") {
                 m.insert("stringData".into(), s.clone());
@@ -264,6 +269,11 @@ mod tests {
         ];
         for (object, want) in cases {
             assert_eq!(suffix(&object).as_deref(), Some(want), "{object}");
+        }
+        // Observed from `kubectl kustomize` (v5.5): the name does not change the hash.
+        for name in ["a", "other"] {
+            let cm = json!({"kind": "ConfigMap", "metadata": {"name": name}, "data": {"x": "1"}});
+            assert_eq!(suffix(&cm).as_deref(), Some("hmg6f82fh6"));
         }
         assert_eq!(suffix(&json!({"kind": "Pod"})), None);
     }

@@ -23,7 +23,11 @@ fn load_tree(root: &Path) -> Tree {
             if path.is_dir() {
                 walk(root, &path, tree);
             } else {
-                let rel = path.strip_prefix(root).expect("under root").to_string_lossy().replace('\\', "/");
+                let rel = path
+                    .strip_prefix(root)
+                    .expect("under root")
+                    .to_string_lossy()
+                    .replace('\\', "/");
                 tree.insert(rel, std::fs::read(&path).expect("fixture file"));
             }
         }
@@ -34,7 +38,11 @@ fn load_tree(root: &Path) -> Tree {
 }
 
 fn kubectl_available() -> bool {
-    Command::new("kubectl").arg("version").arg("--client").output().is_ok_and(|o| o.status.success())
+    Command::new("kubectl")
+        .arg("version")
+        .arg("--client")
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 /// `kubectl kustomize <dir>` of `tree` written into a temporary directory.
@@ -72,7 +80,12 @@ fn native_kustomize_equals_kubectl_kustomize() {
     let tree = load_tree(&fixtures());
     for dir in ["base", "shared", "overlays/prod", "overlays/dev"] {
         let ours: Vec<Value> = render::render(&tree, dir)
-            .unwrap_or_else(|e| panic!("{dir}: {}", e.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")))
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{dir}: {}",
+                    e.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")
+                )
+            })
             .into_iter()
             .map(|m| m.object)
             .collect();
@@ -100,7 +113,9 @@ fn manifests_point_at_their_source_files() {
         out.iter()
             .find(|m| {
                 m.object["kind"] == kind
-                    && m.object["metadata"]["name"].as_str().is_some_and(|n| n.contains(name_part))
+                    && m.object["metadata"]["name"]
+                        .as_str()
+                        .is_some_and(|n| n.contains(name_part))
             })
             .map(|m| m.source())
             .unwrap_or_else(|| panic!("no {kind} {name_part}"))
@@ -115,12 +130,24 @@ fn manifests_point_at_their_source_files() {
 }
 
 fn tree_of(files: &[(&str, &str)]) -> Tree {
-    files.iter().map(|(p, c)| (p.to_string(), c.as_bytes().to_vec())).collect()
+    files
+        .iter()
+        .map(|(p, c)| (p.to_string(), c.as_bytes().to_vec()))
+        .collect()
 }
 
 #[test]
 fn unsupported_fields_are_errors_naming_file_and_field() {
-    for field in ["components", "helmCharts", "replacements", "vars", "crds", "transformers", "generators", "openapi"] {
+    for field in [
+        "components",
+        "helmCharts",
+        "replacements",
+        "vars",
+        "crds",
+        "transformers",
+        "generators",
+        "openapi",
+    ] {
         let tree = tree_of(&[("app/kustomization.yaml", &format!("resources: []\n{field}: []\n"))]);
         let errors = render::render(&tree, "app").expect_err(field);
         assert_eq!(errors[0].source_path, "app/kustomization.yaml#0", "{field}");
@@ -131,25 +158,39 @@ fn unsupported_fields_are_errors_naming_file_and_field() {
 
 #[test]
 fn missing_files_remote_resources_and_cycles_are_errors_naming_the_file() {
-    let cases: [(&[(&str, &str)], &str, &str); 5] = [
-        (&[("k/kustomization.yaml", "resources: [nope.yaml]\n")], "k/kustomization.yaml#0", "resources[0]"),
+    type Files<'a> = &'a [(&'a str, &'a str)];
+    let cases: [(Files, &str, &str); 5] = [
+        (
+            &[("k/kustomization.yaml", "resources: [nope.yaml]\n")],
+            "k/kustomization.yaml#0",
+            "resources[0]",
+        ),
         (
             &[("k/kustomization.yaml", "resources: [https://github.com/x/y]\n")],
             "k/kustomization.yaml#0",
             "resources[0]",
         ),
         (
-            &[("a/kustomization.yaml", "resources: [../b]\n"), ("b/kustomization.yaml", "resources: [../a]\n")],
+            &[
+                ("a/kustomization.yaml", "resources: [../b]\n"),
+                ("b/kustomization.yaml", "resources: [../a]\n"),
+            ],
             "a/kustomization.yaml#0",
             "resources",
         ),
         (
-            &[("k/kustomization.yaml", "resources: [../outside.yaml]\n"), ("outside.yaml", "")],
+            &[
+                ("k/kustomization.yaml", "resources: [../outside.yaml]\n"),
+                ("outside.yaml", ""),
+            ],
             "k/kustomization.yaml#0",
             "resources[0]",
         ),
         (
-            &[("k/kustomization.yaml", "configMapGenerator: [{name: c, files: [gone.txt]}]\n")],
+            &[(
+                "k/kustomization.yaml",
+                "configMapGenerator: [{name: c, files: [gone.txt]}]\n",
+            )],
             "k/kustomization.yaml#0",
             "configMapGenerator[0].files[0]",
         ),
@@ -157,7 +198,12 @@ fn missing_files_remote_resources_and_cycles_are_errors_naming_the_file() {
     for (files, source, field) in cases {
         let dir = files[0].0.split('/').next().unwrap_or_default();
         let errors = Kustomize.render(&tree_of(files), dir).expect_err(source);
-        assert_eq!((errors[0].source_path.as_str(), errors[0].field.as_str()), (source, field), "{}", errors[0]);
+        assert_eq!(
+            (errors[0].source_path.as_str(), errors[0].field.as_str()),
+            (source, field),
+            "{}",
+            errors[0]
+        );
     }
 }
 
@@ -168,5 +214,8 @@ fn invalid_objects_are_errors_naming_their_file() {
         ("k/bad.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {}\n"),
     ]);
     let errors = Kustomize.render(&tree, "k").expect_err("invalid");
-    assert_eq!(errors[0].to_string(), "k/bad.yaml#0: v1/ConfigMap ?: metadata.name: Required value");
+    assert_eq!(
+        errors[0].to_string(),
+        "k/bad.yaml#0: v1/ConfigMap ?: metadata.name: Required value"
+    );
 }

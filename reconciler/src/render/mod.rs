@@ -66,7 +66,9 @@ pub(crate) fn is_dir(tree: &Tree, dir: &str) -> bool {
         return !tree.is_empty();
     }
     let prefix = format!("{dir}/");
-    tree.range(prefix.clone()..).next().is_some_and(|(k, _)| k.starts_with(&prefix))
+    tree.range(prefix.clone()..)
+        .next()
+        .is_some_and(|(k, _)| k.starts_with(&prefix))
 }
 
 /// The error for a problem with a whole file (`<file>#<doc>`), not one object of it.
@@ -113,7 +115,10 @@ mod tests {
         );
         let plain = render(&tree, "app").expect("plain");
         assert_eq!(plain[0].object["metadata"]["name"], "cm");
-        tree.insert("app/kustomization.yaml".into(), b"namePrefix: p-\nresources: [cm.yaml]\n".to_vec());
+        tree.insert(
+            "app/kustomization.yaml".into(),
+            b"namePrefix: p-\nresources: [cm.yaml]\n".to_vec(),
+        );
         let kustomized = render(&tree, "app").expect("kustomize");
         assert_eq!(kustomized[0].object["metadata"]["name"], "p-cm");
         assert_eq!(kustomized.len(), 1);

@@ -10,7 +10,11 @@ pub struct PlainYaml;
 impl Renderer for PlainYaml {
     fn render(&self, tree: &Tree, dir: &str) -> Result<Vec<Manifest>, Vec<ManifestError>> {
         let dir = normalize_dir(dir);
-        let prefix = if dir.is_empty() { String::new() } else { format!("{dir}/") };
+        let prefix = if dir.is_empty() {
+            String::new()
+        } else {
+            format!("{dir}/")
+        };
         if !dir.is_empty() && !is_dir(tree, &dir) {
             return Err(vec![file_error(&dir, 0, "", "no such directory")]);
         }
@@ -69,13 +73,19 @@ mod tests {
         ]);
         let got = PlainYaml.render(&t, "./apps/").expect("renders");
         let sources: Vec<String> = got.iter().map(Manifest::source).collect();
-        assert_eq!(sources, ["apps/a/x.yaml#0", "apps/a/x.yaml#1", "apps/z.yml#0", "apps/z.yml#1"]);
+        assert_eq!(
+            sources,
+            ["apps/a/x.yaml#0", "apps/a/x.yaml#1", "apps/z.yml#0", "apps/z.yml#1"]
+        );
         assert_eq!(PlainYaml.render(&t, "").expect("root").len(), 8);
     }
 
     #[test]
     fn non_utf8_and_invalid_files_are_errors_naming_the_file() {
-        let t = tree(&[("a.yaml", &[0xff, 0xfe]), ("b.yaml", b"apiVersion: v1\nkind: ConfigMap\n")]);
+        let t = tree(&[
+            ("a.yaml", &[0xff, 0xfe]),
+            ("b.yaml", b"apiVersion: v1\nkind: ConfigMap\n"),
+        ]);
         let errors = PlainYaml.render(&t, ".").unwrap_err();
         let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
         assert_eq!(text[0], "a.yaml#0: ?/? ?: not UTF-8 text");

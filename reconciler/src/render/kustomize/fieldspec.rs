@@ -18,7 +18,13 @@ pub struct FieldSpec {
 }
 
 /// Shorthand for the tables below.
-const fn fs(group: &'static str, version: &'static str, kind: &'static str, path: &'static str, create: bool) -> FieldSpec {
+const fn fs(
+    group: &'static str,
+    version: &'static str,
+    kind: &'static str,
+    path: &'static str,
+    create: bool,
+) -> FieldSpec {
     FieldSpec {
         group,
         version,
@@ -49,12 +55,23 @@ pub const METADATA_LABELS: &[FieldSpec] = &[
     fs("apps", "", "StatefulSet", "spec/template/metadata/labels", true),
     fs("batch", "", "Job", "spec/template/metadata/labels", true),
     fs("batch", "", "CronJob", "spec/jobTemplate/metadata/labels", true),
-    fs("batch", "", "CronJob", "spec/jobTemplate/spec/template/metadata/labels", true),
+    fs(
+        "batch",
+        "",
+        "CronJob",
+        "spec/jobTemplate/spec/template/metadata/labels",
+        true,
+    ),
 ];
 
 /// kustomize's `volumeClaimTemplatesMetadataLabels`.
-pub const VOLUME_CLAIM_TEMPLATE_LABELS: &[FieldSpec] =
-    &[fs("apps", "", "StatefulSet", "spec/volumeClaimTemplates[]/metadata/labels", true)];
+pub const VOLUME_CLAIM_TEMPLATE_LABELS: &[FieldSpec] = &[fs(
+    "apps",
+    "",
+    "StatefulSet",
+    "spec/volumeClaimTemplates[]/metadata/labels",
+    true,
+)];
 
 /// The selector part of kustomize's `commonLabelFieldSpecs` (the rest is
 /// [`METADATA_LABELS`] and [`VOLUME_CLAIM_TEMPLATE_LABELS`]).
@@ -86,14 +103,26 @@ pub const SELECTOR_LABELS: &[FieldSpec] = &[
 /// kustomize's `commonAnnotationFieldSpecs`.
 pub const ANNOTATIONS: &[FieldSpec] = &[
     fs("", "", "", "metadata/annotations", true),
-    fs("", "v1", "ReplicationController", "spec/template/metadata/annotations", true),
+    fs(
+        "",
+        "v1",
+        "ReplicationController",
+        "spec/template/metadata/annotations",
+        true,
+    ),
     fs("", "", "Deployment", "spec/template/metadata/annotations", true),
     fs("", "", "ReplicaSet", "spec/template/metadata/annotations", true),
     fs("", "", "DaemonSet", "spec/template/metadata/annotations", true),
     fs("", "", "StatefulSet", "spec/template/metadata/annotations", true),
     fs("batch", "", "Job", "spec/template/metadata/annotations", true),
     fs("batch", "", "CronJob", "spec/jobTemplate/metadata/annotations", true),
-    fs("batch", "", "CronJob", "spec/jobTemplate/spec/template/metadata/annotations", true),
+    fs(
+        "batch",
+        "",
+        "CronJob",
+        "spec/jobTemplate/spec/template/metadata/annotations",
+        true,
+    ),
 ];
 
 /// kustomize's `replicasFieldSpecs`.
@@ -171,7 +200,9 @@ fn walk(
     };
     match node {
         Value::Null => Ok(()),
-        Value::Array(items) => items.iter_mut().try_for_each(|item| walk(item, path, create, leaf, set)),
+        Value::Array(items) => items
+            .iter_mut()
+            .try_for_each(|item| walk(item, path, create, leaf, set)),
         Value::Object(map) => {
             let (name, is_seq) = match first.strip_suffix("[]") {
                 Some(name) => (name, true),
@@ -263,6 +294,9 @@ mod tests {
 
     #[test]
     fn escaped_slashes_stay_in_keys() {
-        assert_eq!(split_path(r"metadata/annotations/a.io\/b"), ["metadata", "annotations", "a.io/b"]);
+        assert_eq!(
+            split_path(r"metadata/annotations/a.io\/b"),
+            ["metadata", "annotations", "a.io/b"]
+        );
     }
 }

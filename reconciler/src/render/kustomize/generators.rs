@@ -6,7 +6,7 @@ use serde_json::{Map, Value};
 
 use super::hash;
 use super::kustomization::{Generator, GeneratorOptions, Kustomization};
-use super::resource::{Resource, ResId};
+use super::resource::{ResId, Resource};
 use super::Context;
 use crate::manifest::ManifestError;
 
@@ -34,7 +34,13 @@ pub fn run(ctx: &Context, k: &Kustomization, resources: &mut Vec<Resource>) -> R
 }
 
 /// The generated object.
-fn generate(ctx: &Context, field: &str, kind: &str, g: &Generator, options: &GeneratorOptions) -> Result<Value, ManifestError> {
+fn generate(
+    ctx: &Context,
+    field: &str,
+    kind: &str,
+    g: &Generator,
+    options: &GeneratorOptions,
+) -> Result<Value, ManifestError> {
     if g.name.is_empty() {
         return Err(ctx.error(&format!("{field}.name"), "a generator must have a name"));
     }
@@ -45,7 +51,10 @@ fn generate(ctx: &Context, field: &str, kind: &str, g: &Generator, options: &Gen
     }
     for (key, map) in [("labels", &options.labels), ("annotations", &options.annotations)] {
         if !map.is_empty() {
-            let m: Map<String, Value> = map.iter().map(|(k, v)| (k.clone(), Value::String(v.0.clone()))).collect();
+            let m: Map<String, Value> = map
+                .iter()
+                .map(|(k, v)| (k.clone(), Value::String(v.0.clone())))
+                .collect();
             meta.insert(key.into(), Value::Object(m));
         }
     }
@@ -125,7 +134,10 @@ fn pairs(ctx: &Context, field: &str, g: &Generator) -> Result<Vec<(String, Vec<u
     let mut seen = std::collections::BTreeSet::new();
     for (key, _) in &out {
         if !is_config_key(key) {
-            return Err(ctx.error(field, format!("{key:?}: a data key must consist of alphanumerics, '-', '_' or '.'")));
+            return Err(ctx.error(
+                field,
+                format!("{key:?}: a data key must consist of alphanumerics, '-', '_' or '.'"),
+            ));
         }
         if !seen.insert(key.clone()) {
             return Err(ctx.error(field, format!("{} illegally repeats the key `{key}`", g.name)));
@@ -147,7 +159,9 @@ fn remove_quotes(s: &str) -> &str {
 fn is_env_var_name(key: &str) -> bool {
     !key.is_empty()
         && !key.starts_with(|c: char| c.is_ascii_digit())
-        && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
 }
 
 fn is_config_key(key: &str) -> bool {
@@ -156,7 +170,13 @@ fn is_config_key(key: &str) -> bool {
 
 /// kustomize's `appendReplaceOrMerge`: `create` adds, `merge` and `replace` need the one
 /// existing object of the same identity and take its name, namespace and history.
-fn absorb(ctx: &Context, field: &str, behavior: &str, mut new: Resource, resources: &mut Vec<Resource>) -> Result<(), ManifestError> {
+fn absorb(
+    ctx: &Context,
+    field: &str,
+    behavior: &str,
+    mut new: Resource,
+    resources: &mut Vec<Resource>,
+) -> Result<(), ManifestError> {
     let id = new.cur_id();
     let matches: Vec<usize> = resources
         .iter()
@@ -166,14 +186,20 @@ fn absorb(ctx: &Context, field: &str, behavior: &str, mut new: Resource, resourc
         .collect();
     let behavior = if behavior.is_empty() { "create" } else { behavior };
     if !["create", "merge", "replace"].contains(&behavior) {
-        return Err(ctx.error(&format!("{field}.behavior"), format!("{behavior:?}: must be create, merge or replace")));
+        return Err(ctx.error(
+            &format!("{field}.behavior"),
+            format!("{behavior:?}: must be create, merge or replace"),
+        ));
     }
     match (matches.as_slice(), behavior) {
         ([], "create") => {
             resources.push(new);
             Ok(())
         }
-        ([], _) => Err(ctx.error(field, format!("{}: does not exist; cannot merge or replace", describe(&id)))),
+        ([], _) => Err(ctx.error(
+            field,
+            format!("{}: does not exist; cannot merge or replace", describe(&id)),
+        )),
         ([i], "merge" | "replace") => {
             let old = &resources[*i];
             for key in ["labels", "annotations"] {
@@ -186,7 +212,12 @@ fn absorb(ctx: &Context, field: &str, behavior: &str, mut new: Resource, resourc
             new.prev_ids = old.prev_ids.clone();
             if behavior == "merge" {
                 for key in ["data", "binaryData"] {
-                    let mut merged = old.object.get(key).and_then(Value::as_object).cloned().unwrap_or_default();
+                    let mut merged = old
+                        .object
+                        .get(key)
+                        .and_then(Value::as_object)
+                        .cloned()
+                        .unwrap_or_default();
                     if let Some(Value::Object(m)) = new.object.get(key) {
                         merged.extend(m.clone());
                     }
@@ -209,7 +240,10 @@ fn absorb(ctx: &Context, field: &str, behavior: &str, mut new: Resource, resourc
             field,
             format!("{} exists; behavior must be merge or replace", describe(&id)),
         )),
-        (_, _) => Err(ctx.error(field, format!("several objects could accept the merge of {}", describe(&id)))),
+        (_, _) => Err(ctx.error(
+            field,
+            format!("several objects could accept the merge of {}", describe(&id)),
+        )),
     }
 }
 
@@ -223,7 +257,13 @@ mod tests {
 
     #[test]
     fn literal_quotes_and_keys() {
-        for (input, want) in [("\"a b\"", "a b"), ("'x'", "x"), ("\"x'", "\"x'"), ("\"", "\""), ("v", "v")] {
+        for (input, want) in [
+            ("\"a b\"", "a b"),
+            ("'x'", "x"),
+            ("\"x'", "\"x'"),
+            ("\"", "\""),
+            ("v", "v"),
+        ] {
             assert_eq!(remove_quotes(input), want);
         }
         assert!(is_config_key("a.b-c_d"));

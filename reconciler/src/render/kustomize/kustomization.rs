@@ -250,10 +250,21 @@ pub fn from_value(file: &str, value: Value) -> Result<Kustomization, ManifestErr
             ));
         }
     }
-    let mut k: Kustomization = serde_json::from_value(value)
-        .map_err(|e| file_error(file, 0, &field_of(&e.to_string()), format!("invalid kustomization: {e}")))?;
+    let mut k: Kustomization = serde_json::from_value(value).map_err(|e| {
+        file_error(
+            file,
+            0,
+            &field_of(&e.to_string()),
+            format!("invalid kustomization: {e}"),
+        )
+    })?;
     if let Some(kind) = k.kind.as_deref().filter(|k| *k != "Kustomization") {
-        return Err(file_error(file, 0, "kind", format!("{kind} is not supported; only Kustomization is")));
+        return Err(file_error(
+            file,
+            0,
+            "kind",
+            format!("{kind} is not supported; only Kustomization is"),
+        ));
     }
     if let Some(s) = &k.sort_options {
         if s.order != "legacy" && s.order != "fifo" {

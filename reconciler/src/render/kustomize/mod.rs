@@ -70,7 +70,13 @@ impl Renderer for Kustomize {
 pub fn kustomization_file(tree: &Tree, dir: &str) -> Option<String> {
     KUSTOMIZATION_FILES
         .iter()
-        .map(|name| if dir.is_empty() { name.to_string() } else { format!("{dir}/{name}") })
+        .map(|name| {
+            if dir.is_empty() {
+                name.to_string()
+            } else {
+                format!("{dir}/{name}")
+            }
+        })
         .find(|path| tree.contains_key(path))
 }
 
@@ -99,13 +105,15 @@ impl Context<'_> {
     /// The path of a file the kustomization names, which kustomize's default load
     /// restrictor keeps inside the kustomization's directory.
     pub fn file_path(&self, field: &str, rel: &str) -> Result<String, ManifestError> {
-        let path = join(self.dir, rel)
-            .ok_or_else(|| self.error(field, format!("{rel}: outside the repository")))?;
+        let path = join(self.dir, rel).ok_or_else(|| self.error(field, format!("{rel}: outside the repository")))?;
         let inside = self.dir.is_empty() || path.starts_with(&format!("{}/", self.dir));
         if !inside {
             return Err(self.error(
                 field,
-                format!("{rel}: security; file is not in or below {}", if self.dir.is_empty() { "." } else { self.dir }),
+                format!(
+                    "{rel}: security; file is not in or below {}",
+                    if self.dir.is_empty() { "." } else { self.dir }
+                ),
             ));
         }
         Ok(path)
@@ -123,8 +131,8 @@ impl Context<'_> {
     /// The content of a file the kustomization names, as text.
     pub fn read_text(&self, field: &str, rel: &str) -> Result<(String, String), ManifestError> {
         let (path, content) = self.read(field, rel)?;
-        let text = String::from_utf8(content.to_vec())
-            .map_err(|_| self.error(field, format!("{rel}: not UTF-8 text")))?;
+        let text =
+            String::from_utf8(content.to_vec()).map_err(|_| self.error(field, format!("{rel}: not UTF-8 text")))?;
         Ok((path, text))
     }
 }
@@ -203,10 +211,12 @@ impl Builder<'_> {
     /// The objects of one `resources` entry: a file's documents or a directory's kustomization.
     fn resource(&mut self, ctx: &Context, field: &str, entry: &str) -> Result<Vec<Resource>, Errors> {
         if entry.contains("://") || entry.starts_with("git@") || entry.starts_with("github.com/") {
-            return Err(vec![ctx.error(field, format!("{entry}: remote resources are not supported"))]);
+            return Err(vec![
+                ctx.error(field, format!("{entry}: remote resources are not supported"))
+            ]);
         }
-        let path = join(ctx.dir, entry)
-            .ok_or_else(|| vec![ctx.error(field, format!("{entry}: outside the repository"))])?;
+        let path =
+            join(ctx.dir, entry).ok_or_else(|| vec![ctx.error(field, format!("{entry}: outside the repository"))])?;
         if ctx.tree.contains_key(&path) {
             let (path, content) = ctx.read_text(field, entry).map_err(|e| vec![e])?;
             let objects = manifest::parse(&[SourceFile { path, content }])?;
@@ -215,6 +225,8 @@ impl Builder<'_> {
         if is_dir(ctx.tree, &path) {
             return self.accumulate(&path).map(|(resources, _)| resources);
         }
-        Err(vec![ctx.error(field, format!("{entry}: no such file or directory ({path})"))])
+        Err(vec![
+            ctx.error(field, format!("{entry}: no such file or directory ({path})"))
+        ])
     }
 }

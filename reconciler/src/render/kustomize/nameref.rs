@@ -7,9 +7,14 @@ use std::collections::BTreeSet;
 use serde_json::Value;
 
 use super::fieldspec::{FieldSpec, Leaf};
-use super::resource::{Resource, ResId};
+use super::resource::{ResId, Resource};
 use crate::manifest::ManifestError;
 use crate::render::file_error;
+
+/// `(group, version, kind)`, "" for any.
+type Gvk = (&'static str, &'static str, &'static str);
+/// `(group, version, kind, path)` of a referrer field.
+type Referrer = (&'static str, &'static str, &'static str, &'static str);
 
 /// What the rewrite needs to know of a possible referral.
 struct Candidate {
@@ -81,7 +86,9 @@ fn could_be_referenced<'a>(referrer: &ResId, object: &Value, all: &'a [Candidate
         }
     }
     all.iter()
-        .filter(|c| is_cluster(&c.cur) || c.cur.namespace == referrer.namespace || binding_namespaces.contains(&c.namespace))
+        .filter(|c| {
+            is_cluster(&c.cur) || c.cur.namespace == referrer.namespace || binding_namespaces.contains(&c.namespace)
+        })
         .collect()
 }
 
@@ -158,7 +165,9 @@ impl Referral<'_> {
                 }
             }
         };
-        let Some(c) = self.select(&old, candidates, true)? else { return Ok(()) };
+        let Some(c) = self.select(&old, candidates, true)? else {
+            return Ok(());
+        };
         if c.cur.name == old && c.namespace.is_empty() {
             return Ok(());
         }
@@ -170,7 +179,12 @@ impl Referral<'_> {
     }
 
     /// kustomize's `selectReferral`.
-    fn select<'c>(&self, old: &str, candidates: Vec<&'c Candidate>, with_namespace: bool) -> Result<Option<&'c Candidate>, String> {
+    fn select<'c>(
+        &self,
+        old: &str,
+        candidates: Vec<&'c Candidate>,
+        with_namespace: bool,
+    ) -> Result<Option<&'c Candidate>, String> {
         let (g, v, k) = self.gvk;
         let picked: Vec<&Candidate> = candidates
             .into_iter()
@@ -198,7 +212,10 @@ impl Referral<'_> {
                     Ok(Some(first))
                 } else {
                     let ids: Vec<String> = picked.iter().map(|c| c.cur.describe()).collect();
-                    Err(format!("found multiple possible referrals for {old:?}: {}", ids.join(", ")))
+                    Err(format!(
+                        "found multiple possible referrals for {old:?}: {}",
+                        ids.join(", ")
+                    ))
                 }
             }
         }
@@ -216,86 +233,263 @@ fn original_namespace(c: &Candidate) -> String {
 
 /// kustomize's default `nameReference` configuration (`api/internal/konfig/builtinpluginconsts/namereference.go`):
 /// for each referral kind `(group, version, kind)`, the referrer fields `(group, version, kind, path)`.
-const NAME_REFERENCES: &[((&str, &str, &str), &[(&str, &str, &str, &str)])] = &[
+const NAME_REFERENCES: &[(Gvk, &[Referrer])] = &[
     (
         ("", "", "Deployment"),
-        &[
-            ("", "", "HorizontalPodAutoscaler", "spec/scaleTargetRef/name"),
-        ],
+        &[("", "", "HorizontalPodAutoscaler", "spec/scaleTargetRef/name")],
     ),
     (
         ("", "", "ReplicationController"),
-        &[
-            ("", "", "HorizontalPodAutoscaler", "spec/scaleTargetRef/name"),
-        ],
+        &[("", "", "HorizontalPodAutoscaler", "spec/scaleTargetRef/name")],
     ),
     (
         ("", "", "ReplicaSet"),
-        &[
-            ("", "", "HorizontalPodAutoscaler", "spec/scaleTargetRef/name"),
-        ],
+        &[("", "", "HorizontalPodAutoscaler", "spec/scaleTargetRef/name")],
     ),
     (
         ("", "", "StatefulSet"),
-        &[
-            ("", "", "HorizontalPodAutoscaler", "spec/scaleTargetRef/name"),
-        ],
+        &[("", "", "HorizontalPodAutoscaler", "spec/scaleTargetRef/name")],
     ),
     (
         ("", "v1", "ConfigMap"),
         &[
             ("", "v1", "Pod", "spec/volumes/configMap/name"),
             ("", "v1", "Pod", "spec/containers/env/valueFrom/configMapKeyRef/name"),
-            ("", "v1", "Pod", "spec/initContainers/env/valueFrom/configMapKeyRef/name"),
+            (
+                "",
+                "v1",
+                "Pod",
+                "spec/initContainers/env/valueFrom/configMapKeyRef/name",
+            ),
             ("", "v1", "Pod", "spec/containers/envFrom/configMapRef/name"),
             ("", "v1", "Pod", "spec/initContainers/envFrom/configMapRef/name"),
             ("", "v1", "Pod", "spec/volumes/projected/sources/configMap/name"),
             ("", "", "PodTemplate", "template/spec/volumes/configMap/name"),
-            ("", "", "PodTemplate", "template/spec/containers/env/valueFrom/configMapKeyRef/name"),
-            ("", "", "PodTemplate", "template/spec/initContainers/env/valueFrom/configMapKeyRef/name"),
-            ("", "", "PodTemplate", "template/spec/containers/envFrom/configMapRef/name"),
-            ("", "", "PodTemplate", "template/spec/initContainers/envFrom/configMapRef/name"),
-            ("", "", "PodTemplate", "template/spec/volumes/projected/sources/configMap/name"),
+            (
+                "",
+                "",
+                "PodTemplate",
+                "template/spec/containers/env/valueFrom/configMapKeyRef/name",
+            ),
+            (
+                "",
+                "",
+                "PodTemplate",
+                "template/spec/initContainers/env/valueFrom/configMapKeyRef/name",
+            ),
+            (
+                "",
+                "",
+                "PodTemplate",
+                "template/spec/containers/envFrom/configMapRef/name",
+            ),
+            (
+                "",
+                "",
+                "PodTemplate",
+                "template/spec/initContainers/envFrom/configMapRef/name",
+            ),
+            (
+                "",
+                "",
+                "PodTemplate",
+                "template/spec/volumes/projected/sources/configMap/name",
+            ),
             ("", "", "Deployment", "spec/template/spec/volumes/configMap/name"),
-            ("", "", "Deployment", "spec/template/spec/containers/env/valueFrom/configMapKeyRef/name"),
-            ("", "", "Deployment", "spec/template/spec/initContainers/env/valueFrom/configMapKeyRef/name"),
-            ("", "", "Deployment", "spec/template/spec/containers/envFrom/configMapRef/name"),
-            ("", "", "Deployment", "spec/template/spec/initContainers/envFrom/configMapRef/name"),
-            ("", "", "Deployment", "spec/template/spec/volumes/projected/sources/configMap/name"),
+            (
+                "",
+                "",
+                "Deployment",
+                "spec/template/spec/containers/env/valueFrom/configMapKeyRef/name",
+            ),
+            (
+                "",
+                "",
+                "Deployment",
+                "spec/template/spec/initContainers/env/valueFrom/configMapKeyRef/name",
+            ),
+            (
+                "",
+                "",
+                "Deployment",
+                "spec/template/spec/containers/envFrom/configMapRef/name",
+            ),
+            (
+                "",
+                "",
+                "Deployment",
+                "spec/template/spec/initContainers/envFrom/configMapRef/name",
+            ),
+            (
+                "",
+                "",
+                "Deployment",
+                "spec/template/spec/volumes/projected/sources/configMap/name",
+            ),
             ("", "", "ReplicaSet", "spec/template/spec/volumes/configMap/name"),
-            ("", "", "ReplicaSet", "spec/template/spec/containers/env/valueFrom/configMapKeyRef/name"),
-            ("", "", "ReplicaSet", "spec/template/spec/initContainers/env/valueFrom/configMapKeyRef/name"),
-            ("", "", "ReplicaSet", "spec/template/spec/containers/envFrom/configMapRef/name"),
-            ("", "", "ReplicaSet", "spec/template/spec/initContainers/envFrom/configMapRef/name"),
-            ("", "", "ReplicaSet", "spec/template/spec/volumes/projected/sources/configMap/name"),
+            (
+                "",
+                "",
+                "ReplicaSet",
+                "spec/template/spec/containers/env/valueFrom/configMapKeyRef/name",
+            ),
+            (
+                "",
+                "",
+                "ReplicaSet",
+                "spec/template/spec/initContainers/env/valueFrom/configMapKeyRef/name",
+            ),
+            (
+                "",
+                "",
+                "ReplicaSet",
+                "spec/template/spec/containers/envFrom/configMapRef/name",
+            ),
+            (
+                "",
+                "",
+                "ReplicaSet",
+                "spec/template/spec/initContainers/envFrom/configMapRef/name",
+            ),
+            (
+                "",
+                "",
+                "ReplicaSet",
+                "spec/template/spec/volumes/projected/sources/configMap/name",
+            ),
             ("", "", "DaemonSet", "spec/template/spec/volumes/configMap/name"),
-            ("", "", "DaemonSet", "spec/template/spec/containers/env/valueFrom/configMapKeyRef/name"),
-            ("", "", "DaemonSet", "spec/template/spec/initContainers/env/valueFrom/configMapKeyRef/name"),
-            ("", "", "DaemonSet", "spec/template/spec/containers/envFrom/configMapRef/name"),
-            ("", "", "DaemonSet", "spec/template/spec/initContainers/envFrom/configMapRef/name"),
-            ("", "", "DaemonSet", "spec/template/spec/volumes/projected/sources/configMap/name"),
+            (
+                "",
+                "",
+                "DaemonSet",
+                "spec/template/spec/containers/env/valueFrom/configMapKeyRef/name",
+            ),
+            (
+                "",
+                "",
+                "DaemonSet",
+                "spec/template/spec/initContainers/env/valueFrom/configMapKeyRef/name",
+            ),
+            (
+                "",
+                "",
+                "DaemonSet",
+                "spec/template/spec/containers/envFrom/configMapRef/name",
+            ),
+            (
+                "",
+                "",
+                "DaemonSet",
+                "spec/template/spec/initContainers/envFrom/configMapRef/name",
+            ),
+            (
+                "",
+                "",
+                "DaemonSet",
+                "spec/template/spec/volumes/projected/sources/configMap/name",
+            ),
             ("", "", "StatefulSet", "spec/template/spec/volumes/configMap/name"),
-            ("", "", "StatefulSet", "spec/template/spec/containers/env/valueFrom/configMapKeyRef/name"),
-            ("", "", "StatefulSet", "spec/template/spec/initContainers/env/valueFrom/configMapKeyRef/name"),
-            ("", "", "StatefulSet", "spec/template/spec/containers/envFrom/configMapRef/name"),
-            ("", "", "StatefulSet", "spec/template/spec/initContainers/envFrom/configMapRef/name"),
-            ("", "", "StatefulSet", "spec/template/spec/volumes/projected/sources/configMap/name"),
+            (
+                "",
+                "",
+                "StatefulSet",
+                "spec/template/spec/containers/env/valueFrom/configMapKeyRef/name",
+            ),
+            (
+                "",
+                "",
+                "StatefulSet",
+                "spec/template/spec/initContainers/env/valueFrom/configMapKeyRef/name",
+            ),
+            (
+                "",
+                "",
+                "StatefulSet",
+                "spec/template/spec/containers/envFrom/configMapRef/name",
+            ),
+            (
+                "",
+                "",
+                "StatefulSet",
+                "spec/template/spec/initContainers/envFrom/configMapRef/name",
+            ),
+            (
+                "",
+                "",
+                "StatefulSet",
+                "spec/template/spec/volumes/projected/sources/configMap/name",
+            ),
             ("", "", "Job", "spec/template/spec/volumes/configMap/name"),
-            ("", "", "Job", "spec/template/spec/containers/env/valueFrom/configMapKeyRef/name"),
-            ("", "", "Job", "spec/template/spec/initContainers/env/valueFrom/configMapKeyRef/name"),
+            (
+                "",
+                "",
+                "Job",
+                "spec/template/spec/containers/env/valueFrom/configMapKeyRef/name",
+            ),
+            (
+                "",
+                "",
+                "Job",
+                "spec/template/spec/initContainers/env/valueFrom/configMapKeyRef/name",
+            ),
             ("", "", "Job", "spec/template/spec/containers/envFrom/configMapRef/name"),
-            ("", "", "Job", "spec/template/spec/initContainers/envFrom/configMapRef/name"),
-            ("", "", "Job", "spec/template/spec/volumes/projected/sources/configMap/name"),
-            ("", "", "CronJob", "spec/jobTemplate/spec/template/spec/volumes/configMap/name"),
-            ("", "", "CronJob", "spec/jobTemplate/spec/template/spec/volumes/projected/sources/configMap/name"),
-            ("", "", "CronJob", "spec/jobTemplate/spec/template/spec/containers/env/valueFrom/configMapKeyRef/name"),
-            ("", "", "CronJob", "spec/jobTemplate/spec/template/spec/initContainers/env/valueFrom/configMapKeyRef/name"),
-            ("", "", "CronJob", "spec/jobTemplate/spec/template/spec/containers/envFrom/configMapRef/name"),
-            ("", "", "CronJob", "spec/jobTemplate/spec/template/spec/initContainers/envFrom/configMapRef/name"),
+            (
+                "",
+                "",
+                "Job",
+                "spec/template/spec/initContainers/envFrom/configMapRef/name",
+            ),
+            (
+                "",
+                "",
+                "Job",
+                "spec/template/spec/volumes/projected/sources/configMap/name",
+            ),
+            (
+                "",
+                "",
+                "CronJob",
+                "spec/jobTemplate/spec/template/spec/volumes/configMap/name",
+            ),
+            (
+                "",
+                "",
+                "CronJob",
+                "spec/jobTemplate/spec/template/spec/volumes/projected/sources/configMap/name",
+            ),
+            (
+                "",
+                "",
+                "CronJob",
+                "spec/jobTemplate/spec/template/spec/containers/env/valueFrom/configMapKeyRef/name",
+            ),
+            (
+                "",
+                "",
+                "CronJob",
+                "spec/jobTemplate/spec/template/spec/initContainers/env/valueFrom/configMapKeyRef/name",
+            ),
+            (
+                "",
+                "",
+                "CronJob",
+                "spec/jobTemplate/spec/template/spec/containers/envFrom/configMapRef/name",
+            ),
+            (
+                "",
+                "",
+                "CronJob",
+                "spec/jobTemplate/spec/template/spec/initContainers/envFrom/configMapRef/name",
+            ),
             ("", "", "Node", "spec/configSource/configMap"),
             ("", "", "Role", "rules/resourceNames"),
             ("", "", "ClusterRole", "rules/resourceNames"),
-            ("", "", "Ingress", "metadata/annotations/nginx.ingress.kubernetes.io\\/fastcgi-params-configmap"),
+            (
+                "",
+                "",
+                "Ingress",
+                "metadata/annotations/nginx.ingress.kubernetes.io\\/fastcgi-params-configmap",
+            ),
         ],
     ),
     (
@@ -309,58 +503,248 @@ const NAME_REFERENCES: &[((&str, &str, &str), &[(&str, &str, &str, &str)])] = &[
             ("", "v1", "Pod", "spec/imagePullSecrets/name"),
             ("", "v1", "Pod", "spec/volumes/projected/sources/secret/name"),
             ("", "", "PodTemplate", "template/spec/volumes/secret/secretName"),
-            ("", "", "PodTemplate", "template/spec/containers/env/valueFrom/secretKeyRef/name"),
-            ("", "", "PodTemplate", "template/spec/initContainers/env/valueFrom/secretKeyRef/name"),
+            (
+                "",
+                "",
+                "PodTemplate",
+                "template/spec/containers/env/valueFrom/secretKeyRef/name",
+            ),
+            (
+                "",
+                "",
+                "PodTemplate",
+                "template/spec/initContainers/env/valueFrom/secretKeyRef/name",
+            ),
             ("", "", "PodTemplate", "template/spec/containers/envFrom/secretRef/name"),
-            ("", "", "PodTemplate", "template/spec/initContainers/envFrom/secretRef/name"),
+            (
+                "",
+                "",
+                "PodTemplate",
+                "template/spec/initContainers/envFrom/secretRef/name",
+            ),
             ("", "", "PodTemplate", "template/spec/imagePullSecrets/name"),
-            ("", "", "PodTemplate", "template/spec/volumes/projected/sources/secret/name"),
+            (
+                "",
+                "",
+                "PodTemplate",
+                "template/spec/volumes/projected/sources/secret/name",
+            ),
             ("", "", "Deployment", "spec/template/spec/volumes/secret/secretName"),
-            ("", "", "Deployment", "spec/template/spec/containers/env/valueFrom/secretKeyRef/name"),
-            ("", "", "Deployment", "spec/template/spec/initContainers/env/valueFrom/secretKeyRef/name"),
-            ("", "", "Deployment", "spec/template/spec/containers/envFrom/secretRef/name"),
-            ("", "", "Deployment", "spec/template/spec/initContainers/envFrom/secretRef/name"),
+            (
+                "",
+                "",
+                "Deployment",
+                "spec/template/spec/containers/env/valueFrom/secretKeyRef/name",
+            ),
+            (
+                "",
+                "",
+                "Deployment",
+                "spec/template/spec/initContainers/env/valueFrom/secretKeyRef/name",
+            ),
+            (
+                "",
+                "",
+                "Deployment",
+                "spec/template/spec/containers/envFrom/secretRef/name",
+            ),
+            (
+                "",
+                "",
+                "Deployment",
+                "spec/template/spec/initContainers/envFrom/secretRef/name",
+            ),
             ("", "", "Deployment", "spec/template/spec/imagePullSecrets/name"),
-            ("", "", "Deployment", "spec/template/spec/volumes/projected/sources/secret/name"),
+            (
+                "",
+                "",
+                "Deployment",
+                "spec/template/spec/volumes/projected/sources/secret/name",
+            ),
             ("", "", "ReplicaSet", "spec/template/spec/volumes/secret/secretName"),
-            ("", "", "ReplicaSet", "spec/template/spec/containers/env/valueFrom/secretKeyRef/name"),
-            ("", "", "ReplicaSet", "spec/template/spec/initContainers/env/valueFrom/secretKeyRef/name"),
-            ("", "", "ReplicaSet", "spec/template/spec/containers/envFrom/secretRef/name"),
-            ("", "", "ReplicaSet", "spec/template/spec/initContainers/envFrom/secretRef/name"),
+            (
+                "",
+                "",
+                "ReplicaSet",
+                "spec/template/spec/containers/env/valueFrom/secretKeyRef/name",
+            ),
+            (
+                "",
+                "",
+                "ReplicaSet",
+                "spec/template/spec/initContainers/env/valueFrom/secretKeyRef/name",
+            ),
+            (
+                "",
+                "",
+                "ReplicaSet",
+                "spec/template/spec/containers/envFrom/secretRef/name",
+            ),
+            (
+                "",
+                "",
+                "ReplicaSet",
+                "spec/template/spec/initContainers/envFrom/secretRef/name",
+            ),
             ("", "", "ReplicaSet", "spec/template/spec/imagePullSecrets/name"),
-            ("", "", "ReplicaSet", "spec/template/spec/volumes/projected/sources/secret/name"),
+            (
+                "",
+                "",
+                "ReplicaSet",
+                "spec/template/spec/volumes/projected/sources/secret/name",
+            ),
             ("", "", "DaemonSet", "spec/template/spec/volumes/secret/secretName"),
-            ("", "", "DaemonSet", "spec/template/spec/containers/env/valueFrom/secretKeyRef/name"),
-            ("", "", "DaemonSet", "spec/template/spec/initContainers/env/valueFrom/secretKeyRef/name"),
-            ("", "", "DaemonSet", "spec/template/spec/containers/envFrom/secretRef/name"),
-            ("", "", "DaemonSet", "spec/template/spec/initContainers/envFrom/secretRef/name"),
+            (
+                "",
+                "",
+                "DaemonSet",
+                "spec/template/spec/containers/env/valueFrom/secretKeyRef/name",
+            ),
+            (
+                "",
+                "",
+                "DaemonSet",
+                "spec/template/spec/initContainers/env/valueFrom/secretKeyRef/name",
+            ),
+            (
+                "",
+                "",
+                "DaemonSet",
+                "spec/template/spec/containers/envFrom/secretRef/name",
+            ),
+            (
+                "",
+                "",
+                "DaemonSet",
+                "spec/template/spec/initContainers/envFrom/secretRef/name",
+            ),
             ("", "", "DaemonSet", "spec/template/spec/imagePullSecrets/name"),
-            ("", "", "DaemonSet", "spec/template/spec/volumes/projected/sources/secret/name"),
+            (
+                "",
+                "",
+                "DaemonSet",
+                "spec/template/spec/volumes/projected/sources/secret/name",
+            ),
             ("", "", "StatefulSet", "spec/template/spec/volumes/secret/secretName"),
-            ("", "", "StatefulSet", "spec/template/spec/containers/env/valueFrom/secretKeyRef/name"),
-            ("", "", "StatefulSet", "spec/template/spec/initContainers/env/valueFrom/secretKeyRef/name"),
-            ("", "", "StatefulSet", "spec/template/spec/containers/envFrom/secretRef/name"),
-            ("", "", "StatefulSet", "spec/template/spec/initContainers/envFrom/secretRef/name"),
+            (
+                "",
+                "",
+                "StatefulSet",
+                "spec/template/spec/containers/env/valueFrom/secretKeyRef/name",
+            ),
+            (
+                "",
+                "",
+                "StatefulSet",
+                "spec/template/spec/initContainers/env/valueFrom/secretKeyRef/name",
+            ),
+            (
+                "",
+                "",
+                "StatefulSet",
+                "spec/template/spec/containers/envFrom/secretRef/name",
+            ),
+            (
+                "",
+                "",
+                "StatefulSet",
+                "spec/template/spec/initContainers/envFrom/secretRef/name",
+            ),
             ("", "", "StatefulSet", "spec/template/spec/imagePullSecrets/name"),
-            ("", "", "StatefulSet", "spec/template/spec/volumes/projected/sources/secret/name"),
+            (
+                "",
+                "",
+                "StatefulSet",
+                "spec/template/spec/volumes/projected/sources/secret/name",
+            ),
             ("", "", "Job", "spec/template/spec/volumes/secret/secretName"),
-            ("", "", "Job", "spec/template/spec/containers/env/valueFrom/secretKeyRef/name"),
-            ("", "", "Job", "spec/template/spec/initContainers/env/valueFrom/secretKeyRef/name"),
+            (
+                "",
+                "",
+                "Job",
+                "spec/template/spec/containers/env/valueFrom/secretKeyRef/name",
+            ),
+            (
+                "",
+                "",
+                "Job",
+                "spec/template/spec/initContainers/env/valueFrom/secretKeyRef/name",
+            ),
             ("", "", "Job", "spec/template/spec/containers/envFrom/secretRef/name"),
-            ("", "", "Job", "spec/template/spec/initContainers/envFrom/secretRef/name"),
+            (
+                "",
+                "",
+                "Job",
+                "spec/template/spec/initContainers/envFrom/secretRef/name",
+            ),
             ("", "", "Job", "spec/template/spec/imagePullSecrets/name"),
-            ("", "", "Job", "spec/template/spec/volumes/projected/sources/secret/name"),
-            ("", "", "CronJob", "spec/jobTemplate/spec/template/spec/volumes/secret/secretName"),
-            ("", "", "CronJob", "spec/jobTemplate/spec/template/spec/volumes/projected/sources/secret/name"),
-            ("", "", "CronJob", "spec/jobTemplate/spec/template/spec/containers/env/valueFrom/secretKeyRef/name"),
-            ("", "", "CronJob", "spec/jobTemplate/spec/template/spec/initContainers/env/valueFrom/secretKeyRef/name"),
-            ("", "", "CronJob", "spec/jobTemplate/spec/template/spec/containers/envFrom/secretRef/name"),
-            ("", "", "CronJob", "spec/jobTemplate/spec/template/spec/initContainers/envFrom/secretRef/name"),
-            ("", "", "CronJob", "spec/jobTemplate/spec/template/spec/imagePullSecrets/name"),
+            (
+                "",
+                "",
+                "Job",
+                "spec/template/spec/volumes/projected/sources/secret/name",
+            ),
+            (
+                "",
+                "",
+                "CronJob",
+                "spec/jobTemplate/spec/template/spec/volumes/secret/secretName",
+            ),
+            (
+                "",
+                "",
+                "CronJob",
+                "spec/jobTemplate/spec/template/spec/volumes/projected/sources/secret/name",
+            ),
+            (
+                "",
+                "",
+                "CronJob",
+                "spec/jobTemplate/spec/template/spec/containers/env/valueFrom/secretKeyRef/name",
+            ),
+            (
+                "",
+                "",
+                "CronJob",
+                "spec/jobTemplate/spec/template/spec/initContainers/env/valueFrom/secretKeyRef/name",
+            ),
+            (
+                "",
+                "",
+                "CronJob",
+                "spec/jobTemplate/spec/template/spec/containers/envFrom/secretRef/name",
+            ),
+            (
+                "",
+                "",
+                "CronJob",
+                "spec/jobTemplate/spec/template/spec/initContainers/envFrom/secretRef/name",
+            ),
+            (
+                "",
+                "",
+                "CronJob",
+                "spec/jobTemplate/spec/template/spec/imagePullSecrets/name",
+            ),
             ("", "", "Ingress", "spec/tls/secretName"),
-            ("", "", "Ingress", "metadata/annotations/ingress.kubernetes.io\\/auth-secret"),
-            ("", "", "Ingress", "metadata/annotations/nginx.ingress.kubernetes.io\\/auth-secret"),
-            ("", "", "Ingress", "metadata/annotations/nginx.ingress.kubernetes.io\\/auth-tls-secret"),
+            (
+                "",
+                "",
+                "Ingress",
+                "metadata/annotations/ingress.kubernetes.io\\/auth-secret",
+            ),
+            (
+                "",
+                "",
+                "Ingress",
+                "metadata/annotations/nginx.ingress.kubernetes.io\\/auth-secret",
+            ),
+            (
+                "",
+                "",
+                "Ingress",
+                "metadata/annotations/nginx.ingress.kubernetes.io\\/auth-tls-secret",
+            ),
             ("", "", "ServiceAccount", "imagePullSecrets/name"),
             ("", "", "StorageClass", "parameters/secretName"),
             ("", "", "StorageClass", "parameters/adminSecretName"),
@@ -368,7 +752,12 @@ const NAME_REFERENCES: &[((&str, &str, &str), &[(&str, &str, &str, &str)])] = &[
             ("", "", "StorageClass", "parameters/secretRef"),
             ("", "", "Role", "rules/resourceNames"),
             ("", "", "ClusterRole", "rules/resourceNames"),
-            ("serving.knative.dev", "v1", "Service", "spec/template/spec/containers/env/valueFrom/secretKeyRef/name"),
+            (
+                "serving.knative.dev",
+                "v1",
+                "Service",
+                "spec/template/spec/containers/env/valueFrom/secretKeyRef/name",
+            ),
             ("", "", "PersistentVolume", "spec/azureFile/secretName"),
         ],
     ),
@@ -381,15 +770,23 @@ const NAME_REFERENCES: &[((&str, &str, &str), &[(&str, &str, &str, &str)])] = &[
             ("", "", "Ingress", "spec/rules/http/paths/backend/service/name"),
             ("", "", "Ingress", "spec/defaultBackend/service/name"),
             ("apiregistration.k8s.io", "", "APIService", "spec/service/name"),
-            ("admissionregistration.k8s.io", "", "ValidatingWebhookConfiguration", "webhooks/clientConfig/service"),
-            ("admissionregistration.k8s.io", "", "MutatingWebhookConfiguration", "webhooks/clientConfig/service"),
+            (
+                "admissionregistration.k8s.io",
+                "",
+                "ValidatingWebhookConfiguration",
+                "webhooks/clientConfig/service",
+            ),
+            (
+                "admissionregistration.k8s.io",
+                "",
+                "MutatingWebhookConfiguration",
+                "webhooks/clientConfig/service",
+            ),
         ],
     ),
     (
         ("rbac.authorization.k8s.io", "", "Role"),
-        &[
-            ("rbac.authorization.k8s.io", "", "RoleBinding", "roleRef/name"),
-        ],
+        &[("rbac.authorization.k8s.io", "", "RoleBinding", "roleRef/name")],
     ),
     (
         ("rbac.authorization.k8s.io", "", "ClusterRole"),
@@ -407,7 +804,12 @@ const NAME_REFERENCES: &[((&str, &str, &str), &[(&str, &str, &str, &str)])] = &[
             ("", "", "StatefulSet", "spec/template/spec/serviceAccountName"),
             ("", "", "Deployment", "spec/template/spec/serviceAccountName"),
             ("", "", "ReplicationController", "spec/template/spec/serviceAccountName"),
-            ("", "", "CronJob", "spec/jobTemplate/spec/template/spec/serviceAccountName"),
+            (
+                "",
+                "",
+                "CronJob",
+                "spec/jobTemplate/spec/template/spec/serviceAccountName",
+            ),
             ("", "", "Job", "spec/template/spec/serviceAccountName"),
             ("", "", "DaemonSet", "spec/template/spec/serviceAccountName"),
         ],
@@ -416,12 +818,42 @@ const NAME_REFERENCES: &[((&str, &str, &str), &[(&str, &str, &str, &str)])] = &[
         ("", "v1", "PersistentVolumeClaim"),
         &[
             ("", "", "Pod", "spec/volumes/persistentVolumeClaim/claimName"),
-            ("", "", "StatefulSet", "spec/template/spec/volumes/persistentVolumeClaim/claimName"),
-            ("", "", "Deployment", "spec/template/spec/volumes/persistentVolumeClaim/claimName"),
-            ("", "", "ReplicationController", "spec/template/spec/volumes/persistentVolumeClaim/claimName"),
-            ("", "", "CronJob", "spec/jobTemplate/spec/template/spec/volumes/persistentVolumeClaim/claimName"),
-            ("", "", "Job", "spec/template/spec/volumes/persistentVolumeClaim/claimName"),
-            ("", "", "DaemonSet", "spec/template/spec/volumes/persistentVolumeClaim/claimName"),
+            (
+                "",
+                "",
+                "StatefulSet",
+                "spec/template/spec/volumes/persistentVolumeClaim/claimName",
+            ),
+            (
+                "",
+                "",
+                "Deployment",
+                "spec/template/spec/volumes/persistentVolumeClaim/claimName",
+            ),
+            (
+                "",
+                "",
+                "ReplicationController",
+                "spec/template/spec/volumes/persistentVolumeClaim/claimName",
+            ),
+            (
+                "",
+                "",
+                "CronJob",
+                "spec/jobTemplate/spec/template/spec/volumes/persistentVolumeClaim/claimName",
+            ),
+            (
+                "",
+                "",
+                "Job",
+                "spec/template/spec/volumes/persistentVolumeClaim/claimName",
+            ),
+            (
+                "",
+                "",
+                "DaemonSet",
+                "spec/template/spec/volumes/persistentVolumeClaim/claimName",
+            ),
         ],
     ),
     (
@@ -446,22 +878,28 @@ const NAME_REFERENCES: &[((&str, &str, &str), &[(&str, &str, &str, &str)])] = &[
             ("", "", "StatefulSet", "spec/template/spec/priorityClassName"),
             ("", "", "Deployment", "spec/template/spec/priorityClassName"),
             ("", "", "ReplicationController", "spec/template/spec/priorityClassName"),
-            ("", "", "CronJob", "spec/jobTemplate/spec/template/spec/priorityClassName"),
+            (
+                "",
+                "",
+                "CronJob",
+                "spec/jobTemplate/spec/template/spec/priorityClassName",
+            ),
             ("", "", "Job", "spec/template/spec/priorityClassName"),
             ("", "", "DaemonSet", "spec/template/spec/priorityClassName"),
         ],
     ),
     (
         ("networking.k8s.io/v1", "v1", "IngressClass"),
-        &[
-            ("", "", "Ingress", "spec/ingressClassName"),
-        ],
+        &[("", "", "Ingress", "spec/ingressClassName")],
     ),
     (
         ("admissionregistration.k8s.io", "", "ValidatingAdmissionPolicy"),
-        &[
-            ("admissionregistration.k8s.io", "", "ValidatingAdmissionPolicyBinding", "spec/policyName"),
-        ],
+        &[(
+            "admissionregistration.k8s.io",
+            "",
+            "ValidatingAdmissionPolicyBinding",
+            "spec/policyName",
+        )],
     ),
 ];
 
@@ -507,13 +945,17 @@ mod tests {
         assert_eq!(spec["volumes"][0]["configMap"]["name"], "p-cfg-abc");
         assert_eq!(spec["volumes"][1]["configMap"]["name"], "other");
         assert_eq!(spec["containers"][0]["envFrom"][0]["configMapRef"]["name"], "p-cfg-abc");
-        assert_eq!(spec["containers"][0]["env"][0]["valueFrom"]["configMapKeyRef"]["name"], "p-cfg-abc");
+        assert_eq!(
+            spec["containers"][0]["env"][0]["valueFrom"]["configMapKeyRef"]["name"],
+            "p-cfg-abc"
+        );
         assert_eq!(list[3].object["subjects"][0]["name"], "p-sa");
     }
 
     #[test]
     fn references_stay_within_the_namespace() {
-        let mut cm = resource(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cfg", "namespace": "a"}}));
+        let mut cm =
+            resource(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cfg", "namespace": "a"}}));
         cm.store_previous_id();
         cm.set_name("x-cfg");
         let pod = resource(json!({

@@ -9,7 +9,7 @@ use kairn_cluster::api::registry;
 use serde_json::Value;
 
 use super::kustomization::{Patch, Selector};
-use super::resource::{Resource, ResId};
+use super::resource::{ResId, Resource};
 use super::selector;
 use super::Context;
 use crate::manifest::{self, ManifestError};
@@ -125,15 +125,19 @@ fn load(ctx: &Context, field: &str, entry: &Patch) -> Result<Source, ManifestErr
 }
 
 fn documents(ctx: &Context, source: &Source) -> Result<Vec<Value>, ManifestError> {
-    let docs = manifest::parse_documents(&source.file, &source.text).map_err(|e| {
-        ctx.error(&source.field, format!("{}: {}", e.source_path, e.message))
-    })?;
+    let docs = manifest::parse_documents(&source.file, &source.text)
+        .map_err(|e| ctx.error(&source.field, format!("{}: {}", e.source_path, e.message)))?;
     Ok(docs.into_iter().map(|(_, v)| v).collect())
 }
 
 /// Applies a strategic merge patch to the one resource whose (current or previous)
 /// identity is the patch's own.
-fn apply_by_id(ctx: &Context, source: &Source, patch: &Value, resources: &mut Vec<Resource>) -> Result<(), ManifestError> {
+fn apply_by_id(
+    ctx: &Context,
+    source: &Source,
+    patch: &Value,
+    resources: &mut Vec<Resource>,
+) -> Result<(), ManifestError> {
     let id = ResId::of(patch);
     let matches: Vec<usize> = resources
         .iter()
@@ -180,8 +184,12 @@ fn apply_strategic(
         }
         super::resource::metadata_mut(&mut patch).insert("name".into(), Value::String(name.clone()));
         let res = registry::by_kind(&api_version, &kind);
-        let mut patched = api_patch::patch(res, PatchKind::Strategic, &r.object, &patch)
-            .map_err(|e| ctx.error(&source.field, format!("{}: {}: {e}", source.file, r.cur_id().describe())))?;
+        let mut patched = api_patch::patch(res, PatchKind::Strategic, &r.object, &patch).map_err(|e| {
+            ctx.error(
+                &source.field,
+                format!("{}: {}: {e}", source.file, r.cur_id().describe()),
+            )
+        })?;
         // The patch cannot move the object: it keeps its name and namespace.
         let meta = super::resource::metadata_mut(&mut patched);
         meta.insert("name".into(), Value::String(name));
@@ -214,8 +222,12 @@ fn json_patch(
         let r = &mut resources[i];
         // An operation may rename: the old identity stays matchable.
         r.store_previous_id();
-        r.object = api_patch::patch(None, PatchKind::Json, &r.object, ops)
-            .map_err(|e| ctx.error(&source.field, format!("{}: {}: {e}", source.file, r.cur_id().describe())))?;
+        r.object = api_patch::patch(None, PatchKind::Json, &r.object, ops).map_err(|e| {
+            ctx.error(
+                &source.field,
+                format!("{}: {}: {e}", source.file, r.cur_id().describe()),
+            )
+        })?;
     }
     Ok(())
 }

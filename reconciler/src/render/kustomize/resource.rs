@@ -227,7 +227,9 @@ pub fn metadata_mut(object: &mut Value) -> &mut Map<String, Value> {
     if !object.is_object() {
         *object = Value::Object(Map::new());
     }
-    let Value::Object(obj) = object else { unreachable!("made an object above") };
+    let Value::Object(obj) = object else {
+        unreachable!("made an object above")
+    };
     let meta = obj.entry("metadata").or_insert_with(|| Value::Object(Map::new()));
     if !meta.is_object() {
         *meta = Value::Object(Map::new());
@@ -299,7 +301,12 @@ pub fn legacy_sort(resources: &mut [Resource]) {
     };
     let gvk_key = |id: &ResId| {
         let or = |s: &str, d: &str| if s.is_empty() { d.to_string() } else { s.to_string() };
-        format!("{}_{}_{}", or(&id.group, "~G"), or(&id.version, "~V"), or(&id.kind, "~K"))
+        format!(
+            "{}_{}_{}",
+            or(&id.group, "~G"),
+            or(&id.version, "~V"),
+            or(&id.kind, "~K")
+        )
     };
     // The raw namespace, not the effective one: kustomize sorts on `ResId.Namespace`.
     let id_key = |r: &Resource, id: &ResId| {
@@ -345,7 +352,12 @@ mod tests {
     #[test]
     fn legacy_sort_orders_kinds_then_gvk_then_namespace_and_name() {
         let mut list = vec![
-            res("admissionregistration.k8s.io/v1", "ValidatingWebhookConfiguration", "", "w"),
+            res(
+                "admissionregistration.k8s.io/v1",
+                "ValidatingWebhookConfiguration",
+                "",
+                "w",
+            ),
             res("apps/v1", "Deployment", "b", "d"),
             res("example.com/v1", "Widget", "", "w"),
             res("apps/v1", "Deployment", "a", "z"),

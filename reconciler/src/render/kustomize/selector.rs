@@ -75,7 +75,11 @@ impl LabelSelector {
         for part in parts.iter().map(|p| p.trim()).filter(|p| !p.is_empty()) {
             let bad = || format!("invalid selector requirement {part:?}");
             let set = |rest: &str| -> Result<Vec<String>, String> {
-                let inner = rest.trim().strip_prefix('(').and_then(|r| r.strip_suffix(')')).ok_or_else(bad)?;
+                let inner = rest
+                    .trim()
+                    .strip_prefix('(')
+                    .and_then(|r| r.strip_suffix(')'))
+                    .ok_or_else(bad)?;
                 Ok(inner.split(',').map(|v| v.trim().to_string()).collect())
             };
             let req = if let Some(k) = part.strip_prefix('!') {
@@ -198,7 +202,9 @@ fn parse_alt(chars: &[char], pos: &mut usize) -> Result<Alt, String> {
                 let mut ranges = Vec::new();
                 let mut first = true;
                 loop {
-                    let Some(&c) = chars.get(*pos) else { return Err("missing ']'".into()) };
+                    let Some(&c) = chars.get(*pos) else {
+                        return Err("missing ']'".into());
+                    };
                     *pos += 1;
                     if c == ']' && !first {
                         break;
@@ -216,7 +222,9 @@ fn parse_alt(chars: &[char], pos: &mut usize) -> Result<Alt, String> {
                 Atom::Class(negated, ranges)
             }
             '\\' => Atom::Char(escaped(chars, pos)?),
-            '^' | '$' | '{' | '}' | '*' | '+' | '?' => return Err(format!("unsupported regular expression syntax {c:?}")),
+            '^' | '$' | '{' | '}' | '*' | '+' | '?' => {
+                return Err(format!("unsupported regular expression syntax {c:?}"))
+            }
             c => Atom::Char(c),
         };
         let (min, max) = match chars.get(*pos) {
@@ -228,7 +236,9 @@ fn parse_alt(chars: &[char], pos: &mut usize) -> Result<Alt, String> {
         if (min, max) != (1, Some(1)) {
             *pos += 1;
         }
-        alts.last_mut().map(|seq| seq.push(Piece { atom, min, max })).unwrap_or_default();
+        alts.last_mut()
+            .map(|seq| seq.push(Piece { atom, min, max }))
+            .unwrap_or_default();
     }
     Ok(Alt(alts))
 }
@@ -247,7 +257,9 @@ fn match_alt(alt: &Alt, s: &[char], at: usize, k: &mut dyn FnMut(usize) -> bool)
 }
 
 fn match_seq(seq: &[Piece], s: &[char], at: usize, k: &mut dyn FnMut(usize) -> bool) -> bool {
-    let Some((piece, rest)) = seq.split_first() else { return k(at) };
+    let Some((piece, rest)) = seq.split_first() else {
+        return k(at);
+    };
     match_piece(piece, 0, s, at, &mut |end| match_seq(rest, s, end, k))
 }
 

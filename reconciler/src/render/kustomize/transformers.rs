@@ -32,7 +32,13 @@ pub fn run(ctx: &Context, k: &Kustomization, resources: &mut Vec<Resource>) -> R
         set_map(ctx, "commonLabels", &k.common_labels, &specs, resources)?;
     }
     if !k.common_annotations.is_empty() {
-        set_map(ctx, "commonAnnotations", &k.common_annotations, fieldspec::ANNOTATIONS, resources)?;
+        set_map(
+            ctx,
+            "commonAnnotations",
+            &k.common_annotations,
+            fieldspec::ANNOTATIONS,
+            resources,
+        )?;
     }
     patches::json6902(ctx, &k.patches_json6902, resources)?;
     for (i, replica) in k.replicas.iter().enumerate() {
@@ -174,7 +180,13 @@ fn set_map(
 }
 
 /// kustomize's `ReplicaCountTransformer`: an entry matching nothing is an error.
-fn replicas(ctx: &Context, field: &str, name: &str, count: i64, resources: &mut [Resource]) -> Result<(), ManifestError> {
+fn replicas(
+    ctx: &Context,
+    field: &str,
+    name: &str,
+    count: i64,
+    resources: &mut [Resource],
+) -> Result<(), ManifestError> {
     let mut found = false;
     for spec in fieldspec::REPLICAS {
         for r in resources.iter_mut() {
@@ -294,9 +306,13 @@ fn image_matches(s: &str, name: &str) -> bool {
     };
     let tag_ok = tag.is_empty() || (tag.starts_with(':') && tag[1..].chars().all(tag_char));
     let digest_ok = digest.is_none_or(|d| {
-        let Some((algo, hex)) = d.split_once(':') else { return false };
+        let Some((algo, hex)) = d.split_once(':') else {
+            return false;
+        };
         let algo_ok = !algo.is_empty()
-            && algo.split(['.', '+', '_', '-']).all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric()));
+            && algo
+                .split(['.', '+', '_', '-'])
+                .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric()));
         algo_ok && hex.chars().all(tag_char)
     });
     tag_ok && digest_ok
@@ -340,10 +356,22 @@ mod tests {
         let cases = [
             ("nginx", image("nginx", "", "1.25", ""), Some("nginx:1.25")),
             ("nginx:1.0", image("nginx", "my/nginx", "", ""), Some("my/nginx:1.0")),
-            ("nginx:1.0", image("nginx", "", "", "sha256:abc"), Some("nginx@sha256:abc")),
+            (
+                "nginx:1.0",
+                image("nginx", "", "", "sha256:abc"),
+                Some("nginx@sha256:abc"),
+            ),
             ("nginx@sha256:abc", image("nginx", "", "2", ""), Some("nginx:2")),
-            ("nginx:1@sha256:abc", image("nginx", "", "2", "sha256:def"), Some("nginx:2@sha256:def")),
-            ("host:5000/app:1", image("host:5000/app", "", "2", ""), Some("host:5000/app:2")),
+            (
+                "nginx:1@sha256:abc",
+                image("nginx", "", "2", "sha256:def"),
+                Some("nginx:2@sha256:def"),
+            ),
+            (
+                "host:5000/app:1",
+                image("host:5000/app", "", "2", ""),
+                Some("host:5000/app:2"),
+            ),
             ("nginx-extra:1", image("nginx", "", "2", ""), None),
             ("docker.io/nginx", image("nginx", "", "2", ""), None),
         ];
@@ -362,7 +390,11 @@ mod tests {
             ("a@sha256:x", ("a", "", "sha256:x")),
         ];
         for (input, (n, t, d)) in cases {
-            assert_eq!(split_image(input), (n.to_string(), t.to_string(), d.to_string()), "{input}");
+            assert_eq!(
+                split_image(input),
+                (n.to_string(), t.to_string(), d.to_string()),
+                "{input}"
+            );
         }
     }
 }

@@ -145,6 +145,28 @@ pub fn parse(files: &[SourceFile]) -> Result<Vec<Manifest>, Vec<ManifestError>> 
     }
 }
 
+/// Parses every document of one file into JSON values, whatever their shape (for
+/// kustomization files, patches and generator inputs): `(document index, value)` for
+/// each non-empty document, or the first error naming the file and document.
+pub fn parse_documents(path: &str, content: &str) -> Result<Vec<(usize, Value)>, ManifestError> {
+    let mut out = Vec::new();
+    for (doc, de) in serde_yaml::Deserializer::from_str(content).enumerate() {
+        let err = |message: String| ManifestError {
+            source_path: format!("{path}#{doc}"),
+            object: "?/? ?".into(),
+            field: String::new(),
+            message,
+        };
+        let yaml = serde_yaml::Value::deserialize(de).map_err(|e| err(format!("invalid YAML: {e}")))?;
+        if yaml.is_null() {
+            continue;
+        }
+        let value = serde_json::to_value(&yaml).map_err(|e| err(format!("not representable as JSON: {e}")))?;
+        out.push((doc, value));
+    }
+    Ok(out)
+}
+
 /// Renders an object as YAML for diffs and `-o yaml`.
 pub fn to_yaml(value: &Value) -> String {
     serde_yaml::to_string(value).unwrap_or_else(|e| format!("# cannot render as YAML: {e}\n"))

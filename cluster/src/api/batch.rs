@@ -21,6 +21,10 @@ use super::write::WriteSet;
 use super::AppState;
 use crate::kinds::{Batch, BatchResult, BatchVerb};
 
+/// The most operations one batch (one commit of manifests) may hold: one store
+/// transaction, one Raft entry, held in memory whole while it is admitted.
+pub const MAX_BATCH_OPERATIONS: usize = 25_000;
+
 /// Prefixes an error with the operation it came from, so the client can point at it.
 fn at(index: usize, e: ApiError) -> ApiError {
     // The batch names every unknown field as a cause, like any invalid field.
@@ -79,6 +83,12 @@ pub async fn apply(
     manager: &str,
     user: &Arc<UserInfo>,
 ) -> Result<BatchResult, ApiError> {
+    if batch.operations.len() > MAX_BATCH_OPERATIONS {
+        return Err(ApiError::BadRequest(format!(
+            "the batch has {} operations; at most {MAX_BATCH_OPERATIONS} are applied in one transaction (nothing was applied)",
+            batch.operations.len()
+        )));
+    }
     let mut set = WriteSet::new(user, "batch/create");
     if let Some(origin) = &batch.origin {
         set.from_git(Provenance {

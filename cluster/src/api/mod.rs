@@ -21,7 +21,7 @@ mod protobuf;
 pub mod registry;
 pub mod resources;
 pub mod schema;
-mod selectors;
+pub mod selectors;
 mod subresources;
 mod table;
 pub mod tls;

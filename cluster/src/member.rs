@@ -56,6 +56,18 @@ impl Member {
         auth: Authenticator,
         certs: ServingCerts,
     ) -> Result<Member, MemberError> {
+        Member::start_with(store_dir, config, api_addr, auth, certs, api::ApiConfig::default()).await
+    }
+
+    /// As [`Member::start`], with the API server's own settings (the webhook secret).
+    pub async fn start_with(
+        store_dir: &Path,
+        config: StoreConfig,
+        api_addr: SocketAddr,
+        auth: Authenticator,
+        certs: ServingCerts,
+        api_config: api::ApiConfig,
+    ) -> Result<Member, MemberError> {
         let listener = tokio::net::TcpListener::bind(api_addr)
             .await
             .map_err(|source| MemberError::Bind { addr: api_addr, source })?;
@@ -64,7 +76,7 @@ impl Member {
             .map_err(|source| MemberError::Bind { addr: api_addr, source })?;
         let store = Store::open(store_dir, config).await?;
         let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
-        let state = api::AppState::new(store.clone(), shutdown_rx);
+        let state = api::AppState::new(store.clone(), shutdown_rx).with_config(api_config);
         api::bootstrap(&state).await?;
         api::publish_api_service(&state, addr).await?;
         let auth = Arc::new(auth);
@@ -90,6 +102,15 @@ impl Member {
     /// A one-member cluster on loopback ports the OS picks, with the standard users and
     /// `extra_users` (e.g. node identities): what tests and benchmarks start.
     pub async fn start_local(store_dir: &Path, extra_users: &[&str]) -> Result<Member, MemberError> {
+        Member::start_local_with(store_dir, extra_users, api::ApiConfig::default()).await
+    }
+
+    /// As [`Member::start_local`], with the API server's own settings.
+    pub async fn start_local_with(
+        store_dir: &Path,
+        extra_users: &[&str],
+        api_config: api::ApiConfig,
+    ) -> Result<Member, MemberError> {
         let config = StoreConfig {
             node_id: 1,
             raft_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -100,7 +121,7 @@ impl Member {
         let auth = Authenticator::with_users(&users);
         let addr = SocketAddr::from(([127, 0, 0, 1], 0));
         let certs = tls::generate(&tls::serving_names(&addr))?;
-        Member::start(store_dir, config, addr, auth, certs).await
+        Member::start_with(store_dir, config, addr, auth, certs, api_config).await
     }
 
     /// The address the API server is bound to.

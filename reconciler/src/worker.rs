@@ -44,7 +44,7 @@ pub struct Config {
 }
 
 /// The annotation a webhook (or a user) sets to make the reconciler fetch at once.
-pub const REFRESH_ANNOTATION: &str = "kairn.dev/refresh";
+pub use kairn_cluster::api::hooks::REFRESH_ANNOTATION;
 /// Default seconds between polls of a remote repository.
 const DEFAULT_POLL: u64 = 60;
 /// After a sync, how long the live cache may lag behind it before a difference counts

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use kairn_cluster::api::{auth, tls};
+use kairn_cluster::api::{auth, tls, ApiConfig};
 use kairn_cluster::member::Member;
 use kairn_cluster::store::StoreConfig;
 use tokio::sync::watch;
@@ -34,6 +34,10 @@ pub struct ControlPlaneArgs {
     /// the components' tokens).
     #[arg(long)]
     pub token_auth_file: Option<PathBuf>,
+    /// File holding the secret `POST /hooks/git` deliveries must be signed with (GitHub,
+    /// Gitea) or carry (GitLab); without it, any push notification is accepted.
+    #[arg(long)]
+    pub webhook_secret_file: Option<PathBuf>,
 }
 
 /// `kairn server` flags.
@@ -78,12 +82,28 @@ pub async fn start(
         bootstrap: true,
     };
     let certs = tls::load_or_create(&data_dir.join("pki"), &tls::serving_names(&args.api_addr))?;
-    let member = Member::start(
+    let webhook_secret = match &args.webhook_secret_file {
+        Some(path) => {
+            let secret = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the webhook secret {}", path.display()))?;
+            // Files usually end with a newline that is not part of the secret.
+            let secret = secret.trim().to_string();
+            anyhow::ensure!(
+                !secret.is_empty(),
+                "the webhook secret file {} is empty",
+                path.display()
+            );
+            Some(secret)
+        }
+        None => None,
+    };
+    let member = Member::start_with(
         &data_dir.join("store"),
         store_config,
         args.api_addr,
         authenticator,
         certs,
+        ApiConfig { webhook_secret },
     )
     .await?;
     let api_url = member.api_url();

@@ -222,7 +222,10 @@ pub fn write_private(path: &Path, content: &str) -> std::io::Result<()> {
 
 /// Paths anyone may read, as kube-apiserver's `system:public-info-viewer`.
 fn is_public(path: &str) -> bool {
-    matches!(path, "/version" | "/version/" | "/healthz" | "/livez" | "/readyz")
+    matches!(
+        path,
+        "/version" | "/version/" | "/healthz" | "/livez" | "/readyz" | super::hooks::PATH
+    )
 }
 
 /// Axum middleware: resolves the user and stores it in the request's extensions.

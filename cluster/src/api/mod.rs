@@ -13,6 +13,7 @@ pub mod cache;
 mod discovery;
 mod error;
 pub mod history;
+pub mod hooks;
 mod logs;
 mod objects;
 mod openapi;
@@ -54,6 +55,13 @@ pub const MAX_OBJECT_BODY: usize = 3 * 1024 * 1024;
 /// The limit of an atomic batch: a whole commit of manifests (10,000 objects and more).
 pub const MAX_BATCH_BODY: usize = 512 * 1024 * 1024;
 
+/// Settings of the API server beyond its store and users.
+#[derive(Debug, Clone, Default)]
+pub struct ApiConfig {
+    /// The secret `POST /hooks/git` deliveries must be signed with; `None` accepts any.
+    pub webhook_secret: Option<String>,
+}
+
 /// Shared state of the API server's handlers.
 #[derive(Clone)]
 pub struct AppState {
@@ -61,6 +69,7 @@ pub struct AppState {
     caches: Arc<cache::Caches>,
     /// Flips to true when the server shuts down, ending open watches.
     shutdown: tokio::sync::watch::Receiver<bool>,
+    config: Arc<ApiConfig>,
 }
 
 impl AppState {
@@ -73,7 +82,14 @@ impl AppState {
             store,
             caches,
             shutdown,
+            config: Arc::default(),
         }
+    }
+
+    /// The same state with `config`.
+    pub fn with_config(mut self, config: ApiConfig) -> Self {
+        self.config = Arc::new(config);
+        self
     }
 }
 
@@ -109,6 +125,8 @@ pub fn router(state: AppState, auth: Arc<Authenticator>) -> Router {
             get(history_list_handler).post(history_append_handler),
         )
         .route("/apis/{group}/{version}/{*rest}", any(group_handler))
+        // Public (forges send no token); signed when a secret is configured.
+        .route(hooks::PATH, post(hooks::handle))
         .fallback(|| async {
             ApiError::NotFound {
                 kind: "path".into(),

@@ -71,6 +71,12 @@ pub async fn run(client: kube::Client, config: Config, shutdown: watch::Receiver
         }
     };
     let live = LiveCache::start(&client, &catalog, shutdown.clone());
+    // Workers plan against the caches: wait here, once, until they hold the cluster.
+    tokio::select! {
+        _ = live.ready() => {}
+        _ = wait_shutdown(shutdown.clone()) => return,
+    }
+    tracing::debug!("live caches ready");
     let apps: Api<Application> = Api::all(client.clone());
     let mut events = watcher(apps, watcher::Config::default()).boxed();
     let mut workers: HashMap<String, (ApplicationSpec, watch::Sender<Application>, JoinHandle<()>)> = HashMap::new();
@@ -176,7 +182,6 @@ async fn follow(
     let mut changes = live.subscribe();
     let name = sync::app_name(&app).to_string();
     let mut worker = Worker::new(client, app, Some(source), catalog, live);
-    worker.live.ready().await;
     worker.fetch_due = true;
     loop {
         worker.tick().await;
@@ -355,6 +360,7 @@ impl Worker {
             }
         }
         let target = self.app.spec.source.target_revision.clone();
+        tracing::debug!(object = %self.key, revision = %target, "resolving");
         let head = match source.resolve(&target).await {
             Ok(head) => head,
             Err(e) => {

@@ -119,7 +119,10 @@ impl Kairn {
             .arg(data_dir)
             .arg("--repo")
             .arg(repo)
-            .env("KAIRN_LOG", "info,openraft=warn")
+            .env(
+                "KAIRN_LOG",
+                std::env::var("KAIRN_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -261,7 +261,12 @@ pub async fn git_dir(repo: &Path) -> Result<PathBuf, SourceError> {
 /// Watches a repository's refs; sends a unit on every change (coalesced by the receiver).
 /// The returned watcher must be kept alive for as long as notifications are wanted.
 pub fn watch_refs(git_dir: &Path, tx: mpsc::Sender<()>) -> Result<notify::RecommendedWatcher, SourceError> {
-    let mut watcher = notify::recommended_watcher(move |_event: notify::Result<notify::Event>| {
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        // Reading the repository opens its files: only a write can move a ref, and an
+        // access must not wake the reader that made it (it would spin).
+        if event.is_ok_and(|e| e.kind.is_access()) {
+            return;
+        }
         // A full channel already holds a wake-up: dropping this one loses nothing.
         let _ = tx.try_send(());
     })

@@ -39,6 +39,8 @@ enum Command {
     Sync(commands::sync::SyncArgs),
     /// List an Application's syncs, or show one in full.
     History(commands::history::HistoryArgs),
+    /// Roll back by writing a revert commit on the Application's branch.
+    Rollback(commands::rollback::RollbackArgs),
     /// Show who changed what, when, and from which commit.
     Audit(commands::audit::AuditArgs),
     /// Run a benchmark on a cluster of its own: `kairn bench api`.
@@ -65,6 +67,7 @@ fn main() -> ExitCode {
             Command::Status(args) => commands::status::run(args).await,
             Command::Sync(args) => commands::sync::run(args).await,
             Command::History(args) => commands::history::run(args).await,
+            Command::Rollback(args) => commands::rollback::run(args).await,
             Command::Audit(args) => commands::audit::run(args).await,
             Command::Bench(args) => commands::bench::run(args).await,
         }

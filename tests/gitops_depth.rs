@@ -391,3 +391,165 @@ async fn audit_names_who_changed_what_and_hides_secret_values() {
     let (_, audit_all, _) = kairn.cli(&["audit", "--since", "1h", "--limit", "1000", "-o", "json"]);
     assert!(!audit_all.contains("hunter2") && !audit_all.contains("aHVudGVyMi"));
 }
+
+#[tokio::test]
+async fn rollback_to_a_sha_three_commits_back_sticks_under_auto_sync() {
+    let tmp = tempfile::tempdir().unwrap();
+    let kairn = cluster(tmp.path()).await;
+    let repo = Repo::init(&tmp.path().join("rolling"));
+    repo.commit_file("ns.yaml", &namespace("rolling"), "namespace");
+    let good = repo.commit_file("cm.yaml", &config_map("rolling", "settings", "v0"), "v0");
+    create_app(
+        &kairn,
+        "rolling",
+        &repo.dir.display().to_string(),
+        "",
+        SyncPolicy {
+            automated: true,
+            prune: true,
+            self_heal: false,
+        },
+    )
+    .await;
+    wait_status(&kairn, "rolling", "v0 synced", |s| s["syncedRevision"] == good.as_str()).await;
+    let mut last = good.clone();
+    for v in ["v1", "v2", "v3"] {
+        last = repo.commit_file("cm.yaml", &config_map("rolling", "settings", v), v);
+        wait_status(&kairn, "rolling", v, |s| s["syncedRevision"] == last.as_str()).await;
+    }
+    assert_eq!(config_value(&kairn, "rolling", "settings").await.as_deref(), Some("v3"));
+
+    // Roll back to the commit three back: one revert commit, by the named author.
+    let (code, out, err) = kairn.cli(&[
+        "rollback",
+        "rolling",
+        "--to",
+        &good[..10],
+        "--author",
+        "Rita Rollback <rita@example.com>",
+        "--wait",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("reverted 3 commit(s) on main"), "{out}");
+    assert_eq!(config_value(&kairn, "rolling", "settings").await.as_deref(), Some("v0"));
+    let head = repo.head();
+    assert_ne!(head, last, "a new commit on the branch");
+    assert_eq!(repo.git(&["log", "-1", "--format=%an <%ae>"]), "Rita Rollback <rita@example.com>");
+    assert_eq!(repo.git(&["rev-parse", &format!("{head}^")]), last, "the revert sits on top");
+    // The work tree follows (the branch is checked out and was clean).
+    let on_disk = std::fs::read_to_string(repo.dir.join("cm.yaml")).unwrap();
+    assert!(on_disk.contains("v0"), "{on_disk}");
+    // Auto-sync keeps the rollback: the branch no longer carries v3.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(config_value(&kairn, "rolling", "settings").await.as_deref(), Some("v0"));
+    let (_, history, _) = kairn.cli(&["history", "rolling"]);
+    assert!(history.lines().nth(1).unwrap_or_default().contains(&head[..12]), "{history}");
+
+    // Rolling back the last synced commit alone (the revert) returns to v3.
+    let (code, out, err) = kairn.cli(&["rollback", "rolling", "--author", "Rita <rita@example.com>", "--wait"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(config_value(&kairn, "rolling", "settings").await.as_deref(), Some("v3"));
+}
+
+#[tokio::test]
+async fn a_conflicting_rollback_stops_and_changes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let kairn = cluster(tmp.path()).await;
+    let repo = Repo::init(&tmp.path().join("conflict"));
+    repo.commit_file("ns.yaml", &namespace("conflict"), "namespace");
+    let synced = repo.commit_file("cm.yaml", &config_map("conflict", "settings", "one"), "one");
+    create_app(
+        &kairn,
+        "conflict",
+        &repo.dir.display().to_string(),
+        "",
+        SyncPolicy {
+            automated: false,
+            prune: true,
+            self_heal: false,
+        },
+    )
+    .await;
+    let (code, _, err) = kairn.cli(&["sync", "conflict"]);
+    assert_eq!(code, 0, "{err}");
+    // A later commit (not synced) changes the same line: reverting `one` conflicts.
+    let later = repo.commit_file("cm.yaml", &config_map("conflict", "settings", "two"), "two");
+    wait_status(&kairn, "conflict", "the new commit seen", |s| s["targetRevision"] == later.as_str()).await;
+    let (code, out, err) = kairn.cli(&["rollback", "conflict", "--author", "R <r@example.com>"]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.contains("conflict") && err.contains("cm.yaml"), "{err}");
+    assert_eq!(repo.head(), later, "nothing committed");
+    assert_eq!(repo.git(&["status", "--porcelain"]), "", "the work tree is untouched");
+    let status = app_status(&kairn, "conflict").await;
+    assert_eq!(status["syncedRevision"], synced.as_str());
+}
+
+#[tokio::test]
+async fn a_kustomize_overlay_syncs_as_kubectl_kustomize_renders_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let kairn = cluster(tmp.path()).await;
+    let repo = Repo::init(&tmp.path().join("kustomized"));
+    repo.commit_file(
+        "base/kustomization.yaml",
+        "resources:\n- cm.yaml\nconfigMapGenerator:\n- name: generated\n  literals:\n  - mode=base\n",
+        "base",
+    );
+    repo.commit_file(
+        "base/cm.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\ndata:\n  value: base\n",
+        "base cm",
+    );
+    repo.commit_file("overlays/prod/ns.yaml", &namespace("kprod"), "ns");
+    let sha = repo.commit_file(
+        "overlays/prod/kustomization.yaml",
+        "namespace: kprod\nnamePrefix: prod-\ncommonLabels:\n  env: prod\nresources:\n- ns.yaml\n- ../../base\nconfigMapGenerator:\n- name: generated\n  behavior: merge\n  literals:\n  - mode=prod\npatches:\n- patch: |-\n    apiVersion: v1\n    kind: ConfigMap\n    metadata:\n      name: settings\n    data:\n      value: prod\n",
+        "prod overlay",
+    );
+    create_app(
+        &kairn,
+        "kustomized",
+        &repo.dir.display().to_string(),
+        "overlays/prod",
+        SyncPolicy {
+            automated: true,
+            prune: true,
+            self_heal: false,
+        },
+    )
+    .await;
+    wait_status(&kairn, "kustomized", "the overlay synced", |s| s["syncedRevision"] == sha.as_str()).await;
+    let cms: Api<ConfigMap> = Api::namespaced(kairn.client.clone(), "kprod");
+    let mut names: Vec<String> = cms
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|c| c.metadata.name)
+        .filter(|n| n.starts_with("prod-"))
+        .collect();
+    names.sort();
+    assert_eq!(config_value(&kairn, "kprod", "prod-settings").await.as_deref(), Some("prod"));
+    if common::kubectl_present() {
+        let out = std::process::Command::new("kubectl")
+            .args(["kustomize"])
+            .arg(repo.dir.join("overlays/prod"))
+            .output()
+            .unwrap();
+        let rendered = String::from_utf8_lossy(&out.stdout);
+        let mut want: Vec<String> = rendered
+            .split("\n---\n")
+            .filter(|doc| doc.contains("kind: ConfigMap"))
+            .filter_map(|doc| {
+                doc.lines()
+                    .skip_while(|l| !l.starts_with("metadata:"))
+                    .find_map(|l| l.strip_prefix("  name: ").map(str::to_string))
+            })
+            .collect();
+        want.sort();
+        assert_eq!(names, want, "the same ConfigMaps as kubectl kustomize, hash suffix included");
+    } else {
+        eprintln!("kubectl is not on PATH: not comparing with kubectl kustomize");
+        assert_eq!(names.len(), 2, "{names:?}");
+    }
+}

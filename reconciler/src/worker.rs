@@ -39,8 +39,8 @@ use crate::sync::{self, SyncError};
 /// How the reconciler runs.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Where remote repositories are mirrored (`<data-dir>/repos`).
-    pub repos_dir: PathBuf,
+    /// The data directory: remote repositories are mirrored into its `repos/`.
+    pub data_dir: PathBuf,
 }
 
 /// The annotation a webhook (or a user) sets to make the reconciler fetch at once.
@@ -152,7 +152,7 @@ async fn follow(
 ) {
     let app = updates.borrow_and_update().clone();
     let key = sync::app_key(&app);
-    let source = match Source::new(&app.spec.source.repo_url, &config.repos_dir) {
+    let source = match Source::new(&app.spec.source.repo_url, &config.data_dir) {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(object = %key, error = %e, "cannot use the repository");
@@ -264,6 +264,8 @@ struct Worker {
     live: LiveCache,
     /// A fetch is due (poll tick, refresh annotation, start).
     fetch_due: bool,
+    /// Why the last fetch failed, until one succeeds.
+    fetch_error: Option<String>,
     /// Something a comparison depends on changed since the last one (a managed object,
     /// the Application, the target commit): a comparison of thousands of objects is not
     /// repeated on every poll.
@@ -315,6 +317,7 @@ impl Worker {
             catalog,
             live,
             fetch_due: false,
+            fetch_error: None,
             dirty: true,
             compared: None,
             compared_settling: false,
@@ -352,12 +355,18 @@ impl Worker {
         let mut conditions = Vec::new();
         if self.fetch_due && source.is_remote() {
             self.fetch_due = false;
-            if let Err(e) = source.fetch().await {
-                // The cluster stays on its last synced commit; the mirror keeps the last
-                // fetched state.
-                tracing::warn!(object = %self.key, error = %e, "fetching the repository");
-                conditions.push(condition("SourceError", &format!("fetching: {e}")));
+            match source.fetch().await {
+                Ok(()) => self.fetch_error = None,
+                Err(e) => {
+                    // The cluster stays on its last synced commit; the mirror keeps the
+                    // last fetched state; the condition stays until a fetch succeeds.
+                    tracing::warn!(object = %self.key, error = %e, "fetching the repository");
+                    self.fetch_error = Some(format!("fetching: {e}"));
+                }
             }
+        }
+        if let Some(e) = &self.fetch_error {
+            conditions.push(condition("SourceError", e));
         }
         let target = self.app.spec.source.target_revision.clone();
         tracing::debug!(object = %self.key, revision = %target, "resolving");

@@ -29,9 +29,9 @@ pub struct DiffArgs {
     /// A working tree of the Application's repository, uncommitted changes included.
     #[arg(long)]
     pub local: Option<PathBuf>,
-    /// Where remote repositories are mirrored.
-    #[arg(long, default_value = ".kairn/repos")]
-    pub repos_dir: PathBuf,
+    /// Data directory whose `repos/` mirrors remote repositories.
+    #[arg(long, default_value = ".kairn")]
+    pub data_dir: PathBuf,
 }
 
 pub(crate) fn paint(line: &str, color: bool) -> String {
@@ -67,7 +67,7 @@ pub async fn run(args: DiffArgs) -> anyhow::Result<ExitCode> {
                 (tree, format!("working tree {}", dir.display()))
             }
             None => {
-                let source = Source::new(&app.spec.source.repo_url, &args.repos_dir)
+                let source = Source::new(&app.spec.source.repo_url, &args.data_dir)
                     .with_context(|| format!("application {key}: repository"))?;
                 source.fetch().await.with_context(|| format!("application {key}: fetching"))?;
                 let revision = args

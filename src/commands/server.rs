@@ -130,7 +130,7 @@ pub async fn start(
         tokio::spawn(kairn_reconciler::run(
             member.client_as(auth::RECONCILER)?,
             kairn_reconciler::Config {
-                repos_dir: data_dir.join("repos"),
+                data_dir: data_dir.clone(),
             },
             shutdown.clone(),
         )),

@@ -445,3 +445,13 @@ impl Source {
         }
     }
 }
+
+/// Git's `user.name` and `user.email`: the repository's configuration when `repo` is
+/// given, else the user's (for the author of a rollback).
+pub fn git_identity(repo: Option<&Path>) -> Option<(String, String)> {
+    let config = repo
+        .and_then(|r| Repository::open(r).ok())
+        .and_then(|r| r.config().ok())
+        .or_else(|| git2::Config::open_default().ok())?;
+    Some((config.get_string("user.name").ok()?, config.get_string("user.email").ok()?))
+}

@@ -353,6 +353,9 @@ async fn container_logs(
     let (tx, rx) = mpsc::channel::<Bytes>(16);
     let mut shutdown = state.shutdown.clone();
     let id = file_id(&path).await;
+    // Without follow, the log as it was when asked: lines written meanwhile would make a
+    // `tailLines=N` answer longer than N.
+    let end = if follow { u64::MAX } else { len };
     tokio::spawn(async move {
         let mut budget = budget;
         let mut offset = start;
@@ -369,7 +372,11 @@ async fn container_logs(
                 if file.seek(std::io::SeekFrom::Start(offset)).await.is_err() {
                     return;
                 }
-                let n = match file.read(&mut chunk).await {
+                let want = CHUNK.min(end.saturating_sub(offset).min(CHUNK as u64) as usize);
+                if want == 0 {
+                    break;
+                }
+                let n = match file.read(&mut chunk[..want]).await {
                     Ok(0) => break,
                     Ok(n) => n,
                     Err(_) => return,

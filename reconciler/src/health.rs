@@ -35,6 +35,9 @@ impl Health {
 /// A health and why.
 pub type Assessment = (Health, Option<String>);
 
+/// The pods of a namespace whose labels match a selector (from the live cache).
+pub type PodsOf<'a> = &'a dyn Fn(&str, &HashMap<String, String>) -> Vec<std::sync::Arc<Pod>>;
+
 fn int(obj: &Value, pointer: &str) -> i64 {
     obj.pointer(pointer).and_then(Value::as_i64).unwrap_or(0)
 }
@@ -81,7 +84,7 @@ pub fn pod_failure(pod: &Pod) -> Option<String> {
 }
 
 /// The health of one live object; `pods` gives the pods of a namespace matching a selector.
-pub fn assess(obj: &Value, pods: &dyn Fn(&str, &HashMap<String, String>) -> Vec<std::sync::Arc<Pod>>) -> Option<Assessment> {
+pub fn assess(obj: &Value, pods: PodsOf<'_>) -> Option<Assessment> {
     let kind = obj.get("kind").and_then(Value::as_str)?;
     let generation = int(obj, "/metadata/generation");
     let observed = int(obj, "/status/observedGeneration");

@@ -113,9 +113,14 @@ impl LiveCache {
         out
     }
 
-    /// The managed object of `apiVersion`/`kind` at `namespace`/`name`, whichever
-    /// Application owns it.
-    pub fn get(&self, api_version: &str, kind: &str, namespace: Option<&str>, name: &str) -> Option<Value> {
+    /// The cached kind and object of `apiVersion`/`kind` at `namespace`/`name`.
+    fn lookup(
+        &self,
+        api_version: &str,
+        kind: &str,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Option<(&Kind, Arc<DynamicObject>)> {
         let k = self
             .kinds
             .iter()
@@ -124,21 +129,21 @@ impl LiveCache {
         if let Some(ns) = namespace {
             key = key.within(ns);
         }
-        k.store.get(&key).map(|obj| to_json(&k.resource, &obj))
+        Some((k, k.store.get(&key)?))
+    }
+
+    /// The managed object of `apiVersion`/`kind` at `namespace`/`name`, whichever
+    /// Application owns it.
+    pub fn get(&self, api_version: &str, kind: &str, namespace: Option<&str>, name: &str) -> Option<Value> {
+        let (k, obj) = self.lookup(api_version, kind, namespace, name)?;
+        Some(to_json(&k.resource, &obj))
     }
 
     /// The Application that manages the object of `apiVersion`/`kind` at
     /// `namespace`/`name`, if any manages it (no copy of the object is made).
     pub fn owner_of(&self, api_version: &str, kind: &str, namespace: Option<&str>, name: &str) -> Option<String> {
-        let k = self
-            .kinds
-            .iter()
-            .find(|k| k.resource.api_version == api_version && k.resource.kind == kind)?;
-        let mut key = ObjectRef::new_with(name, k.resource.clone());
-        if let Some(ns) = namespace {
-            key = key.within(ns);
-        }
-        k.store.get(&key)?.metadata.labels.as_ref()?.get(APP_LABEL).cloned()
+        let (_, obj) = self.lookup(api_version, kind, namespace, name)?;
+        obj.metadata.labels.as_ref()?.get(APP_LABEL).cloned()
     }
 
     /// Pods of `namespace` whose labels match every `match_labels` pair.

@@ -253,6 +253,9 @@ fn condition(type_: &str, message: &str) -> ApplicationCondition {
     }
 }
 
+/// A commit's desired objects (`source#doc`, object), or why it cannot be rendered.
+type Rendered = Result<Vec<(String, Value)>, Vec<String>>;
+
 /// One Application's state between wakes.
 struct Worker {
     client: kube::Client,
@@ -284,7 +287,7 @@ struct Worker {
     /// When the last sync landed: the live cache may lag until [`SETTLE`] after it.
     synced_at: Option<Instant>,
     /// Rendered desired objects of one commit (rendering is the costly part of a look).
-    rendered: Option<(String, Result<Vec<(String, Value)>, Vec<String>>)>,
+    rendered: Option<(String, Rendered)>,
     /// Who changed a drifted object, by object and resourceVersion (one audit query each).
     drift_authors: HashMap<(String, String), String>,
     /// The status as last written.
@@ -388,15 +391,16 @@ impl Worker {
 
         if let Some(op) = self.app.operation.clone().filter(|op| Some(&op.id) != self.last_operation.as_ref()) {
             self.run_operation(&source, &op, &head).await;
-        } else if self.app.spec.sync_policy.automated && self.last_attempt.as_deref() != Some(&head.sha) {
-            if self.sync(&source, &head, "auto-sync", "automated", self.app.spec.sync_policy.prune).await {
-                // Say it landed at once; the comparison below refines sync and health.
-                self.status.sync = SyncState {
-                    status: "Synced".into(),
-                    message: Some("settling after the sync".into()),
-                };
-                self.write_status().await;
-            }
+        } else if self.app.spec.sync_policy.automated
+            && self.last_attempt.as_deref() != Some(&head.sha)
+            && self.sync(&source, &head, "auto-sync", "automated", self.app.spec.sync_policy.prune).await
+        {
+            // Say it landed at once; the comparison below refines sync and health.
+            self.status.sync = SyncState {
+                status: "Synced".into(),
+                message: Some("settling after the sync".into()),
+            };
+            self.write_status().await;
         }
         if self.compared.as_deref() != Some(&head.sha) || (self.compared_settling && self.settling_left().is_none()) {
             self.dirty = true;

@@ -91,7 +91,7 @@ pub async fn apply(
     }
     let mut set = WriteSet::new(user, "batch/create");
     if let Some(origin) = &batch.origin {
-        set.from_git(Provenance {
+        set.set_provenance(Provenance {
             application: origin.application.clone(),
             commit: origin.commit.clone(),
         });

@@ -108,7 +108,7 @@ impl WriteSet {
     }
 
     /// Marks the writes as coming from an Application's commit (for the audit trail).
-    pub fn from_git(&mut self, provenance: Provenance) {
+    pub fn set_provenance(&mut self, provenance: Provenance) {
         self.provenance = Some(provenance);
     }
 

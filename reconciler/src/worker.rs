@@ -254,7 +254,7 @@ fn condition(type_: &str, message: &str) -> ApplicationCondition {
 }
 
 /// A commit's desired objects (`source#doc`, object), or why it cannot be rendered.
-type Rendered = Result<Vec<(String, Value)>, Vec<String>>;
+type Rendered = Result<Vec<(String, Value)>, Vec<crate::manifest::ManifestError>>;
 
 /// One Application's state between wakes.
 struct Worker {
@@ -420,47 +420,26 @@ impl Worker {
         self.write_status().await;
     }
 
-    /// Renders `commit` (once per commit).
+    /// Renders `commit` (once per commit; a commit's manifests never change).
     async fn desired(&mut self, source: &Source, sha: &str) -> Result<Vec<(String, Value)>, SyncError> {
         if let Some((cached, result)) = &self.rendered {
             if cached == sha {
-                return result.clone().map_err(|m| {
-                    SyncError::Invalid(
-                        m.into_iter()
-                            .map(|message| crate::manifest::ManifestError {
-                                source_path: String::new(),
-                                object: String::new(),
-                                field: String::new(),
-                                message,
-                            })
-                            .collect(),
-                    )
-                });
+                return result.clone().map_err(SyncError::Invalid);
             }
         }
         let result = sync::desired(source, &self.app, &self.catalog, sha).await;
         match &result {
             Ok(objs) => self.rendered = Some((sha.to_string(), Ok(objs.clone()))),
-            Err(e) if e.is_rejection() => self.rendered = Some((sha.to_string(), Err(e.messages()))),
+            Err(SyncError::Invalid(errors)) => self.rendered = Some((sha.to_string(), Err(errors.clone()))),
             Err(_) => {}
         }
         result
     }
 
-    /// Every managed object, from the live cache.
-    fn live_objects(&self) -> Vec<Value> {
-        // Objects of other Applications matter too: a claim on one is a conflict.
-        let mut all = Vec::new();
-        for obj in self.live.owned_by(self.name()) {
-            all.push(obj);
-        }
-        all
-    }
-
     /// Plans `commit` against the cluster.
     async fn plan(&mut self, source: &Source, sha: &str) -> Result<Plan, SyncError> {
         let desired = self.desired(source, sha).await?;
-        let mut live = self.live_objects();
+        let mut live = self.live.owned_by(self.name());
         // Claims on objects owned elsewhere: look each desired object up.
         for (_, obj) in &desired {
             let s = |p: &str| obj.pointer(p).and_then(Value::as_str).unwrap_or_default();

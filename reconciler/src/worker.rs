@@ -439,6 +439,11 @@ impl Worker {
     /// Plans `commit` against the cluster.
     async fn plan(&mut self, source: &Source, sha: &str) -> Result<Plan, SyncError> {
         let desired = self.desired(source, sha).await?;
+        self.plan_desired(desired)
+    }
+
+    /// Plans rendered objects against the live cache.
+    fn plan_desired(&self, desired: Vec<(String, Value)>) -> Result<Plan, SyncError> {
         let mut live = self.live.owned_by(self.name());
         // Claims on objects owned elsewhere: look each desired object up.
         for (_, obj) in &desired {
@@ -457,12 +462,19 @@ impl Worker {
     async fn sync(&mut self, source: &Source, commit: &CommitInfo, operation: &str, by: &str, prune: bool) -> bool {
         let started = Instant::now();
         let (ns, name) = self.key.split_once('/').map(|(a, b)| (a.to_string(), b.to_string())).unwrap_or_default();
+        // Where a sync's time goes, for the log: rendering, planning, the transaction.
+        let (mut render_ms, mut plan_ms) = (0, 0);
         let result = async {
-            let mut plan = self.plan(source, &commit.sha).await?;
+            let t = Instant::now();
+            let desired = self.desired(source, &commit.sha).await?;
+            render_ms = t.elapsed().as_millis() as u64;
+            let t = Instant::now();
+            let mut plan = self.plan_desired(desired)?;
             if !prune {
                 plan.changes.retain(|c| c.action != Action::Prune);
             }
             let entry = history::entry(commit, &plan, operation, by);
+            plan_ms = t.elapsed().as_millis() as u64;
             let origin = BatchOrigin {
                 application: self.key.clone(),
                 commit: commit.sha.clone(),
@@ -478,7 +490,8 @@ impl Worker {
                 tracing::info!(
                     object = %self.key, commit = %commit.sha, author = %commit.author, revision, operation,
                     created = summary.created, updated = summary.updated, pruned = summary.pruned,
-                    unchanged = summary.unchanged, elapsed_ms = started.elapsed().as_millis() as u64,
+                    unchanged = summary.unchanged, render_ms, plan_ms,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
                     "synced commit"
                 );
                 self.last_attempt = Some(commit.sha.clone());

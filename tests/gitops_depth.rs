@@ -18,7 +18,9 @@ use serde_json::{json, Value};
 const TIMEOUT: Duration = Duration::from_secs(60);
 
 fn config_map(ns: &str, name: &str, value: &str) -> String {
-    format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  namespace: {ns}\ndata:\n  value: \"{value}\"\n")
+    format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  namespace: {ns}\ndata:\n  value: \"{value}\"\n"
+    )
 }
 
 fn namespace(name: &str) -> String {
@@ -66,7 +68,11 @@ async fn wait_status(kairn: &Kairn, name: &str, what: &str, check: impl Fn(&Valu
 
 async fn config_value(kairn: &Kairn, ns: &str, name: &str) -> Option<String> {
     let cms: Api<ConfigMap> = Api::namespaced(kairn.client.clone(), ns);
-    cms.get_opt(name).await.ok().flatten().and_then(|c| c.data?.get("value").cloned())
+    cms.get_opt(name)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|c| c.data?.get("value").cloned())
 }
 
 #[tokio::test]
@@ -92,12 +98,18 @@ async fn manual_sync_after_a_diff_then_history() {
     // 1. Not automated: the new commit only makes the Application OutOfSync.
     let status = wait_status(&kairn, "manual", "OutOfSync", |s| s["sync"]["status"] == "OutOfSync").await;
     assert_eq!(status["targetRevision"], first);
-    assert!(config_value(&kairn, "manual", "settings").await.is_none(), "nothing applied");
+    assert!(
+        config_value(&kairn, "manual", "settings").await.is_none(),
+        "nothing applied"
+    );
 
     // 2. Review: the diff names what would be created; exit 1 means differences.
     let (code, out, err) = kairn.cli(&["diff", "manual"]);
     assert_eq!(code, 1, "{out}{err}");
-    assert!(out.contains("=== create v1/ConfigMap manual/settings (cm.yaml#0)"), "{out}");
+    assert!(
+        out.contains("=== create v1/ConfigMap manual/settings (cm.yaml#0)"),
+        "{out}"
+    );
     assert!(out.contains("+  value: one"), "{out}");
     let (code, json_out, err) = kairn.cli(&["diff", "manual", "-o", "json"]);
     assert_eq!(code, 1, "{err}");
@@ -108,7 +120,10 @@ async fn manual_sync_after_a_diff_then_history() {
     let (code, out, err) = kairn.cli(&["sync", "manual", "--dry-run"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("dry run: 2 to create"), "{out}");
-    assert!(config_value(&kairn, "manual", "settings").await.is_none(), "a dry run applies nothing");
+    assert!(
+        config_value(&kairn, "manual", "settings").await.is_none(),
+        "a dry run applies nothing"
+    );
     let (code, out, err) = kairn.cli(&["sync", "manual"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("Succeeded"), "{out}");
@@ -135,8 +150,14 @@ async fn manual_sync_after_a_diff_then_history() {
     let (code, out, _) = kairn.cli(&["history", "manual"]);
     assert_eq!(code, 0);
     let lines: Vec<&str> = out.lines().collect();
-    assert!(lines[1].contains(&second[..12]) && lines[1].contains("Succeeded"), "{out}");
-    assert!(lines[1].contains("Test Author") && lines[1].contains("settings two"), "{out}");
+    assert!(
+        lines[1].contains(&second[..12]) && lines[1].contains("Succeeded"),
+        "{out}"
+    );
+    assert!(
+        lines[1].contains("Test Author") && lines[1].contains("settings two"),
+        "{out}"
+    );
     assert!(lines[2].contains(&first[..12]), "{out}");
     let (_, out, _) = kairn.cli(&["history", "manual", &second[..8]]);
     assert!(out.contains("-  value: one") && out.contains("+  value: two"), "{out}");
@@ -163,7 +184,10 @@ async fn prune_off_keeps_removed_objects_until_turned_on() {
         },
     )
     .await;
-    wait_for("b to exist", TIMEOUT, || async { config_value(&kairn, "prune", "b").await }).await;
+    wait_for("b to exist", TIMEOUT, || async {
+        config_value(&kairn, "prune", "b").await
+    })
+    .await;
 
     repo.git(&["rm", "-q", "b.yaml"]);
     repo.git(&["commit", "-q", "-m", "drop b"]);
@@ -268,7 +292,10 @@ async fn self_heal_on_and_off_after_a_scale() {
 
     // Self-heal off: the scale stays, shown as OutOfSync with its diff and who made it.
     scale(&kairn, "drifting", 3).await;
-    let status = wait_status(&kairn, "drifting", "drift to be reported", |s| s["sync"]["status"] == "OutOfSync").await;
+    let status = wait_status(&kairn, "drifting", "drift to be reported", |s| {
+        s["sync"]["status"] == "OutOfSync"
+    })
+    .await;
     let web = status["resources"]
         .as_array()
         .unwrap()
@@ -277,15 +304,28 @@ async fn self_heal_on_and_off_after_a_scale() {
         .unwrap()
         .clone();
     assert!(
-        web["message"].as_str().unwrap().contains("changed outside Git by kairn-admin"),
+        web["message"]
+            .as_str()
+            .unwrap()
+            .contains("changed outside Git by kairn-admin"),
         "{web}"
     );
     let diff = web["diff"].as_str().unwrap();
-    assert!(diff.contains("-  replicas: 3") && diff.contains("+  replicas: 1"), "{diff}");
+    assert!(
+        diff.contains("-  replicas: 3") && diff.contains("+  replicas: 1"),
+        "{diff}"
+    );
     tokio::time::sleep(Duration::from_secs(4)).await;
-    assert_eq!(replicas(&kairn, "drifting").await, Some(3), "self-heal off: nothing reverted");
+    assert_eq!(
+        replicas(&kairn, "drifting").await,
+        Some(3),
+        "self-heal off: nothing reverted"
+    );
     let (_, out, _) = kairn.cli(&["status", "drifting"]);
-    assert!(out.contains("out of sync: Deployment drifting/web: changed outside Git by kairn-admin"), "{out}");
+    assert!(
+        out.contains("out of sync: Deployment drifting/web: changed outside Git by kairn-admin"),
+        "{out}"
+    );
 
     // Self-heal on: the scale is put back within seconds and recorded.
     scale(&kairn, "healing", 3).await;
@@ -326,8 +366,15 @@ async fn a_second_application_claiming_an_object_is_a_conflict() {
     create_app(&kairn, "second", &url, "two", policy).await;
     let status = wait_status(&kairn, "second", "the conflict", |s| s["sync"]["status"] == "Failed").await;
     let message = status["sync"]["message"].as_str().unwrap();
-    assert!(message.contains("already managed by Application \"first\""), "{message}");
-    assert_eq!(config_value(&kairn, "shared", "settings").await.as_deref(), Some("one"), "no takeover");
+    assert!(
+        message.contains("already managed by Application \"first\""),
+        "{message}"
+    );
+    assert_eq!(
+        config_value(&kairn, "shared", "settings").await.as_deref(),
+        Some("one"),
+        "no takeover"
+    );
     let (_, out, _) = kairn.cli(&["history", "second"]);
     assert!(out.contains("Failed"), "{out}");
 }
@@ -369,25 +416,35 @@ async fn audit_names_who_changed_what_and_hides_secret_values() {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     } else {
         eprintln!("kubectl is not on PATH: making the change through the API instead");
-        let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "by-hand"}, "data": {"k": "v"}})).unwrap();
+        let cm: ConfigMap =
+            serde_json::from_value(json!({"metadata": {"name": "by-hand"}, "data": {"k": "v"}})).unwrap();
         cms.create(&PostParams::default(), &cm).await.unwrap();
     }
     let (code, out, err) = kairn.cli(&["audit", "--object", "configmap/by-hand", "-n", "audited"]);
     assert_eq!(code, 0, "{err}");
     let row = out.lines().nth(1).unwrap_or_default();
-    assert!(row.contains("kairn-admin") && row.contains("create") && row.contains("ConfigMap/audited/by-hand"), "{out}");
+    assert!(
+        row.contains("kairn-admin") && row.contains("create") && row.contains("ConfigMap/audited/by-hand"),
+        "{out}"
+    );
 
     // The GitOps write names the Application and the commit; the secret's value appears
     // nowhere (audit, history, diff), only its hash.
     let (_, out, _) = kairn.cli(&["audit", "--app", "audited", "-o", "json"]);
     let records: Vec<Value> = serde_json::from_str(&out).unwrap();
-    let secret = records.iter().find(|r| r["kind"] == "Secret").expect("the secret's record");
+    let secret = records
+        .iter()
+        .find(|r| r["kind"] == "Secret")
+        .expect("the secret's record");
     assert_eq!(secret["commit"], sha.as_str());
     assert_eq!(secret["user"], "system:kairn-reconciler");
     assert!(!out.contains("hunter2") && !out.contains("aHVudGVyMi"), "{out}");
     assert!(out.contains("sha256:"), "{out}");
     let (_, history, _) = kairn.cli(&["history", "audited", &sha[..10]]);
-    assert!(history.contains("password: sha256:") && !history.contains("hunter2"), "{history}");
+    assert!(
+        history.contains("password: sha256:") && !history.contains("hunter2"),
+        "{history}"
+    );
     let (_, audit_all, _) = kairn.cli(&["audit", "--since", "1h", "--limit", "1000", "-o", "json"]);
     assert!(!audit_all.contains("hunter2") && !audit_all.contains("aHVudGVyMi"));
 }
@@ -434,8 +491,15 @@ async fn rollback_to_a_sha_three_commits_back_sticks_under_auto_sync() {
     assert_eq!(config_value(&kairn, "rolling", "settings").await.as_deref(), Some("v0"));
     let head = repo.head();
     assert_ne!(head, last, "a new commit on the branch");
-    assert_eq!(repo.git(&["log", "-1", "--format=%an <%ae>"]), "Rita Rollback <rita@example.com>");
-    assert_eq!(repo.git(&["rev-parse", &format!("{head}^")]), last, "the revert sits on top");
+    assert_eq!(
+        repo.git(&["log", "-1", "--format=%an <%ae>"]),
+        "Rita Rollback <rita@example.com>"
+    );
+    assert_eq!(
+        repo.git(&["rev-parse", &format!("{head}^")]),
+        last,
+        "the revert sits on top"
+    );
     // The work tree follows (the branch is checked out and was clean).
     let on_disk = std::fs::read_to_string(repo.dir.join("cm.yaml")).unwrap();
     assert!(on_disk.contains("v0"), "{on_disk}");
@@ -443,7 +507,10 @@ async fn rollback_to_a_sha_three_commits_back_sticks_under_auto_sync() {
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(config_value(&kairn, "rolling", "settings").await.as_deref(), Some("v0"));
     let (_, history, _) = kairn.cli(&["history", "rolling"]);
-    assert!(history.lines().nth(1).unwrap_or_default().contains(&head[..12]), "{history}");
+    assert!(
+        history.lines().nth(1).unwrap_or_default().contains(&head[..12]),
+        "{history}"
+    );
 
     // Rolling back the last synced commit alone (the revert) returns to v3.
     let (code, out, err) = kairn.cli(&["rollback", "rolling", "--author", "Rita <rita@example.com>", "--wait"]);
@@ -474,7 +541,10 @@ async fn a_conflicting_rollback_stops_and_changes_nothing() {
     assert_eq!(code, 0, "{err}");
     // A later commit (not synced) changes the same line: reverting `one` conflicts.
     let later = repo.commit_file("cm.yaml", &config_map("conflict", "settings", "two"), "two");
-    wait_status(&kairn, "conflict", "the new commit seen", |s| s["targetRevision"] == later.as_str()).await;
+    wait_status(&kairn, "conflict", "the new commit seen", |s| {
+        s["targetRevision"] == later.as_str()
+    })
+    .await;
     let (code, out, err) = kairn.cli(&["rollback", "conflict", "--author", "R <r@example.com>"]);
     assert_eq!(code, 2, "{out}{err}");
     assert!(err.contains("conflict") && err.contains("cm.yaml"), "{err}");
@@ -517,7 +587,10 @@ async fn a_kustomize_overlay_syncs_as_kubectl_kustomize_renders_it() {
         },
     )
     .await;
-    wait_status(&kairn, "kustomized", "the overlay synced", |s| s["syncedRevision"] == sha.as_str()).await;
+    wait_status(&kairn, "kustomized", "the overlay synced", |s| {
+        s["syncedRevision"] == sha.as_str()
+    })
+    .await;
     let cms: Api<ConfigMap> = Api::namespaced(kairn.client.clone(), "kprod");
     let mut names: Vec<String> = cms
         .list(&Default::default())
@@ -529,7 +602,10 @@ async fn a_kustomize_overlay_syncs_as_kubectl_kustomize_renders_it() {
         .filter(|n| n.starts_with("prod-"))
         .collect();
     names.sort();
-    assert_eq!(config_value(&kairn, "kprod", "prod-settings").await.as_deref(), Some("prod"));
+    assert_eq!(
+        config_value(&kairn, "kprod", "prod-settings").await.as_deref(),
+        Some("prod")
+    );
     if common::kubectl_present() {
         let out = std::process::Command::new("kubectl")
             .args(["kustomize"])
@@ -547,7 +623,10 @@ async fn a_kustomize_overlay_syncs_as_kubectl_kustomize_renders_it() {
             })
             .collect();
         want.sort();
-        assert_eq!(names, want, "the same ConfigMaps as kubectl kustomize, hash suffix included");
+        assert_eq!(
+            names, want,
+            "the same ConfigMaps as kubectl kustomize, hash suffix included"
+        );
     } else {
         eprintln!("kubectl is not on PATH: not comparing with kubectl kustomize");
         assert_eq!(names.len(), 2, "{names:?}");

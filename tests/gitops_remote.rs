@@ -30,13 +30,21 @@ fn git(dir: &Path, args: &[&str]) -> String {
         .current_dir(dir)
         .output()
         .unwrap();
-    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 async fn value(kairn: &Kairn) -> Option<String> {
     let cms: Api<ConfigMap> = Api::namespaced(kairn.client.clone(), "remote");
-    cms.get_opt("settings").await.ok().flatten().and_then(|c| c.data?.get("value").cloned())
+    cms.get_opt("settings")
+        .await
+        .ok()
+        .flatten()
+        .and_then(|c| c.data?.get("value").cloned())
 }
 
 async fn status(kairn: &Kairn, name: &str) -> Value {
@@ -127,10 +135,7 @@ async fn a_remote_syncs_on_push_rolls_back_by_push_and_survives_an_outage() {
     assert!(out.contains("(pushed)"), "{out}");
     let remote_head = git(&served.join("app.git"), &["rev-parse", "main"]);
     assert_ne!(remote_head, v2);
-    assert_eq!(
-        git(&served.join("app.git"), &["log", "-1", "--format=%an"]),
-        "Rita"
-    );
+    assert_eq!(git(&served.join("app.git"), &["log", "-1", "--format=%an"]), "Rita");
     push_hook(&kairn, &url).await;
     wait_for("the pushed revert", Duration::from_secs(15), || async {
         (status(&kairn, "remote").await["syncedRevision"] == remote_head.as_str()).then_some(())
@@ -156,7 +161,10 @@ async fn a_remote_syncs_on_push_rolls_back_by_push_and_survives_an_outage() {
         .find(|c| c["type"] == "SourceError")
         .unwrap()
         .clone();
-    assert!(condition["message"].as_str().unwrap().contains("fetching"), "{condition}");
+    assert!(
+        condition["message"].as_str().unwrap().contains("fetching"),
+        "{condition}"
+    );
     assert_eq!(st["syncedRevision"], remote_head.as_str());
     assert_eq!(value(&kairn).await.as_deref(), Some("one"));
     let (_, out, _) = kairn.cli(&["status", "remote"]);
@@ -173,7 +181,9 @@ async fn a_file_url_is_followed_in_place() {
     wait_for("the file:// repository synced", TIMEOUT, || async {
         let (_, out, _) = kairn.cli(&["status", "-o", "json"]);
         let apps: Vec<Value> = serde_json::from_str(&out).ok()?;
-        apps.iter().any(|a| a["status"]["syncedRevision"] == sha.as_str()).then_some(())
+        apps.iter()
+            .any(|a| a["status"]["syncedRevision"] == sha.as_str())
+            .then_some(())
     })
     .await;
     assert_eq!(value(&kairn).await.as_deref(), Some("file"));

@@ -137,7 +137,10 @@ fn explain(applied: &[&Change], status: &kube::core::Status) -> ApplyError {
             source_path: "(commit)".into(),
             object: "?".into(),
             field: String::new(),
-            message: format!("the commit is too large to apply in one transaction: {}", status.message),
+            message: format!(
+                "the commit is too large to apply in one transaction: {}",
+                status.message
+            ),
         }]);
     }
     let causes = status.details.as_ref().map(|d| d.causes.clone()).unwrap_or_default();

@@ -106,7 +106,10 @@ pub fn assess(obj: &Value, pods: PodsOf<'_>) -> Option<Assessment> {
                 let message = c["message"].as_str().unwrap_or("progress deadline exceeded");
                 return Some((Health::Degraded, Some(message.to_string())));
             }
-            let ns = obj.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("default");
+            let ns = obj
+                .pointer("/metadata/namespace")
+                .and_then(Value::as_str)
+                .unwrap_or("default");
             let selector: HashMap<String, String> = obj
                 .pointer("/spec/selector/matchLabels")
                 .and_then(|m| serde_json::from_value(m.clone()).ok())

@@ -72,7 +72,12 @@ async fn get<T: DeserializeOwned>(client: &kube::Client, path: &str) -> Result<V
 }
 
 /// Records an entry on its own (a sync that applied nothing: a rejected commit).
-pub async fn record(client: &kube::Client, namespace: &str, name: &str, entry: &HistoryEntry) -> Result<(), kube::Error> {
+pub async fn record(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    entry: &HistoryEntry,
+) -> Result<(), kube::Error> {
     let body = serde_json::to_vec(entry).map_err(kube::Error::SerdeError)?;
     let request = http::Request::post(history_path(namespace, name))
         .header("content-type", "application/json")

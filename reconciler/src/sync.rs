@@ -106,7 +106,10 @@ pub fn plan(app: &Application, desired: Vec<(String, Value)>, live: &[Value]) ->
         .iter()
         .map(|o| {
             let s = |p: &str| o.pointer(p).and_then(Value::as_str).unwrap_or_default().to_string();
-            let ns = o.pointer("/metadata/namespace").and_then(Value::as_str).map(String::from);
+            let ns = o
+                .pointer("/metadata/namespace")
+                .and_then(Value::as_str)
+                .map(String::from);
             ((s("/apiVersion"), s("/kind"), ns, s("/metadata/name")), o)
         })
         .collect();
@@ -120,7 +123,11 @@ pub fn plan(app: &Application, desired: Vec<(String, Value)>, live: &[Value]) ->
     }
     let owned: Vec<Value> = live
         .iter()
-        .filter(|o| o.pointer(&format!("/metadata/labels/{}", APP_LABEL.replace('/', "~1"))).and_then(Value::as_str) == Some(name))
+        .filter(|o| {
+            o.pointer(&format!("/metadata/labels/{}", APP_LABEL.replace('/', "~1")))
+                .and_then(Value::as_str)
+                == Some(name)
+        })
         .cloned()
         .collect();
     Ok(plan::compute(desired, owned))
@@ -140,8 +147,13 @@ pub fn working_tree(dir: &std::path::Path) -> Result<Tree, SourceError> {
             if path.is_dir() {
                 walk(root, &path, out)?;
             } else {
-                let rel = path.strip_prefix(root).unwrap_or(&path).to_string_lossy().replace('\\', "/");
-                let content = std::fs::read(&path).map_err(|e| SourceError::Task(format!("{}: {e}", path.display())))?;
+                let rel = path
+                    .strip_prefix(root)
+                    .unwrap_or(&path)
+                    .to_string_lossy()
+                    .replace('\\', "/");
+                let content =
+                    std::fs::read(&path).map_err(|e| SourceError::Task(format!("{}: {e}", path.display())))?;
                 out.insert(rel, content);
             }
         }

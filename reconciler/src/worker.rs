@@ -171,7 +171,10 @@ async fn follow(
     let _watcher = if source.is_remote() {
         None
     } else {
-        match source::git_dir(source.path()).await.and_then(|dir| source::watch_refs(&dir, tx)) {
+        match source::git_dir(source.path())
+            .await
+            .and_then(|dir| source::watch_refs(&dir, tx))
+        {
             Ok(w) => Some(w),
             Err(e) => {
                 tracing::warn!(object = %key, error = %e, "cannot watch the repository; polling only");
@@ -389,11 +392,24 @@ impl Worker {
         };
         self.status.target_revision = Some(head.sha.clone());
 
-        if let Some(op) = self.app.operation.clone().filter(|op| Some(&op.id) != self.last_operation.as_ref()) {
+        if let Some(op) = self
+            .app
+            .operation
+            .clone()
+            .filter(|op| Some(&op.id) != self.last_operation.as_ref())
+        {
             self.run_operation(&source, &op, &head).await;
         } else if self.app.spec.sync_policy.automated
             && self.last_attempt.as_deref() != Some(&head.sha)
-            && self.sync(&source, &head, "auto-sync", "automated", self.app.spec.sync_policy.prune).await
+            && self
+                .sync(
+                    &source,
+                    &head,
+                    "auto-sync",
+                    "automated",
+                    self.app.spec.sync_policy.prune,
+                )
+                .await
         {
             // Say it landed at once; the comparison below refines sync and health.
             self.status.sync = SyncState {
@@ -412,8 +428,13 @@ impl Worker {
             self.compare(&source, &head, conditions).await;
         } else {
             // Only the source's health may have changed.
-            let mut kept: Vec<ApplicationCondition> =
-                self.status.conditions.iter().filter(|c| c.type_ != "SourceError").cloned().collect();
+            let mut kept: Vec<ApplicationCondition> = self
+                .status
+                .conditions
+                .iter()
+                .filter(|c| c.type_ != "SourceError")
+                .cloned()
+                .collect();
             kept.extend(conditions);
             self.set_conditions(kept);
         }
@@ -461,7 +482,11 @@ impl Worker {
     /// Syncs `commit`; records history and status. Returns whether it landed.
     async fn sync(&mut self, source: &Source, commit: &CommitInfo, operation: &str, by: &str, prune: bool) -> bool {
         let started = Instant::now();
-        let (ns, name) = self.key.split_once('/').map(|(a, b)| (a.to_string(), b.to_string())).unwrap_or_default();
+        let (ns, name) = self
+            .key
+            .split_once('/')
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .unwrap_or_default();
         // Where a sync's time goes, for the log: rendering, planning, the transaction.
         let (mut render_ms, mut plan_ms) = (0, 0);
         let result = async {
@@ -542,7 +567,11 @@ impl Worker {
             },
             _ => head.clone(),
         };
-        let by = if op.initiated_by.is_empty() { "unknown" } else { &op.initiated_by };
+        let by = if op.initiated_by.is_empty() {
+            "unknown"
+        } else {
+            &op.initiated_by
+        };
         if op.dry_run {
             let result = async {
                 let mut plan = self.plan(source, &commit.sha).await?;
@@ -556,10 +585,17 @@ impl Worker {
             match result {
                 Ok(plan) => {
                     let s = plan.summary();
-                    let message = format!("dry run: {} to create, {} to update, {} to prune", s.created, s.updated, s.pruned);
-                    self.finish_operation(op, "Succeeded", message, Some(&commit), Some(s)).await
+                    let message = format!(
+                        "dry run: {} to create, {} to update, {} to prune",
+                        s.created, s.updated, s.pruned
+                    );
+                    self.finish_operation(op, "Succeeded", message, Some(&commit), Some(s))
+                        .await
                 }
-                Err(e) => self.finish_operation(op, "Failed", e.messages().join("; "), Some(&commit), None).await,
+                Err(e) => {
+                    self.finish_operation(op, "Failed", e.messages().join("; "), Some(&commit), None)
+                        .await
+                }
             }
             return;
         }
@@ -567,7 +603,8 @@ impl Worker {
         if self.sync(source, &commit, "sync", by, prune).await {
             let summary = self.status.last_plan.clone();
             let message = format!("synced {}", short(&commit.sha));
-            self.finish_operation(op, "Succeeded", message, Some(&commit), summary).await;
+            self.finish_operation(op, "Succeeded", message, Some(&commit), summary)
+                .await;
         } else {
             let message = self
                 .status
@@ -621,9 +658,18 @@ impl Worker {
                 if e.is_rejection() {
                     self.status.sync = SyncState {
                         status: "Failed".into(),
-                        message: Some(format!("commit {} is rejected: {}", short(&head.sha), messages.join("; "))),
+                        message: Some(format!(
+                            "commit {} is rejected: {}",
+                            short(&head.sha),
+                            messages.join("; ")
+                        )),
                     };
-                    if self.status.last_error.as_ref().is_none_or(|err| err.revision != head.sha) {
+                    if self
+                        .status
+                        .last_error
+                        .as_ref()
+                        .is_none_or(|err| err.revision != head.sha)
+                    {
                         self.status.last_error = Some(StatusError {
                             revision: head.sha.clone(),
                             messages,
@@ -665,7 +711,12 @@ impl Worker {
         let mut healths = Vec::new();
         let mut out_of_sync = 0;
         for change in &plan.changes {
-            let obj = change.live.as_ref().or(change.desired.as_ref()).cloned().unwrap_or(Value::Null);
+            let obj = change
+                .live
+                .as_ref()
+                .or(change.desired.as_ref())
+                .cloned()
+                .unwrap_or(Value::Null);
             let s = |p: &str| obj.pointer(p).and_then(Value::as_str).unwrap_or_default().to_string();
             let (status, mut message) = match change.action {
                 Action::Unchanged => ("Synced", None),
@@ -697,7 +748,10 @@ impl Worker {
                 resources.push(ResourceStatus {
                     api_version: s("/apiVersion"),
                     kind: s("/kind"),
-                    namespace: obj.pointer("/metadata/namespace").and_then(Value::as_str).map(String::from),
+                    namespace: obj
+                        .pointer("/metadata/namespace")
+                        .and_then(Value::as_str)
+                        .map(String::from),
                     name: s("/metadata/name"),
                     status: status.into(),
                     health: health.map(|(h, _)| h.as_str().to_string()),
@@ -707,7 +761,12 @@ impl Worker {
             }
         }
         let sync_state = if self.status.last_error.as_ref().is_some_and(|e| e.revision == head.sha) {
-            let e = self.status.last_error.as_ref().map(|e| e.messages.join("; ")).unwrap_or_default();
+            let e = self
+                .status
+                .last_error
+                .as_ref()
+                .map(|e| e.messages.join("; "))
+                .unwrap_or_default();
             SyncState {
                 status: "Failed".into(),
                 message: Some(format!("commit {} is rejected: {e}", short(&head.sha))),
@@ -760,8 +819,14 @@ impl Worker {
 
     /// Who last changed a drifted object, from the audit trail (one query per version).
     async fn drift_author(&mut self, change: &crate::plan::Change) -> String {
-        let Some(live) = &change.live else { return "unknown".into() };
-        let rv = live.pointer("/metadata/resourceVersion").and_then(Value::as_str).unwrap_or_default().to_string();
+        let Some(live) = &change.live else {
+            return "unknown".into();
+        };
+        let rv = live
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
         let key = (change.object.clone(), rv);
         if let Some(who) = self.drift_authors.get(&key) {
             return who.clone();
@@ -769,7 +834,10 @@ impl Worker {
         let s = |p: &str| live.pointer(p).and_then(Value::as_str).unwrap_or_default();
         let query = {
             let mut query = form_urlencoded::Serializer::new(String::new());
-            query.append_pair("kind", s("/kind")).append_pair("name", s("/metadata/name")).append_pair("limit", "50");
+            query
+                .append_pair("kind", s("/kind"))
+                .append_pair("name", s("/metadata/name"))
+                .append_pair("limit", "50");
             if let Some(ns) = live.pointer("/metadata/namespace").and_then(Value::as_str) {
                 query.append_pair("namespace", ns);
             }

@@ -62,7 +62,10 @@ pub async fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
         .context("reading the audit trail")?;
     match args.client.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&records)?),
-        Output::Yaml => print!("{}", kairn_reconciler::manifest::to_yaml(&serde_json::to_value(&records)?)),
+        Output::Yaml => print!(
+            "{}",
+            kairn_reconciler::manifest::to_yaml(&serde_json::to_value(&records)?)
+        ),
         Output::Table | Output::Wide => {
             if records.is_empty() {
                 eprintln!("No audit records match.");

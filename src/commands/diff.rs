@@ -69,7 +69,10 @@ pub async fn run(args: DiffArgs) -> anyhow::Result<ExitCode> {
             None => {
                 let source = Source::new(&app.spec.source.repo_url, &args.data_dir)
                     .with_context(|| format!("application {key}: repository"))?;
-                source.fetch().await.with_context(|| format!("application {key}: fetching"))?;
+                source
+                    .fetch()
+                    .await
+                    .with_context(|| format!("application {key}: fetching"))?;
                 let revision = args
                     .revision
                     .clone()
@@ -85,7 +88,11 @@ pub async fn run(args: DiffArgs) -> anyhow::Result<ExitCode> {
                 (tree, commit.sha)
             }
         };
-        let commit_label = if args.local.is_some() { "working-tree" } else { label.as_str() };
+        let commit_label = if args.local.is_some() {
+            "working-tree"
+        } else {
+            label.as_str()
+        };
         let plan = match sync::review(&client, app, tree, commit_label).await {
             Ok(plan) => plan,
             Err(e) => {
@@ -113,14 +120,21 @@ pub async fn run(args: DiffArgs) -> anyhow::Result<ExitCode> {
             let from = change.source.as_deref().map(|s| format!(" ({s})")).unwrap_or_default();
             println!(
                 "{}",
-                paint(&format!("=== {} {}{from}", change.action.as_str(), change.object), color)
+                paint(
+                    &format!("=== {} {}{from}", change.action.as_str(), change.object),
+                    color
+                )
             );
             for line in change.diff.lines() {
                 println!("{}", paint(line, color));
             }
         }
         let s = plan.summary();
-        let at = if args.local.is_some() { label.clone() } else { label[..12.min(label.len())].to_string() };
+        let at = if args.local.is_some() {
+            label.clone()
+        } else {
+            label[..12.min(label.len())].to_string()
+        };
         eprintln!(
             "{key} @ {at}: {} to create, {} to update, {} to prune, {} unchanged",
             s.created, s.updated, s.pruned, s.unchanged

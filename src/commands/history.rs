@@ -50,7 +50,10 @@ pub async fn run(args: HistoryArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         Output::Yaml => {
-            print!("{}", kairn_reconciler::manifest::to_yaml(&serde_json::to_value(&entries)?));
+            print!(
+                "{}",
+                kairn_reconciler::manifest::to_yaml(&serde_json::to_value(&entries)?)
+            );
             return Ok(ExitCode::SUCCESS);
         }
         Output::Table | Output::Wide => {}
@@ -92,7 +95,11 @@ pub async fn run(args: HistoryArgs) -> anyhow::Result<ExitCode> {
     );
     for e in &entries {
         let s = &e.summary;
-        let message = e.messages.first().map(|m| format!("{} [{m}]", e.message)).unwrap_or_else(|| e.message.clone());
+        let message = e
+            .messages
+            .first()
+            .map(|m| format!("{} [{m}]", e.message))
+            .unwrap_or_else(|| e.message.clone());
         println!(
             "{:<8} {:<12} {:<10} {:<10} {:<20} {:>7} {:>7} {:>6}  {:<24} {}",
             e.id.unwrap_or_default(),

@@ -48,9 +48,8 @@ fn author(flag: Option<&str>, repo: Option<&Path>) -> anyhow::Result<(String, St
         let email = rest.trim_end().trim_end_matches('>');
         return Ok((name.trim().to_string(), email.trim().to_string()));
     }
-    source::git_identity(repo).with_context(|| {
-        "who is rolling back? set git's user.name and user.email, or pass --author \"Name <email>\""
-    })
+    source::git_identity(repo)
+        .with_context(|| "who is rolling back? set git's user.name and user.email, or pass --author \"Name <email>\"")
 }
 
 fn short(sha: &str) -> &str {
@@ -143,7 +142,10 @@ pub async fn run(args: RollbackArgs) -> anyhow::Result<ExitCode> {
             bail!("the revert was rejected: {}", e.messages.join("; "));
         }
         if Instant::now() > deadline {
-            bail!("{} did not sync the revert within 5 minutes (is it automated? `kairn sync {0}`)", args.app);
+            bail!(
+                "{} did not sync the revert within 5 minutes (is it automated? `kairn sync {0}`)",
+                args.app
+            );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

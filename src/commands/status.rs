@@ -54,9 +54,19 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
                     "  policy:    automated={} prune={} selfHeal={}",
                     policy.automated, policy.prune, policy.self_heal
                 );
-                let why = status.sync.message.as_deref().map(|m| format!(" ({m})")).unwrap_or_default();
+                let why = status
+                    .sync
+                    .message
+                    .as_deref()
+                    .map(|m| format!(" ({m})"))
+                    .unwrap_or_default();
                 println!("  sync:      {}{why}", or_unknown(&status.sync.status));
-                let why = status.health.message.as_deref().map(|m| format!(" ({m})")).unwrap_or_default();
+                let why = status
+                    .health
+                    .message
+                    .as_deref()
+                    .map(|m| format!(" ({m})"))
+                    .unwrap_or_default();
                 println!("  health:    {}{why}", or_unknown(&status.health.status));
                 println!("  synced:    {}", short(status.synced_revision.as_deref()));
                 println!("  target:    {}", short(status.target_revision.as_deref()));
@@ -70,7 +80,10 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
                     );
                 }
                 for c in &status.conditions {
-                    println!("  condition: {}: {} (since {})", c.type_, c.message, c.last_transition_time);
+                    println!(
+                        "  condition: {}: {} (since {})",
+                        c.type_, c.message, c.last_transition_time
+                    );
                 }
                 let off: Vec<_> = status.resources.iter().filter(|r| r.status != "Synced").collect();
                 for r in &off {

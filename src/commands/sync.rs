@@ -58,10 +58,14 @@ pub async fn run(args: SyncArgs) -> anyhow::Result<ExitCode> {
         initiated_by: initiator(),
         id: id.clone(),
     };
-    api.patch(&args.app, &PatchParams::default(), &Patch::Merge(json!({"operation": op})))
-        .await
-        .map_err(server_error)
-        .with_context(|| format!("asking application {ns}/{} to sync", args.app))?;
+    api.patch(
+        &args.app,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"operation": op})),
+    )
+    .await
+    .map_err(server_error)
+    .with_context(|| format!("asking application {ns}/{} to sync", args.app))?;
     let tty = std::io::stderr().is_terminal();
     let deadline = Instant::now() + Duration::from_secs(args.timeout);
     // The reconciler reports the operation in status; poll it (a sync is short).
@@ -71,14 +75,22 @@ pub async fn run(args: SyncArgs) -> anyhow::Result<ExitCode> {
             break state;
         }
         if Instant::now() > deadline {
-            bail!("timed out after {}s waiting for the reconciler to run the sync", args.timeout);
+            bail!(
+                "timed out after {}s waiting for the reconciler to run the sync",
+                args.timeout
+            );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let summary = state
         .summary
         .as_ref()
-        .map(|s| format!(": {} created, {} updated, {} pruned, {} unchanged", s.created, s.updated, s.pruned, s.unchanged))
+        .map(|s| {
+            format!(
+                ": {} created, {} updated, {} pruned, {} unchanged",
+                s.created, s.updated, s.pruned, s.unchanged
+            )
+        })
         .unwrap_or_default();
     if matches!(args.client.output, Output::Json) {
         println!("{}", serde_json::to_string_pretty(&state)?);
@@ -107,7 +119,12 @@ pub async fn run(args: SyncArgs) -> anyhow::Result<ExitCode> {
             args.app,
             status.sync.status,
             health,
-            status.health.message.as_deref().map(|m| format!(" ({m})")).unwrap_or_default()
+            status
+                .health
+                .message
+                .as_deref()
+                .map(|m| format!(" ({m})"))
+                .unwrap_or_default()
         );
         if tty && line != last {
             eprintln!("{line}");
@@ -126,7 +143,11 @@ pub async fn run(args: SyncArgs) -> anyhow::Result<ExitCode> {
         }
         if Instant::now() > deadline {
             println!("{line}");
-            bail!("timed out after {}s waiting for {} to become Healthy", args.timeout, args.app);
+            bail!(
+                "timed out after {}s waiting for {} to become Healthy",
+                args.timeout,
+                args.app
+            );
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

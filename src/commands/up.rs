@@ -156,10 +156,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     println!("Kairn is up.");
     println!("  API:         {}", cp.api_url);
     println!("  kubeconfig:  {}   (export KUBECONFIG={0})", cp.kubeconfig.display());
-    println!(
-        "  repository:  {repo} (revision {branch}, path {})",
-        args.path
-    );
+    println!("  repository:  {repo} (revision {branch}, path {})", args.path);
     println!("  application: {app}");
     println!("Edit a manifest in the repository and commit: the cluster follows. Ctrl-C stops.");
 

@@ -68,10 +68,7 @@ pub fn redact(obj: &Value) -> Value {
             }
         }
     }
-    if let Some(a) = out
-        .pointer_mut("/metadata/annotations")
-        .and_then(Value::as_object_mut)
-    {
+    if let Some(a) = out.pointer_mut("/metadata/annotations").and_then(Value::as_object_mut) {
         if let Some(v) = a.get_mut("kubectl.kubernetes.io/last-applied-configuration") {
             let text = v.as_str().unwrap_or_default().to_string();
             *v = json!(hash(text.as_bytes()));
@@ -95,7 +92,9 @@ pub fn change(before: Option<&Value>, after: Option<&Value>) -> Value {
     match (before, after) {
         (None, Some(a)) => json!([{"op": "add", "path": "", "value": comparable(a)}]),
         (Some(_), None) => json!([{"op": "remove", "path": ""}]),
-        (Some(b), Some(a)) => serde_json::to_value(json_patch::diff(&comparable(b), &comparable(a))).unwrap_or(Value::Null),
+        (Some(b), Some(a)) => {
+            serde_json::to_value(json_patch::diff(&comparable(b), &comparable(a))).unwrap_or(Value::Null)
+        }
         (None, None) => json!([]),
     }
 }
@@ -188,7 +187,10 @@ impl Query {
         kind_ok
             && app_ok
             && self.name.as_deref().is_none_or(|n| r.name == n)
-            && self.namespace.as_deref().is_none_or(|n| r.namespace.as_deref() == Some(n))
+            && self
+                .namespace
+                .as_deref()
+                .is_none_or(|n| r.namespace.as_deref() == Some(n))
             && self.user.as_deref().is_none_or(|u| r.user == u)
             && self.since.as_deref().is_none_or(|s| r.time.as_str() >= s)
     }
@@ -200,7 +202,11 @@ pub fn parse_since(s: &str) -> Result<String, ApiError> {
     if s.contains('T') {
         return Ok(s.to_string());
     }
-    let bad = || ApiError::BadRequest(format!("since: want a duration such as 15m, 2h or 7d, or an RFC 3339 time: {s}"));
+    let bad = || {
+        ApiError::BadRequest(format!(
+            "since: want a duration such as 15m, 2h or 7d, or an RFC 3339 time: {s}"
+        ))
+    };
     let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
     let (n, unit) = s.split_at(split);
     let n: i64 = n.parse().map_err(|_| bad())?;
@@ -332,7 +338,10 @@ mod tests {
             ..Default::default()
         };
         let q = |f: &dyn Fn(&mut Query)| {
-            let mut q = Query { limit: 10, ..Default::default() };
+            let mut q = Query {
+                limit: 10,
+                ..Default::default()
+            };
             f(&mut q);
             q.matches(&record)
         };

@@ -61,7 +61,12 @@ fn bound(mut entry: HistoryEntry) -> HistoryEntry {
 
 /// Adds `entry` for `application` (`namespace/name`) to `set`, and the removal of the
 /// entries beyond the Application's history limit.
-pub async fn record(state: &AppState, set: &mut WriteSet, application: &str, entry: &HistoryEntry) -> Result<(), ApiError> {
+pub async fn record(
+    state: &AppState,
+    set: &mut WriteSet,
+    application: &str,
+    entry: &HistoryEntry,
+) -> Result<(), ApiError> {
     let app = self::application(state, application).await?;
     let limit = app
         .pointer("/spec/revisionHistoryLimit")

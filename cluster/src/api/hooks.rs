@@ -240,14 +240,18 @@ pub fn revision_matches(target_revision: &str, git_ref: &str) -> bool {
 
 /// Whether the Application follows one of `urls` (normalized) at `git_ref`.
 pub fn follows(app: &Value, urls: &[String], git_ref: &str) -> bool {
-    let field = |pointer: &str| app.pointer(pointer).and_then(Value::as_str).unwrap_or_default().to_string();
+    let field = |pointer: &str| {
+        app.pointer(pointer)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
     let repo = field("/spec/source/repoURL");
     if repo.trim().is_empty() {
         return false;
     }
     let repo = normalize_url(&repo);
-    urls.contains(&repo)
-        && revision_matches(&field("/spec/source/targetRevision"), git_ref)
+    urls.contains(&repo) && revision_matches(&field("/spec/source/targetRevision"), git_ref)
 }
 
 #[cfg(test)]

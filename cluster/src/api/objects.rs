@@ -580,7 +580,17 @@ pub async fn update(
             Mode::Status => format!("{}/status", opts.verb),
             Mode::Finalize => format!("{}/finalize", opts.verb),
         };
-        match write::update(state, target.res, rev, &live, admitted.object.clone(), &opts.user, &verb).await {
+        match write::update(
+            state,
+            target.res,
+            rev,
+            &live,
+            admitted.object.clone(),
+            &opts.user,
+            &verb,
+        )
+        .await
+        {
             Ok((obj, outcome)) => {
                 if outcome == Outcome::Deleted {
                     tracing::debug!(object = %format!("{}/{}", target.res.plural, target.name()), "finalized and deleted");

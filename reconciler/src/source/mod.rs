@@ -453,5 +453,8 @@ pub fn git_identity(repo: Option<&Path>) -> Option<(String, String)> {
         .and_then(|r| Repository::open(r).ok())
         .and_then(|r| r.config().ok())
         .or_else(|| git2::Config::open_default().ok())?;
-    Some((config.get_string("user.name").ok()?, config.get_string("user.email").ok()?))
+    Some((
+        config.get_string("user.name").ok()?,
+        config.get_string("user.email").ok()?,
+    ))
 }

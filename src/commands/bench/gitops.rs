@@ -29,7 +29,14 @@ pub struct GitopsArgs {
 
 fn git(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
     let out = Command::new("git")
-        .args(["-c", "user.name=Bench", "-c", "user.email=bench@localhost", "-c", "commit.gpgsign=false"])
+        .args([
+            "-c",
+            "user.name=Bench",
+            "-c",
+            "user.email=bench@localhost",
+            "-c",
+            "commit.gpgsign=false",
+        ])
         .args(args)
         .current_dir(dir)
         .output()
@@ -42,7 +49,14 @@ fn git(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
 
 /// Writes file `f` of the repo: ConfigMaps `f*100 .. f*100+100`, version `v` for those
 /// in `changed`.
-fn write_file(dir: &Path, ns: &str, f: usize, count: usize, changed: &dyn Fn(usize) -> bool, v: u32) -> anyhow::Result<()> {
+fn write_file(
+    dir: &Path,
+    ns: &str,
+    f: usize,
+    count: usize,
+    changed: &dyn Fn(usize) -> bool,
+    v: u32,
+) -> anyhow::Result<()> {
     let mut text = String::new();
     for i in f * 100..((f + 1) * 100).min(count) {
         let version = if changed(i) { v } else { 0 };

@@ -121,7 +121,11 @@ impl Server {
             .arg(dir.path())
             .env(
                 "KAIRN_LOG",
-                if std::env::var_os("KAIRN_BENCH_LOG").is_some() { "info,openraft=warn" } else { "warn" },
+                if std::env::var_os("KAIRN_BENCH_LOG").is_some() {
+                    "info,openraft=warn"
+                } else {
+                    "warn"
+                },
             )
             .stdout(std::process::Stdio::null())
             .stderr(server_log())

@@ -12,7 +12,11 @@ pub fn validate(app: &Value, _old: Option<&Value>, errs: &mut Errors) {
     }
     let path = cell::s(app, "/spec/source/path");
     if path.split('/').any(|part| part == "..") || path.starts_with('/') {
-        errs.invalid("spec.source.path", &json!(path), "must be a relative path inside the repository");
+        errs.invalid(
+            "spec.source.path",
+            &json!(path),
+            "must be a relative path inside the repository",
+        );
     }
 }
 

@@ -17,6 +17,20 @@ use serde_json::{json, Value};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
+/// New commits applied, removals pruned, drift left alone.
+const AUTOMATED: SyncPolicy = SyncPolicy {
+    automated: true,
+    prune: true,
+    self_heal: false,
+};
+
+/// Nothing applied until `kairn sync`.
+const MANUAL: SyncPolicy = SyncPolicy {
+    automated: false,
+    prune: true,
+    self_heal: false,
+};
+
 fn config_map(ns: &str, name: &str, value: &str) -> String {
     format!(
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  namespace: {ns}\ndata:\n  value: \"{value}\"\n"
@@ -82,18 +96,7 @@ async fn manual_sync_after_a_diff_then_history() {
     let repo = Repo::init(&tmp.path().join("manual"));
     repo.commit_file("ns.yaml", &namespace("manual"), "namespace");
     let first = repo.commit_file("cm.yaml", &config_map("manual", "settings", "one"), "settings one");
-    create_app(
-        &kairn,
-        "manual",
-        &repo.dir.display().to_string(),
-        "",
-        SyncPolicy {
-            automated: false,
-            prune: true,
-            self_heal: false,
-        },
-    )
-    .await;
+    create_app(&kairn, "manual", &repo.dir.display().to_string(), "", MANUAL).await;
 
     // 1. Not automated: the new commit only makes the Application OutOfSync.
     let status = wait_status(&kairn, "manual", "OutOfSync", |s| s["sync"]["status"] == "OutOfSync").await;
@@ -355,15 +358,10 @@ async fn a_second_application_claiming_an_object_is_a_conflict() {
     repo.commit_file("one/ns.yaml", &namespace("shared"), "namespace");
     repo.commit_file("one/cm.yaml", &config_map("shared", "settings", "one"), "one");
     repo.commit_file("two/cm.yaml", &config_map("shared", "settings", "two"), "two");
-    let policy = SyncPolicy {
-        automated: true,
-        prune: true,
-        self_heal: false,
-    };
     let url = format!("file://{}", repo.dir.display());
-    create_app(&kairn, "first", &url, "one", policy.clone()).await;
+    create_app(&kairn, "first", &url, "one", AUTOMATED).await;
     wait_status(&kairn, "first", "first synced", |s| s["sync"]["status"] == "Synced").await;
-    create_app(&kairn, "second", &url, "two", policy).await;
+    create_app(&kairn, "second", &url, "two", AUTOMATED).await;
     let status = wait_status(&kairn, "second", "the conflict", |s| s["sync"]["status"] == "Failed").await;
     let message = status["sync"]["message"].as_str().unwrap();
     assert!(
@@ -390,18 +388,7 @@ async fn audit_names_who_changed_what_and_hides_secret_values() {
         "apiVersion: v1\nkind: Secret\nmetadata:\n  name: creds\n  namespace: audited\nstringData:\n  password: hunter2-very-secret\n",
         "a secret",
     );
-    create_app(
-        &kairn,
-        "audited",
-        &repo.dir.display().to_string(),
-        "",
-        SyncPolicy {
-            automated: true,
-            prune: true,
-            self_heal: false,
-        },
-    )
-    .await;
+    create_app(&kairn, "audited", &repo.dir.display().to_string(), "", AUTOMATED).await;
     wait_status(&kairn, "audited", "synced", |s| s["syncedRevision"] == sha.as_str()).await;
 
     // A change by hand: through the real kubectl when there is one, else through the API.
@@ -456,18 +443,7 @@ async fn rollback_to_a_sha_three_commits_back_sticks_under_auto_sync() {
     let repo = Repo::init(&tmp.path().join("rolling"));
     repo.commit_file("ns.yaml", &namespace("rolling"), "namespace");
     let good = repo.commit_file("cm.yaml", &config_map("rolling", "settings", "v0"), "v0");
-    create_app(
-        &kairn,
-        "rolling",
-        &repo.dir.display().to_string(),
-        "",
-        SyncPolicy {
-            automated: true,
-            prune: true,
-            self_heal: false,
-        },
-    )
-    .await;
+    create_app(&kairn, "rolling", &repo.dir.display().to_string(), "", AUTOMATED).await;
     wait_status(&kairn, "rolling", "v0 synced", |s| s["syncedRevision"] == good.as_str()).await;
     let mut last = good.clone();
     for v in ["v1", "v2", "v3"] {
@@ -525,18 +501,7 @@ async fn a_conflicting_rollback_stops_and_changes_nothing() {
     let repo = Repo::init(&tmp.path().join("conflict"));
     repo.commit_file("ns.yaml", &namespace("conflict"), "namespace");
     let synced = repo.commit_file("cm.yaml", &config_map("conflict", "settings", "one"), "one");
-    create_app(
-        &kairn,
-        "conflict",
-        &repo.dir.display().to_string(),
-        "",
-        SyncPolicy {
-            automated: false,
-            prune: true,
-            self_heal: false,
-        },
-    )
-    .await;
+    create_app(&kairn, "conflict", &repo.dir.display().to_string(), "", MANUAL).await;
     let (code, _, err) = kairn.cli(&["sync", "conflict"]);
     assert_eq!(code, 0, "{err}");
     // A later commit (not synced) changes the same line: reverting `one` conflicts.
@@ -580,11 +545,7 @@ async fn a_kustomize_overlay_syncs_as_kubectl_kustomize_renders_it() {
         "kustomized",
         &repo.dir.display().to_string(),
         "overlays/prod",
-        SyncPolicy {
-            automated: true,
-            prune: true,
-            self_heal: false,
-        },
+        AUTOMATED,
     )
     .await;
     wait_status(&kairn, "kustomized", "the overlay synced", |s| {

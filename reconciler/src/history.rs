@@ -14,6 +14,20 @@ pub const SUCCEEDED: &str = "Succeeded";
 /// `Failed`: the commit was rejected; nothing was applied.
 pub const FAILED: &str = "Failed";
 
+/// What every entry says: the commit, when, the result, which operation and who.
+fn base(commit: &CommitInfo, result: &str, operation: &str, initiated_by: &str) -> HistoryEntry {
+    HistoryEntry {
+        revision: commit.sha.clone(),
+        author: commit.author.clone(),
+        message: commit.summary.clone(),
+        time: kairn_cluster::kinds::now(),
+        result: result.into(),
+        operation: operation.into(),
+        initiated_by: initiated_by.into(),
+        ..Default::default()
+    }
+}
+
 /// The entry of a sync of `commit` with `plan`.
 pub fn entry(commit: &CommitInfo, plan: &Plan, operation: &str, initiated_by: &str) -> HistoryEntry {
     let changes = plan
@@ -27,31 +41,17 @@ pub fn entry(commit: &CommitInfo, plan: &Plan, operation: &str, initiated_by: &s
         })
         .collect();
     HistoryEntry {
-        revision: commit.sha.clone(),
-        author: commit.author.clone(),
-        message: commit.summary.clone(),
-        time: kairn_cluster::kinds::now(),
-        result: SUCCEEDED.into(),
-        operation: operation.into(),
-        initiated_by: initiated_by.into(),
         summary: plan.summary(),
         changes,
-        ..Default::default()
+        ..base(commit, SUCCEEDED, operation, initiated_by)
     }
 }
 
 /// The entry of a sync of `commit` that failed with `messages`.
 pub fn failure(commit: &CommitInfo, operation: &str, initiated_by: &str, messages: Vec<String>) -> HistoryEntry {
     HistoryEntry {
-        revision: commit.sha.clone(),
-        author: commit.author.clone(),
-        message: commit.summary.clone(),
-        time: kairn_cluster::kinds::now(),
-        result: FAILED.into(),
-        operation: operation.into(),
-        initiated_by: initiated_by.into(),
         messages,
-        ..Default::default()
+        ..base(commit, FAILED, operation, initiated_by)
     }
 }
 

@@ -276,33 +276,37 @@ pub async fn live_objects(client: &kube::Client, catalog: &Catalog) -> Result<Ve
     Ok(out)
 }
 
+/// The Application a live object is labelled as managed by, if any.
+pub fn owner(obj: &Value) -> Option<&str> {
+    obj.pointer("/metadata/labels")?.get(APP_LABEL)?.as_str()
+}
+
 /// Objects of the commit that another Application already owns: an object belongs to
-/// exactly one Application, and a second claim is an error, never a takeover.
-/// `lookup` finds the live object of an identity among all managed objects.
-pub fn foreign_claims(
-    desired: &[(String, Value)],
-    app: &str,
-    lookup: impl Fn(&str, &str, Option<&str>, &str) -> Option<Value>,
-) -> Vec<ManifestError> {
+/// exactly one Application, and a second claim is an error, never a takeover. `live` is
+/// every managed object, of any Application.
+pub fn foreign_claims(desired: &[(String, Value)], app: &str, live: &[Value]) -> Vec<ManifestError> {
+    let key = |o: &Value| {
+        let s = |p: &str| o.pointer(p).and_then(Value::as_str).unwrap_or_default().to_string();
+        (
+            s("/apiVersion"),
+            s("/kind"),
+            s("/metadata/namespace"),
+            s("/metadata/name"),
+        )
+    };
+    let others: HashMap<_, &str> = live
+        .iter()
+        .filter_map(|o| owner(o).filter(|owner| *owner != app).map(|owner| (key(o), owner)))
+        .collect();
     let mut errors = Vec::new();
     for (source, obj) in desired {
-        let s = |p: &str| obj.pointer(p).and_then(Value::as_str).unwrap_or_default();
-        let ns = obj.pointer("/metadata/namespace").and_then(Value::as_str);
-        let Some(live) = lookup(s("/apiVersion"), s("/kind"), ns, s("/metadata/name")) else {
-            continue;
-        };
-        let owner = live
-            .pointer("/metadata/labels")
-            .and_then(|l| l.get(APP_LABEL))
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        if !owner.is_empty() && owner != app {
+        if let Some(other) = others.get(&key(obj)) {
             errors.push(ManifestError {
                 source_path: source.clone(),
                 object: manifest::describe(obj),
                 field: format!("metadata.labels.{APP_LABEL}"),
                 message: format!(
-                    "already managed by Application {owner:?}; an object belongs to one Application (remove it from one of them)"
+                    "already managed by Application {other:?}; an object belongs to one Application (remove it from one of them)"
                 ),
             });
         }

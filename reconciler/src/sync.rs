@@ -1,9 +1,7 @@
 //! One sync, in steps both the reconciler and the CLI use: render a commit into desired
 //! objects, plan them against live objects, apply the plan as one transaction.
 
-use std::collections::HashMap;
-
-use kairn_cluster::kinds::{Application, APP_LABEL, APP_NAMESPACE};
+use kairn_cluster::kinds::{Application, APP_NAMESPACE};
 use serde_json::Value;
 
 use crate::apply::ApplyError;
@@ -102,34 +100,11 @@ pub async fn desired(
 /// `live` is every managed object (of any Application).
 pub fn plan(app: &Application, desired: Vec<(String, Value)>, live: &[Value]) -> Result<Plan, SyncError> {
     let name = app_name(app);
-    let index: HashMap<(String, String, Option<String>, String), &Value> = live
-        .iter()
-        .map(|o| {
-            let s = |p: &str| o.pointer(p).and_then(Value::as_str).unwrap_or_default().to_string();
-            let ns = o
-                .pointer("/metadata/namespace")
-                .and_then(Value::as_str)
-                .map(String::from);
-            ((s("/apiVersion"), s("/kind"), ns, s("/metadata/name")), o)
-        })
-        .collect();
-    let foreign = plan::foreign_claims(&desired, name, |av, kind, ns, n| {
-        index
-            .get(&(av.to_string(), kind.to_string(), ns.map(String::from), n.to_string()))
-            .map(|v| (*v).clone())
-    });
+    let foreign = plan::foreign_claims(&desired, name, live);
     if !foreign.is_empty() {
         return Err(SyncError::Invalid(foreign));
     }
-    let owned: Vec<Value> = live
-        .iter()
-        .filter(|o| {
-            o.pointer(&format!("/metadata/labels/{}", APP_LABEL.replace('/', "~1")))
-                .and_then(Value::as_str)
-                == Some(name)
-        })
-        .cloned()
-        .collect();
+    let owned: Vec<Value> = live.iter().filter(|o| plan::owner(o) == Some(name)).cloned().collect();
     Ok(plan::compute(desired, owned))
 }
 

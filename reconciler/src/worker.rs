@@ -33,7 +33,7 @@ use crate::health::{self, Health};
 use crate::history;
 use crate::live::LiveCache;
 use crate::plan::{Action, Catalog, Plan};
-use crate::source::{self, CommitInfo, Source};
+use crate::source::{self, short_sha, CommitInfo, Source};
 use crate::sync::{self, SyncError};
 
 /// How the reconciler runs.
@@ -602,7 +602,7 @@ impl Worker {
         let prune = op.prune || self.app.spec.sync_policy.prune;
         if self.sync(source, &commit, "sync", by, prune).await {
             let summary = self.status.last_plan.clone();
-            let message = format!("synced {}", short(&commit.sha));
+            let message = format!("synced {}", short_sha(&commit.sha));
             self.finish_operation(op, "Succeeded", message, Some(&commit), summary)
                 .await;
         } else {
@@ -660,7 +660,7 @@ impl Worker {
                         status: "Failed".into(),
                         message: Some(format!(
                             "commit {} is rejected: {}",
-                            short(&head.sha),
+                            short_sha(&head.sha),
                             messages.join("; ")
                         )),
                     };
@@ -769,7 +769,7 @@ impl Worker {
                 .unwrap_or_default();
             SyncState {
                 status: "Failed".into(),
-                message: Some(format!("commit {} is rejected: {e}", short(&head.sha))),
+                message: Some(format!("commit {} is rejected: {e}", short_sha(&head.sha))),
             }
         } else if out_of_sync == 0 && on_head {
             SyncState {
@@ -785,7 +785,7 @@ impl Worker {
             let why = if on_head {
                 format!("{out_of_sync} object(s) differ from Git")
             } else {
-                format!("revision {} is not applied", short(&head.sha))
+                format!("revision {} is not applied", short_sha(&head.sha))
             };
             SyncState {
                 status: "OutOfSync".into(),
@@ -925,8 +925,4 @@ fn changes_desired_state(patch: &Value) -> bool {
                 || path.starts_with("/metadata/annotations/deployment.kubernetes.io"))
         })
     })
-}
-
-fn short(sha: &str) -> &str {
-    &sha[..12.min(sha.len())]
 }

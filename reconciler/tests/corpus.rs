@@ -206,12 +206,5 @@ async fn real_world_manifests_apply_cleanly_or_are_refused_by_name() {
 
 /// The live objects `app` owns, of all managed ones.
 fn owned(live: Vec<serde_json::Value>, app: &str) -> Vec<serde_json::Value> {
-    live.into_iter()
-        .filter(|o| {
-            o.pointer("/metadata/labels")
-                .and_then(|l| l.get(kairn_cluster::kinds::APP_LABEL))
-                .and_then(|v| v.as_str())
-                == Some(app)
-        })
-        .collect()
+    live.into_iter().filter(|o| plan::owner(o) == Some(app)).collect()
 }

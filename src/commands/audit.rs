@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use kairn_reconciler::history;
+use kairn_reconciler::source::short_sha;
 
 use crate::client::{server_error, ClientArgs, Output};
 
@@ -85,7 +86,7 @@ pub async fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
                     format!("{}/{ns}{}", r.kind, r.name),
                     r.resource_version_after.as_deref().unwrap_or("-"),
                     r.application.as_deref().unwrap_or("-"),
-                    r.commit.as_deref().map(|c| &c[..12.min(c.len())]).unwrap_or("-")
+                    r.commit.as_deref().map(short_sha).unwrap_or("-")
                 );
                 if matches!(args.client.output, Output::Wide) {
                     println!("    {}", r.patch);

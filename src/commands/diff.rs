@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use kairn_reconciler::plan::Action;
-use kairn_reconciler::source::Source;
+use kairn_reconciler::source::{short_sha, Source};
 use kairn_reconciler::sync;
 use serde_json::json;
 
@@ -133,7 +133,7 @@ pub async fn run(args: DiffArgs) -> anyhow::Result<ExitCode> {
         let at = if args.local.is_some() {
             label.clone()
         } else {
-            label[..12.min(label.len())].to_string()
+            short_sha(&label).to_string()
         };
         eprintln!(
             "{key} @ {at}: {} to create, {} to update, {} to prune, {} unchanged",

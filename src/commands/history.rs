@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use kairn_cluster::kinds::APP_NAMESPACE;
 use kairn_reconciler::history;
+use kairn_reconciler::source::short_sha;
 
 use super::diff::paint;
 use crate::client::{server_error, ClientArgs, Output};
@@ -103,7 +104,7 @@ pub async fn run(args: HistoryArgs) -> anyhow::Result<ExitCode> {
         println!(
             "{:<8} {:<12} {:<10} {:<10} {:<20} {:>7} {:>7} {:>6}  {:<24} {}",
             e.id.unwrap_or_default(),
-            &e.revision[..12.min(e.revision.len())],
+            short_sha(&e.revision),
             e.result,
             e.operation,
             e.time,

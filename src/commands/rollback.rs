@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use kairn_cluster::kinds::{Application, APP_NAMESPACE};
-use kairn_reconciler::source::{self, CommitInfo, Source};
+use kairn_reconciler::source::{self, short_sha, CommitInfo, Source};
 use kube::Api;
 
 use crate::client::{server_error, ClientArgs};
@@ -52,10 +52,6 @@ fn author(flag: Option<&str>, repo: Option<&Path>) -> anyhow::Result<(String, St
         .with_context(|| "who is rolling back? set git's user.name and user.email, or pass --author \"Name <email>\"")
 }
 
-fn short(sha: &str) -> &str {
-    &sha[..12.min(sha.len())]
-}
-
 /// Runs `kairn rollback`.
 pub async fn run(args: RollbackArgs) -> anyhow::Result<ExitCode> {
     let client = args.client.connect().await?;
@@ -84,14 +80,14 @@ pub async fn run(args: RollbackArgs) -> anyhow::Result<ExitCode> {
             let commits = source
                 .commits_between(&base.sha, &tip.sha)
                 .await
-                .with_context(|| format!("listing the commits after {}", short(&base.sha)))?;
+                .with_context(|| format!("listing the commits after {}", short_sha(&base.sha)))?;
             if commits.is_empty() {
-                bail!("{branch} is already at {}: nothing to roll back", short(&base.sha));
+                bail!("{branch} is already at {}: nothing to roll back", short_sha(&base.sha));
             }
             let mut message = format!(
                 "Roll back {} to {} \"{}\"\n\nReverts:\n",
                 args.app,
-                short(&base.sha),
+                short_sha(&base.sha),
                 base.summary
             );
             for c in &commits {
@@ -121,11 +117,11 @@ pub async fn run(args: RollbackArgs) -> anyhow::Result<ExitCode> {
         "{}: reverted {} commit(s) on {branch} as {} by {name} <{email}>{}",
         args.app,
         shas.len(),
-        short(&revert.sha),
+        short_sha(&revert.sha),
         if source.is_remote() { " (pushed)" } else { "" }
     );
     for c in &reverted {
-        println!("  reverted {} {}", short(&c.sha), c.summary);
+        println!("  reverted {} {}", short_sha(&c.sha), c.summary);
     }
     if !args.wait {
         return Ok(ExitCode::SUCCESS);
@@ -135,7 +131,7 @@ pub async fn run(args: RollbackArgs) -> anyhow::Result<ExitCode> {
         let app = apps.get(&args.app).await.map_err(server_error)?;
         let status = app.status.unwrap_or_default();
         if status.synced_revision.as_deref() == Some(revert.sha.as_str()) {
-            println!("{}: synced {}", args.app, short(&revert.sha));
+            println!("{}: synced {}", args.app, short_sha(&revert.sha));
             return Ok(ExitCode::SUCCESS);
         }
         if let Some(e) = status.last_error.filter(|e| e.revision == revert.sha) {

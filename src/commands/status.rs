@@ -3,6 +3,8 @@
 
 use std::process::ExitCode;
 
+use kairn_reconciler::source::short_sha;
+
 use crate::client::{ClientArgs, Output};
 
 /// `kairn status` arguments.
@@ -14,8 +16,8 @@ pub struct StatusArgs {
     pub app: Option<String>,
 }
 
-pub(crate) fn short(sha: Option<&str>) -> String {
-    sha.map(|s| s.chars().take(12).collect()).unwrap_or_else(|| "-".into())
+pub(crate) fn short(sha: Option<&str>) -> &str {
+    sha.map(short_sha).unwrap_or("-")
 }
 
 fn or_unknown(s: &str) -> &str {

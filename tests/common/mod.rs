@@ -119,6 +119,7 @@ impl Kairn {
             .arg(data_dir)
             .arg("--repo")
             .arg(repo)
+            // `KAIRN_TEST_LOG` (EnvFilter syntax) to see more in `<data-dir>/kairn.log`.
             .env(
                 "KAIRN_LOG",
                 std::env::var("KAIRN_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),

@@ -37,12 +37,13 @@ pub struct Provenance {
     pub commit: String,
 }
 
-/// The current time, RFC 3339 in UTC with microseconds (records of one second stay
-/// ordered for a reader who sorts by time).
-fn now_micros() -> String {
-    k8s_openapi::jiff::Timestamp::now()
-        .strftime("%Y-%m-%dT%H:%M:%S%.6fZ")
-        .to_string()
+/// The time `secs` seconds ago, RFC 3339 in UTC with microseconds (records of one
+/// second stay ordered for a reader who sorts by time, and compare as strings).
+fn micros_ago(secs: i64) -> Option<String> {
+    let then = k8s_openapi::jiff::Timestamp::now()
+        .checked_sub(k8s_openapi::jiff::SignedDuration::from_secs(secs))
+        .ok()?;
+    Some(then.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string())
 }
 
 /// `sha256:` and the first 16 hex digits of the hash of `bytes`: enough to tell two values
@@ -110,7 +111,7 @@ pub fn append(
     let obj = after.or(before.map(|(b, _)| b)).unwrap_or(&Value::Null);
     let s = |p: &str| obj.pointer(p).and_then(Value::as_str).map(str::to_string);
     let record = AuditRecord {
-        time: now_micros(),
+        time: micros_ago(0).unwrap_or_default(),
         user: user.to_string(),
         verb: verb.to_string(),
         api_version: s("/apiVersion").unwrap_or_default(),
@@ -217,10 +218,7 @@ pub fn parse_since(s: &str) -> Result<String, ApiError> {
         "d" => n * 86_400,
         _ => return Err(bad()),
     };
-    let then = k8s_openapi::jiff::Timestamp::now()
-        .checked_sub(k8s_openapi::jiff::SignedDuration::from_secs(secs))
-        .map_err(|_| bad())?;
-    Ok(then.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string())
+    micros_ago(secs).ok_or_else(bad)
 }
 
 /// The records matching `query`, newest first.
@@ -269,10 +267,7 @@ pub async fn retain(store: Store, mut shutdown: tokio::sync::watch::Receiver<boo
 /// many went.
 pub async fn prune(store: &Store, max_records: usize, max_age: Duration) -> Result<usize, ApiError> {
     let (kvs, _, _) = store.list(PREFIX, None, None).await?;
-    let cutoff = k8s_openapi::jiff::Timestamp::now()
-        .checked_sub(k8s_openapi::jiff::SignedDuration::from_secs(max_age.as_secs() as i64))
-        .map(|t| t.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string())
-        .unwrap_or_default();
+    let cutoff = micros_ago(max_age.as_secs() as i64).unwrap_or_default();
     let over = kvs.len().saturating_sub(max_records);
     let mut doomed = Vec::new();
     for (i, kv) in kvs.iter().enumerate() {

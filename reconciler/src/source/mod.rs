@@ -80,6 +80,11 @@ fn git(context: impl Into<String>) -> impl FnOnce(git2::Error) -> SourceError {
     move |source| SourceError::Git { context, source }
 }
 
+/// The first 12 characters of a commit SHA, as status, history and the CLI show it.
+pub fn short_sha(sha: &str) -> &str {
+    sha.char_indices().nth(12).map_or(sha, |(i, _)| &sha[..i])
+}
+
 /// A commit, as history and status show it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommitInfo {

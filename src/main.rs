@@ -43,6 +43,8 @@ enum Command {
     Rollback(commands::rollback::RollbackArgs),
     /// Show who changed what, when, and from which commit.
     Audit(commands::audit::AuditArgs),
+    /// List the store's members, or add or remove one.
+    Member(commands::member::MemberArgs),
     /// Run a benchmark on a cluster of its own: `kairn bench api`.
     Bench(commands::bench::BenchArgs),
 }
@@ -69,6 +71,7 @@ fn main() -> ExitCode {
             Command::History(args) => commands::history::run(args).await,
             Command::Rollback(args) => commands::rollback::run(args).await,
             Command::Audit(args) => commands::audit::run(args).await,
+            Command::Member(args) => commands::member::run(args).await,
             Command::Bench(args) => commands::bench::run(args).await,
         }
     });

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod controllers;
+pub mod credentials;
 pub mod kinds;
 pub mod member;
 pub mod scheduler;

@@ -68,27 +68,46 @@ impl Member {
         certs: ServingCerts,
         api_config: api::ApiConfig,
     ) -> Result<Member, MemberError> {
-        let listener = tokio::net::TcpListener::bind(api_addr)
-            .await
-            .map_err(|source| MemberError::Bind { addr: api_addr, source })?;
-        let addr = listener
-            .local_addr()
-            .map_err(|source| MemberError::Bind { addr: api_addr, source })?;
+        let listener = Member::bind(api_addr).await?;
         let store = Store::open(store_dir, config).await?;
+        Member::serve(store, listener, auth, certs, api_config).await
+    }
+
+    /// Binds the API address (before the store opens, so a taken port fails fast).
+    pub async fn bind(api_addr: SocketAddr) -> Result<tokio::net::TcpListener, MemberError> {
+        tokio::net::TcpListener::bind(api_addr)
+            .await
+            .map_err(|source| MemberError::Bind { addr: api_addr, source })
+    }
+
+    /// Serves the API for an opened store on `listener`: creates the initial objects,
+    /// records this member's API URL for the others, and serves over TLS.
+    pub async fn serve(
+        store: Store,
+        listener: tokio::net::TcpListener,
+        auth: Authenticator,
+        certs: ServingCerts,
+        api_config: api::ApiConfig,
+    ) -> Result<Member, MemberError> {
+        let addr = listener.local_addr().map_err(|source| MemberError::Bind {
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            source,
+        })?;
         let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
         let state = api::AppState::new(store.clone(), shutdown_rx).with_config(api_config);
         api::bootstrap(&state).await?;
         api::publish_api_service(&state, addr).await?;
+        store.advertise(&format!("https://{addr}")).await?;
         let auth = Arc::new(auth);
-        let listener = tls::TlsListener::new(listener, certs.acceptor()?)
-            .map_err(|source| MemberError::Bind { addr: api_addr, source })?;
+        let listener =
+            tls::TlsListener::new(listener, certs.acceptor()?).map_err(|source| MemberError::Bind { addr, source })?;
         let (stop, stopped) = oneshot::channel::<()>();
         let api = tokio::spawn(api::serve(state, listener, auth.clone(), async move {
             let _ = stopped.await;
             // Ends open watches and the watch caches, so the graceful shutdown completes.
             let _ = shutdown_tx.send(true);
         }));
-        tracing::info!(api = %addr, raft = %store.raft_addr(), "store member serving");
+        tracing::info!(api = %addr, raft = %store.raft_addr(), node = store.node_id(), "store member serving");
         Ok(Member {
             store,
             addr,
@@ -114,7 +133,7 @@ impl Member {
         let config = StoreConfig {
             node_id: 1,
             raft_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            bootstrap: true,
+            start: crate::store::Start::Single,
         };
         let mut users: Vec<(&str, &[&str])> = api::auth::STANDARD_USERS.to_vec();
         users.extend(extra_users.iter().map(|u| (*u, &[][..])));

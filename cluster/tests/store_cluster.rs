@@ -3,13 +3,13 @@
 
 use std::time::{Duration, Instant};
 
-use kairn_cluster::store::{Op, Store, StoreConfig, Txn};
+use kairn_cluster::store::{Op, Start, Store, StoreConfig, Txn};
 
-async fn member(dir: &std::path::Path, id: u64, bootstrap: bool) -> Store {
+async fn member(dir: &std::path::Path, id: u64, start: Start) -> Store {
     let config = StoreConfig {
         node_id: id,
         raft_addr: "127.0.0.1:0".parse().unwrap(),
-        bootstrap,
+        start,
     };
     Store::open(&dir.join(id.to_string()), config)
         .await
@@ -38,12 +38,17 @@ fn put(key: &str, value: &str) -> Txn {
 async fn three_members_replicate_forward_and_fail_over() {
     let dir = tempfile::tempdir().unwrap();
 
-    // Member 1 starts a cluster; 2 and 3 start empty and are added as voters.
-    let one = member(dir.path(), 1, true).await;
-    let two = member(dir.path(), 2, false).await;
-    let three = member(dir.path(), 3, false).await;
-    one.add_voter(2, two.raft_addr()).await.unwrap();
-    one.add_voter(3, three.raft_addr()).await.unwrap();
+    // Member 1 starts a cluster; 2 and 3 join it as voters.
+    let one = member(dir.path(), 1, Start::Single).await;
+    let join = Start::Join {
+        addr: one.raft_addr().to_string(),
+        learner: false,
+    };
+    let two = member(dir.path(), 2, join.clone()).await;
+    let three = member(dir.path(), 3, join).await;
+    let members = one.members().unwrap();
+    assert_eq!(members.len(), 3, "{members:?}");
+    assert!(members.iter().all(|m| m.role == "voter"), "{members:?}");
 
     // A write sent to a follower is forwarded to the leader and replicated everywhere.
     let written = two.txn(put("/k/a", "1")).await.unwrap();
@@ -56,6 +61,11 @@ async fn three_members_replicate_forward_and_fail_over() {
         })
     })
     .await;
+
+    // A linearizable read on a follower sees the write just acknowledged elsewhere.
+    let seen = three.txn(put("/k/c", "3")).await.unwrap();
+    assert!(two.linearizable_revision().await.unwrap() >= seen.revision);
+    assert_eq!(two.get("/k/c").await.unwrap().unwrap().value, b"3");
 
     // The leader stops; the other two elect a new one and keep accepting writes.
     one.shutdown().await.unwrap();

@@ -6,6 +6,7 @@ pub mod bench;
 pub mod diff;
 pub mod get;
 pub mod history;
+pub mod member;
 pub mod rollback;
 pub mod server;
 pub mod status;

@@ -7,8 +7,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use kairn_cluster::api::{auth, tls, ApiConfig};
+use kairn_cluster::credentials;
 use kairn_cluster::member::Member;
-use kairn_cluster::store::StoreConfig;
+use kairn_cluster::store::{Start, Store, StoreConfig};
+use std::collections::BTreeMap;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -26,9 +28,20 @@ pub struct ControlPlaneArgs {
     /// Address the store serves Raft RPC on, for other members (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:6444")]
     pub raft_addr: SocketAddr,
-    /// This member's Raft id.
-    #[arg(long, default_value_t = 1)]
+    /// This member's Raft id (unique in the cluster).
+    #[arg(long, alias = "id", default_value_t = 1)]
     pub node_id: u64,
+    /// On first start, form a cluster of these members: `ID=RAFTADDR,...`, this one
+    /// included, the same list on every member (3 or 5 members tolerate 1 or 2 down).
+    #[arg(long, value_delimiter = ',', value_parser = parse_peer, conflicts_with = "join")]
+    pub peers: Vec<(u64, String)>,
+    /// On first start, join the cluster that the member at this Raft address belongs to.
+    #[arg(long)]
+    pub join: Option<String>,
+    /// Join as a learner: serve the API and replicate the store without a vote (with
+    /// `--join`).
+    #[arg(long, requires = "join")]
+    pub learner: bool,
     /// Static bearer tokens, one `token,user,uid,"groups"` line each, as kube-apiserver's
     /// `--token-auth-file` (default `<data-dir>/tokens.csv`, created with the admin's and
     /// the components' tokens).
@@ -38,6 +51,44 @@ pub struct ControlPlaneArgs {
     /// Gitea) or carry (GitLab); without it, any push notification is accepted.
     #[arg(long)]
     pub webhook_secret_file: Option<PathBuf>,
+}
+
+/// Parses one `ID=RAFTADDR` of `--peers`.
+fn parse_peer(s: &str) -> Result<(u64, String), String> {
+    let (id, addr) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected ID=RAFTADDR, e.g. 2=127.0.0.1:6454"))?;
+    let id = id
+        .trim()
+        .parse()
+        .map_err(|e| format!("{s:?}: the member id {id:?} is not a number: {e}"))?;
+    let addr = addr.trim();
+    addr.parse::<SocketAddr>()
+        .map_err(|e| format!("{s:?}: the Raft address {addr:?} is not HOST:PORT: {e}"))?;
+    Ok((id, addr.to_string()))
+}
+
+impl ControlPlaneArgs {
+    /// How this member comes into its cluster on first start.
+    pub fn start_mode(&self) -> anyhow::Result<Start> {
+        if let Some(addr) = &self.join {
+            return Ok(Start::Join {
+                addr: addr.clone(),
+                learner: self.learner,
+            });
+        }
+        if self.peers.is_empty() {
+            return Ok(Start::Single);
+        }
+        let peers: BTreeMap<u64, String> = self.peers.iter().cloned().collect();
+        anyhow::ensure!(peers.len() == self.peers.len(), "--peers names a member id twice");
+        anyhow::ensure!(
+            peers.contains_key(&self.node_id),
+            "--peers must include this member (id {})",
+            self.node_id
+        );
+        Ok(Start::Peers(peers))
+    }
 }
 
 /// `kairn server` flags.
@@ -75,13 +126,16 @@ pub async fn start(
         .unwrap_or_else(|| data_dir.join("tokens.csv"));
     let mut users: Vec<(&str, &[&str])> = auth::STANDARD_USERS.to_vec();
     users.extend(extra_users.iter().map(|u| (u.as_str(), &["system:nodes"][..])));
-    let authenticator = auth::ensure_token_file(&token_file, &users)?;
+    auth::ensure_token_file(&token_file, &users)?;
     let store_config = StoreConfig {
         node_id: args.node_id,
         raft_addr: args.raft_addr,
-        bootstrap: true,
+        start: args.start_mode()?,
     };
-    let certs = tls::load_or_create(&data_dir.join("pki"), &tls::serving_names(&args.api_addr))?;
+    let pki = data_dir.join("pki");
+    let names = tls::serving_names(&args.api_addr);
+    // Makes the CA on a new member (it may be replaced by the cluster's below).
+    tls::load_or_create(&pki, &names)?;
     let webhook_secret = match &args.webhook_secret_file {
         Some(path) => {
             let secret = std::fs::read_to_string(path)
@@ -97,15 +151,18 @@ pub async fn start(
         }
         None => None,
     };
-    let member = Member::start_with(
-        &data_dir.join("store"),
-        store_config,
-        args.api_addr,
-        authenticator,
-        certs,
-        ApiConfig { webhook_secret },
-    )
-    .await?;
+    let listener = Member::bind(args.api_addr).await?;
+    let store = Store::open(&data_dir.join("store"), store_config)
+        .await
+        .context("opening the store")?;
+    // One CA and one token file for the whole cluster, so any member's kubeconfig works
+    // against every member.
+    credentials::share(&store, &credentials::Files::new(&pki, &token_file))
+        .await
+        .context("sharing the cluster's credentials")?;
+    let authenticator = auth::Authenticator::from_file(&token_file)?;
+    let certs = tls::load_or_create(&pki, &names)?;
+    let member = Member::serve(store, listener, authenticator, certs, ApiConfig { webhook_secret }).await?;
     let api_url = member.api_url();
     std::fs::write(data_dir.join("api-addr"), member.api_addr().to_string()).context("writing api-addr")?;
     let kubeconfig = data_dir.join("kubeconfig");

@@ -15,6 +15,7 @@ mod error;
 pub mod history;
 pub mod hooks;
 mod logs;
+mod members;
 mod objects;
 mod openapi;
 pub mod patch;
@@ -120,6 +121,11 @@ pub fn router(state: AppState, auth: Arc<Authenticator>) -> Router {
             post(batch_handler).layer(DefaultBodyLimit::max(MAX_BATCH_BODY)),
         )
         .route("/apis/kairn.dev/v1/auditrecords", get(audit_handler))
+        .route(members::PATH, get(members::list).post(members::add))
+        .route(
+            "/apis/kairn.dev/v1/members/{id}",
+            axum::routing::delete(members::remove),
+        )
         .route(
             "/apis/kairn.dev/v1/namespaces/{ns}/applications/{name}/history",
             get(history_list_handler).post(history_append_handler),

@@ -1,12 +1,18 @@
 //! Raft RPC between store members over tonic (gRPC on HTTP/2).
 //!
-//! Requests and responses are openraft's own types as JSON inside a protobuf envelope
-//! (`proto/raft.proto`). The same service carries client writes that a follower
-//! forwards to the leader, so any member can accept a write.
+//! Requests and responses are openraft's own types, and the store's, in the store's
+//! binary encoding ([`codec`](super::codec)) inside a protobuf envelope
+//! (`proto/raft.proto`). The same service carries what followers ask of the leader:
+//! forwarded writes, read indexes for linearizable reads, and membership changes.
+//!
+//! Every call honours the deadline openraft passes; messages may be as large as the
+//! largest append (a batch of objects) or snapshot chunk.
 
-use openraft::error::{
-    ClientWriteError, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
-};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
@@ -17,6 +23,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 
+use super::codec;
+use super::leader::{self, MemberChange, PeerError};
 use super::types::{NodeId, Txn, TxnResult, TypeConfig};
 
 /// Generated gRPC code.
@@ -28,14 +36,31 @@ use pb::raft_service_client::RaftServiceClient;
 use pb::raft_service_server::{RaftService, RaftServiceServer};
 use pb::Payload;
 
-fn to_payload<T: Serialize>(value: &T) -> Result<Payload, serde_json::Error> {
+/// The largest message either side accepts. An append carries up to openraft's
+/// `max_payload_entries` entries, and one entry may be a whole batch of objects (the
+/// API's batch endpoint takes 512 MiB), so the bound is set by the largest batch, not
+/// by the usual few KiB.
+pub const MAX_MESSAGE_BYTES: usize = 1 << 30;
+/// How long to wait for a TCP connection to a peer.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+fn to_payload<T: Serialize>(value: &T) -> Result<Payload, codec::CodecError> {
     Ok(Payload {
-        json: serde_json::to_vec(value)?,
+        data: codec::encode(value)?,
     })
 }
 
-fn from_payload<T: DeserializeOwned>(payload: &Payload) -> Result<T, serde_json::Error> {
-    serde_json::from_slice(&payload.json)
+fn from_payload<T: DeserializeOwned>(payload: &Payload) -> Result<T, codec::CodecError> {
+    codec::decode(&payload.data)
+}
+
+fn client(addr: &str) -> Result<RaftServiceClient<Channel>, tonic::transport::Error> {
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true);
+    Ok(RaftServiceClient::new(endpoint.connect_lazy())
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES))
 }
 
 /// Creates a connection per peer.
@@ -53,23 +78,21 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Connection;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Connection {
-        let client = Endpoint::from_shared(format!("http://{}", node.addr))
-            .ok()
-            .map(|e| RaftServiceClient::new(e.connect_lazy()));
         Connection {
             target,
-            client,
+            client: client(&node.addr).ok(),
             addr: node.addr.clone(),
         }
     }
 }
 
 impl Connection {
-    /// Sends one RPC and decodes `Result<Resp, E>` from the peer.
+    /// Sends one RPC within `ttl` and decodes `Result<Resp, E>` from the peer.
     async fn call<Req, Resp, E>(
         &mut self,
         method: &'static str,
         request: &Req,
+        ttl: Duration,
     ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
     where
         Req: Serialize,
@@ -84,13 +107,29 @@ impl Connection {
             return Err(RPCError::Unreachable(Unreachable::new(&why)));
         };
         let payload = to_payload(request).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let reply = match method {
-            "append_entries" => client.append_entries(payload).await,
-            "vote" => client.vote(payload).await,
-            _ => client.install_snapshot(payload).await,
+        let mut request = tonic::Request::new(payload);
+        request.set_timeout(ttl);
+        let call = async {
+            match method {
+                "append_entries" => client.append_entries(request).await,
+                "vote" => client.vote(request).await,
+                _ => client.install_snapshot(request).await,
+            }
+        };
+        let reply = match tokio::time::timeout(ttl, call).await {
+            Ok(reply) => reply,
+            Err(_) => {
+                let why = std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("{method} to member {} timed out after {ttl:?}", self.target),
+                );
+                return Err(RPCError::Unreachable(Unreachable::new(&why)));
+            }
         };
         let reply = reply.map_err(|status| match status.code() {
-            tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&status)),
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => {
+                RPCError::Unreachable(Unreachable::new(&status))
+            }
             _ => RPCError::Network(NetworkError::new(&status)),
         })?;
         let result: Result<Resp, RaftError<NodeId, E>> =
@@ -103,53 +142,106 @@ impl RaftNetwork<TypeConfig> for Connection {
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
-        _option: RPCOption,
+        option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.call("append_entries", &rpc).await
+        self.call("append_entries", &rpc, option.hard_ttl()).await
     }
 
     async fn install_snapshot(
         &mut self,
         rpc: InstallSnapshotRequest<TypeConfig>,
-        _option: RPCOption,
+        option: RPCOption,
     ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>>
     {
-        self.call("install_snapshot", &rpc).await
+        self.call("install_snapshot", &rpc, option.hard_ttl()).await
     }
 
     async fn vote(
         &mut self,
         rpc: VoteRequest<NodeId>,
-        _option: RPCOption,
+        option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.call("vote", &rpc).await
+        self.call("vote", &rpc, option.hard_ttl()).await
     }
 }
 
-/// Why a forwarded write failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ForwardError {
-    /// The leader could not be reached.
-    #[error("forwarding to the leader at {addr}: {message}")]
-    Transport { addr: String, message: String },
-    /// The leader refused the write.
-    #[error("{0}")]
-    Raft(RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>),
+/// Clients of other members for what a member asks of the leader, one channel per
+/// address, reused across calls.
+#[derive(Clone, Default)]
+pub struct Peers {
+    clients: Arc<Mutex<HashMap<String, RaftServiceClient<Channel>>>>,
 }
 
-/// Sends a client write to the leader at `addr`.
-pub async fn forward_write(addr: &str, txn: &Txn) -> Result<TxnResult, ForwardError> {
-    let transport = |message: String| ForwardError::Transport {
-        addr: addr.to_string(),
-        message,
-    };
-    let endpoint = Endpoint::from_shared(format!("http://{addr}")).map_err(|e| transport(e.to_string()))?;
-    let mut client = RaftServiceClient::new(endpoint.connect().await.map_err(|e| transport(e.to_string()))?);
-    let payload = to_payload(txn).map_err(|e| transport(e.to_string()))?;
-    let reply = client.write(payload).await.map_err(|e| transport(e.to_string()))?;
-    let result: Result<TxnResult, RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>> =
-        from_payload(reply.get_ref()).map_err(|e| transport(e.to_string()))?;
-    result.map_err(ForwardError::Raft)
+impl Peers {
+    fn client(&self, addr: &str) -> Result<RaftServiceClient<Channel>, PeerError> {
+        let mut clients = self
+            .clients
+            .lock()
+            .map_err(|_| PeerError::Failed("peer clients lock poisoned".into()))?;
+        if let Some(c) = clients.get(addr) {
+            return Ok(c.clone());
+        }
+        let c = client(addr).map_err(|e| PeerError::Failed(format!("bad member address {addr}: {e}")))?;
+        clients.insert(addr.to_string(), c.clone());
+        Ok(c)
+    }
+
+    async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        addr: &str,
+        method: &'static str,
+        request: &Req,
+        ttl: Duration,
+    ) -> Result<Resp, PeerError> {
+        let mut client = self.client(addr)?;
+        let unreachable = |why: String| PeerError::NoQuorum(format!("the leader at {addr} is unreachable: {why}"));
+        let payload = to_payload(request).map_err(|e| PeerError::Failed(e.to_string()))?;
+        let mut request = tonic::Request::new(payload);
+        request.set_timeout(ttl);
+        let call = async {
+            match method {
+                "write" => client.write(request).await,
+                "read_index" => client.read_index(request).await,
+                _ => client.change_members(request).await,
+            }
+        };
+        let reply = tokio::time::timeout(ttl, call)
+            .await
+            .map_err(|_| unreachable(format!("no answer within {ttl:?}")))?
+            .map_err(|status| unreachable(status.message().to_string()))?;
+        let result: Result<Resp, PeerError> =
+            from_payload(reply.get_ref()).map_err(|e| PeerError::Failed(format!("undecodable reply: {e}")))?;
+        result
+    }
+
+    /// Commits a write on the leader at `addr`.
+    pub async fn write(&self, addr: &str, txn: &Txn) -> Result<TxnResult, PeerError> {
+        // A little longer than the leader's own deadline, so its answer wins.
+        self.call(addr, "write", txn, leader::WRITE_TIMEOUT + Duration::from_secs(1))
+            .await
+    }
+
+    /// Asks the leader at `addr` for a read index.
+    pub async fn read_index(&self, addr: &str) -> Result<u64, PeerError> {
+        self.call(
+            addr,
+            "read_index",
+            &(),
+            leader::READ_INDEX_TIMEOUT + Duration::from_secs(1),
+        )
+        .await
+    }
+
+    /// Asks the leader at `addr` to change the membership.
+    pub async fn change_members(&self, addr: &str, change: &MemberChange) -> Result<(), PeerError> {
+        self.call(
+            addr,
+            "change_members",
+            change,
+            leader::CHANGE_TIMEOUT + Duration::from_secs(1),
+        )
+        .await
+    }
 }
 
 /// The server side: hands incoming RPCs to the local Raft node.
@@ -157,7 +249,7 @@ struct Service {
     raft: Raft<TypeConfig>,
 }
 
-fn bad_request(e: serde_json::Error) -> tonic::Status {
+fn bad_request(e: codec::CodecError) -> tonic::Status {
     tonic::Status::invalid_argument(format!("undecodable payload: {e}"))
 }
 
@@ -186,8 +278,16 @@ impl RaftService for Service {
 
     async fn write(&self, req: tonic::Request<Payload>) -> Result<tonic::Response<Payload>, tonic::Status> {
         let txn: Txn = from_payload(req.get_ref()).map_err(bad_request)?;
-        let result = self.raft.client_write(txn).await.map(|r| r.data);
-        reply(&result)
+        reply(&leader::write(&self.raft, txn).await)
+    }
+
+    async fn read_index(&self, _req: tonic::Request<Payload>) -> Result<tonic::Response<Payload>, tonic::Status> {
+        reply(&leader::read_index(&self.raft).await)
+    }
+
+    async fn change_members(&self, req: tonic::Request<Payload>) -> Result<tonic::Response<Payload>, tonic::Status> {
+        let change: MemberChange = from_payload(req.get_ref()).map_err(bad_request)?;
+        reply(&leader::change_members(&self.raft, change).await)
     }
 }
 
@@ -198,8 +298,12 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let service = RaftServiceServer::new(Service { raft })
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
     tonic::transport::Server::builder()
-        .add_service(RaftServiceServer::new(Service { raft }))
+        .tcp_nodelay(true)
+        .add_service(service)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }

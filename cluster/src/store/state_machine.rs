@@ -1,10 +1,17 @@
 //! The replicated state machine: a revisioned key-value map on sled.
 //!
-//! Applying a log entry evaluates its transaction's compares and writes all of its ops
-//! plus the new "last applied" marker in ONE sled batch, so a crash never leaves half a
-//! transaction. Every value carries the revision (log index) of its last write.
+//! Applying log entries evaluates each transaction's compares and writes all of their
+//! ops plus the new "last applied" marker in ONE sled batch, so a crash never leaves half
+//! a transaction. Every value carries the revision (log index) of its last write.
+//!
+//! Snapshots do not stop writes: building one records the pre-image of every key written
+//! meanwhile, and the scan of the live tree takes a key's pre-image when it has one, so
+//! the result is the state at one revision while writes go on. Snapshots are kept in a
+//! file ([`super::snapshot`]), not in the tree.
 
+use std::collections::HashMap;
 use std::io::Cursor;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -14,14 +21,15 @@ use openraft::{
     StorageError, StorageIOError, StoredMembership,
 };
 
+use super::codec;
+use super::snapshot::SnapshotFile;
 use super::types::{Event, EventKind, Expect, KeyValue, NodeId, Op, TxnResult, TypeConfig};
 use super::watch::WatchHub;
 
 const DATA: &str = "k/";
+/// The last applied log id (absent before the first entry).
 const LAST_APPLIED: &[u8] = b"m/last_applied";
 const MEMBERSHIP: &[u8] = b"m/membership";
-const SNAPSHOT_META: &[u8] = b"m/snapshot_meta";
-const SNAPSHOT_DATA: &[u8] = b"m/snapshot_data";
 
 fn sm_err(verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError<NodeId> {
     StorageIOError::new(ErrorSubject::StateMachine, verb, openraft::AnyError::new(&e)).into()
@@ -66,15 +74,20 @@ struct Inner {
     revision: AtomicU64,
     hub: WatchHub,
     snapshot_seq: AtomicU64,
+    /// While a snapshot is built: full key -> its stored value when the build began.
+    capture: Mutex<Option<HashMap<Vec<u8>, Option<Vec<u8>>>>>,
+    snapshots: SnapshotFile,
 }
 
 impl StateMachine {
-    /// Opens the state machine tree in `db`.
-    pub fn open(db: &sled::Db) -> Result<Self, StorageError<NodeId>> {
+    /// Opens the state machine tree in `db`, keeping snapshots in `snapshot_dir`. A
+    /// snapshot install a crash interrupted is finished here.
+    pub fn open(db: &sled::Db, snapshot_dir: &Path) -> Result<Self, StorageError<NodeId>> {
         let tree = db.open_tree("state").map_err(|e| sm_err(ErrorVerb::Read, e))?;
-        let last: Option<LogId<NodeId>> = read_json(&tree, LAST_APPLIED)?;
+        let snapshots = SnapshotFile::new(snapshot_dir).map_err(|e| sm_err(ErrorVerb::Read, e))?;
+        let last: Option<LogId<NodeId>> = read_meta(&tree, LAST_APPLIED)?;
         let rev = last.map(|l| l.index).unwrap_or(0);
-        Ok(Self {
+        let sm = Self {
             inner: Arc::new(Inner {
                 db: db.clone(),
                 tree,
@@ -82,8 +95,21 @@ impl StateMachine {
                 revision: AtomicU64::new(rev),
                 hub: WatchHub::new(rev),
                 snapshot_seq: AtomicU64::new(0),
+                capture: Mutex::new(None),
+                snapshots,
             }),
-        })
+        };
+        if let Some((meta, data)) = sm.inner.snapshots.read().map_err(|e| sm_err(ErrorVerb::Read, e))? {
+            if meta.last_log_id > last {
+                tracing::warn!(
+                    snapshot = %meta.snapshot_id,
+                    applied = rev,
+                    "finishing a snapshot install that was interrupted"
+                );
+                sm.install_data(&meta, &data)?;
+            }
+        }
+        Ok(sm)
     }
 
     /// The revision of the last applied entry.
@@ -145,14 +171,16 @@ impl StateMachine {
         Ok((out, rev, false))
     }
 
+    /// Evaluates one transaction at `index` against the tree as changed by `pending` (the
+    /// writes of earlier entries in the same batch), adding its writes to both.
     fn apply_txn(
         &self,
         index: u64,
         txn: &super::types::Txn,
-        batch: &mut sled::Batch,
+        pending: &mut Pending,
     ) -> Result<(TxnResult, Vec<Event>), StorageError<NodeId>> {
         for cmp in &txn.compares {
-            let actual = self.get(&cmp.key)?.map(|kv| kv.mod_revision).unwrap_or(0);
+            let actual = pending.get(self, &cmp.key)?.map(|(rev, _)| rev).unwrap_or(0);
             let ok = match cmp.expect {
                 Expect::Absent => actual == 0,
                 Expect::Present => actual != 0,
@@ -169,23 +197,16 @@ impl StateMachine {
                 ));
             }
         }
-        // Later ops in one transaction see earlier ones: track the pending state per key.
-        let mut pending: std::collections::HashMap<String, Option<Vec<u8>>> = Default::default();
         let mut events = Vec::new();
         let mut appends = 0;
         for op in &txn.ops {
             let key = op.key_at(index, appends).into_owned();
-            let before = match pending.get(&key) {
-                Some(v) => v.clone(),
-                None => self.get(&key)?.map(|kv| kv.value),
-            };
-            let full = format!("{DATA}{key}");
+            let before = pending.get(self, &key)?.map(|(_, value)| value);
             match op {
                 Op::Put { value, .. } | Op::Append { value, .. } => {
                     if matches!(op, Op::Append { .. }) {
                         appends += 1;
                     }
-                    batch.insert(full.as_bytes(), encode(index, value));
                     events.push(Event {
                         kind: EventKind::Put,
                         kv: KeyValue {
@@ -195,11 +216,10 @@ impl StateMachine {
                         },
                         prev: before,
                     });
-                    pending.insert(key, Some(value.clone()));
+                    pending.set(self, key, Some((index, value.clone())))?;
                 }
                 Op::Delete { .. } => {
                     if let Some(prev) = before {
-                        batch.remove(full.as_bytes());
                         events.push(Event {
                             kind: EventKind::Delete,
                             kv: KeyValue {
@@ -209,8 +229,8 @@ impl StateMachine {
                             },
                             prev: Some(prev),
                         });
+                        pending.set(self, key, None)?;
                     }
-                    pending.insert(key, None);
                 }
             }
         }
@@ -224,41 +244,158 @@ impl StateMachine {
         ))
     }
 
-    fn snapshot_bytes(
+    /// Starts recording the pre-image of every key written from now on, so a snapshot can
+    /// be read from the live tree without stopping writes; returns the applied state the
+    /// snapshot is taken at.
+    fn begin_capture(
         &self,
-    ) -> Result<(Vec<u8>, Option<LogId<NodeId>>, StoredMembership<NodeId, BasicNode>), StorageError<NodeId>> {
+    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, BasicNode>), StorageError<NodeId>> {
         let _guard = self
             .inner
             .apply_lock
             .lock()
             .map_err(|_| corrupt("apply lock poisoned"))?;
-        let last: Option<LogId<NodeId>> = read_json(&self.inner.tree, LAST_APPLIED)?;
+        let last: Option<LogId<NodeId>> = read_meta(&self.inner.tree, LAST_APPLIED)?;
         let membership: StoredMembership<NodeId, BasicNode> =
-            read_json(&self.inner.tree, MEMBERSHIP)?.unwrap_or_default();
+            read_meta(&self.inner.tree, MEMBERSHIP)?.unwrap_or_default();
+        *lock(&self.inner.capture)? = Some(HashMap::new());
+        Ok((last, membership))
+    }
+
+    /// The key-value data as of [`Self::begin_capture`], read while writes go on: a key
+    /// written since then is taken from its recorded pre-image.
+    fn captured_data(&self) -> Result<Vec<u8>, StorageError<NodeId>> {
         let mut out = Vec::new();
-        for item in self.inner.tree.scan_prefix(DATA.as_bytes()) {
-            let (k, v) = item.map_err(|e| sm_err(ErrorVerb::Read, e))?;
+        let mut from_capture = std::collections::HashSet::new();
+        let emit = |out: &mut Vec<u8>, k: &[u8], v: &[u8]| {
             // Length-prefixed key, then the stored value (revision + bytes) as is.
             out.extend_from_slice(&(k.len() as u32).to_be_bytes());
-            out.extend_from_slice(&k);
+            out.extend_from_slice(k);
             out.extend_from_slice(&(v.len() as u32).to_be_bytes());
-            out.extend_from_slice(&v);
+            out.extend_from_slice(v);
+        };
+        for item in self.inner.tree.scan_prefix(DATA.as_bytes()) {
+            let (k, v) = item.map_err(|e| sm_err(ErrorVerb::Read, e))?;
+            // Checked after reading: a pre-image is recorded before its key is overwritten.
+            let captured = lock(&self.inner.capture)?
+                .as_ref()
+                .and_then(|c| c.get(k.as_ref()).cloned());
+            match captured {
+                Some(old) => {
+                    if let Some(old) = old {
+                        emit(&mut out, &k, &old);
+                    }
+                    from_capture.insert(k.to_vec());
+                }
+                None => emit(&mut out, &k, &v),
+            }
         }
-        Ok((out, last, membership))
+        let captured = lock(&self.inner.capture)?.take().unwrap_or_default();
+        // Keys deleted since the capture began, before the scan reached them.
+        for (k, old) in captured {
+            if let Some(old) = old {
+                if !from_capture.contains(&k) {
+                    emit(&mut out, &k, &old);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Replaces the whole key-value data with a snapshot's, atomically.
+    fn install_data(&self, meta: &SnapshotMeta<NodeId, BasicNode>, data: &[u8]) -> Result<(), StorageError<NodeId>> {
+        let pairs = parse_snapshot(data).ok_or_else(|| corrupt("malformed snapshot"))?;
+        let _guard = self
+            .inner
+            .apply_lock
+            .lock()
+            .map_err(|_| corrupt("apply lock poisoned"))?;
+        let mut batch = sled::Batch::default();
+        for item in self.inner.tree.scan_prefix(DATA.as_bytes()) {
+            let (k, _) = item.map_err(|e| sm_err(ErrorVerb::Read, e))?;
+            batch.remove(k);
+        }
+        for (k, v) in pairs {
+            batch.insert(k, v);
+        }
+        match &meta.last_log_id {
+            Some(last) => batch.insert(LAST_APPLIED, to_meta(last)?),
+            None => batch.remove(LAST_APPLIED),
+        }
+        batch.insert(MEMBERSHIP, to_meta(&meta.last_membership)?);
+        self.inner
+            .tree
+            .apply_batch(batch)
+            .map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        self.inner.db.flush().map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        let rev = meta.last_log_id.map(|l| l.index).unwrap_or(0);
+        self.inner.revision.store(rev, Ordering::SeqCst);
+        self.inner.hub.reset(rev);
+        Ok(())
     }
 }
 
-fn read_json<T: serde::de::DeserializeOwned>(tree: &sled::Tree, key: &[u8]) -> Result<Option<T>, StorageError<NodeId>> {
+/// Writes of the entries of one `apply` call not yet in the tree: later entries (and
+/// later ops of one transaction) see earlier ones. Also records pre-images for a
+/// snapshot being built.
+struct Pending {
+    values: HashMap<String, Option<(u64, Vec<u8>)>>,
+    batch: sled::Batch,
+    capturing: bool,
+}
+
+impl Pending {
+    fn get(&self, sm: &StateMachine, key: &str) -> Result<Option<(u64, Vec<u8>)>, StorageError<NodeId>> {
+        match self.values.get(key) {
+            Some(v) => Ok(v.clone()),
+            None => Ok(sm.get(key)?.map(|kv| (kv.mod_revision, kv.value))),
+        }
+    }
+
+    fn set(
+        &mut self,
+        sm: &StateMachine,
+        key: String,
+        value: Option<(u64, Vec<u8>)>,
+    ) -> Result<(), StorageError<NodeId>> {
+        let full = format!("{DATA}{key}");
+        if self.capturing {
+            let mut capture = lock(&sm.inner.capture)?;
+            if let Some(capture) = capture.as_mut() {
+                if !capture.contains_key(full.as_bytes()) {
+                    let old = sm
+                        .inner
+                        .tree
+                        .get(full.as_bytes())
+                        .map_err(|e| sm_err(ErrorVerb::Read, e))?;
+                    capture.insert(full.clone().into_bytes(), old.map(|v| v.to_vec()));
+                }
+            }
+        }
+        match &value {
+            Some((rev, bytes)) => self.batch.insert(full.as_bytes(), encode(*rev, bytes)),
+            None => self.batch.remove(full.as_bytes()),
+        }
+        self.values.insert(key, value);
+        Ok(())
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> Result<std::sync::MutexGuard<'_, T>, StorageError<NodeId>> {
+    m.lock().map_err(|_| corrupt("state machine lock poisoned"))
+}
+
+fn read_meta<T: serde::de::DeserializeOwned>(tree: &sled::Tree, key: &[u8]) -> Result<Option<T>, StorageError<NodeId>> {
     match tree.get(key).map_err(|e| sm_err(ErrorVerb::Read, e))? {
-        Some(raw) => serde_json::from_slice(&raw)
+        Some(raw) => codec::decode_framed(&raw)
             .map(Some)
             .map_err(|e| sm_err(ErrorVerb::Read, e)),
         None => Ok(None),
     }
 }
 
-fn to_json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StorageError<NodeId>> {
-    serde_json::to_vec(value).map_err(|e| sm_err(ErrorVerb::Write, e))
+fn to_meta<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StorageError<NodeId>> {
+    codec::encode_framed(value).map_err(|e| sm_err(ErrorVerb::Write, e))
 }
 
 /// Splits snapshot bytes back into (key, stored value) pairs.
@@ -280,7 +417,13 @@ fn parse_snapshot(mut data: &[u8]) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
-        let (data, last, membership) = self.snapshot_bytes()?;
+        let started = std::time::Instant::now();
+        let (last, membership) = self.begin_capture()?;
+        // The scan runs off the async runtime: it reads the whole keyspace.
+        let sm = self.clone();
+        let data = tokio::task::spawn_blocking(move || sm.captured_data())
+            .await
+            .map_err(|e| sm_err(ErrorVerb::Read, std::io::Error::other(e.to_string())))??;
         let seq = self.inner.snapshot_seq.fetch_add(1, Ordering::SeqCst);
         let snapshot_id = match &last {
             Some(l) => format!("{}-{}-{seq}", l.leader_id, l.index),
@@ -291,18 +434,18 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             last_membership: membership,
             snapshot_id,
         };
-        let mut batch = sled::Batch::default();
-        batch.insert(SNAPSHOT_META, to_json(&meta)?);
-        batch.insert(SNAPSHOT_DATA, data.clone());
-        self.inner
-            .tree
-            .apply_batch(batch)
-            .map_err(|e| sm_err(ErrorVerb::Write, e))?;
-        self.inner
-            .db
-            .flush_async()
+        let file = self.inner.snapshots.clone();
+        let (meta_w, data_w) = (meta.clone(), data.clone());
+        tokio::task::spawn_blocking(move || file.write(&meta_w, &data_w))
             .await
+            .map_err(|e| sm_err(ErrorVerb::Write, std::io::Error::other(e.to_string())))?
             .map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        tracing::info!(
+            revision = meta.last_log_id.map(|l| l.index).unwrap_or(0),
+            bytes = data.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "store snapshot built"
+        );
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),
@@ -316,8 +459,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn applied_state(
         &mut self,
     ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, BasicNode>), StorageError<NodeId>> {
-        let last = read_json(&self.inner.tree, LAST_APPLIED)?;
-        let membership = read_json(&self.inner.tree, MEMBERSHIP)?.unwrap_or_default();
+        let last = read_meta(&self.inner.tree, LAST_APPLIED)?;
+        let membership = read_meta(&self.inner.tree, MEMBERSHIP)?.unwrap_or_default();
         Ok((last, membership))
     }
 
@@ -326,51 +469,54 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        // Every entry openraft hands over at once goes into ONE sled batch: one tree update
+        // for many writes, and a crash never leaves part of one.
         let mut results = Vec::new();
-        for entry in entries {
-            let index = entry.log_id.index;
-            let mut batch = sled::Batch::default();
-            let (result, events) = {
-                let _guard = self
-                    .inner
-                    .apply_lock
-                    .lock()
-                    .map_err(|_| corrupt("apply lock poisoned"))?;
+        let mut published = Vec::new();
+        {
+            let _guard = self
+                .inner
+                .apply_lock
+                .lock()
+                .map_err(|_| corrupt("apply lock poisoned"))?;
+            let mut pending = Pending {
+                values: HashMap::new(),
+                batch: sled::Batch::default(),
+                capturing: lock(&self.inner.capture)?.is_some(),
+            };
+            let mut last = None;
+            for entry in entries {
+                let index = entry.log_id.index;
+                let done = TxnResult {
+                    succeeded: true,
+                    revision: index,
+                    failed: None,
+                };
                 let (result, events) = match &entry.payload {
-                    EntryPayload::Blank => (
-                        TxnResult {
-                            succeeded: true,
-                            revision: index,
-                            failed: None,
-                        },
-                        vec![],
-                    ),
-                    EntryPayload::Normal(txn) => self.apply_txn(index, txn, &mut batch)?,
+                    EntryPayload::Blank => (done, vec![]),
+                    EntryPayload::Normal(txn) => self.apply_txn(index, txn, &mut pending)?,
                     EntryPayload::Membership(m) => {
-                        batch.insert(
+                        pending.batch.insert(
                             MEMBERSHIP,
-                            to_json(&StoredMembership::new(Some(entry.log_id), m.clone()))?,
+                            to_meta(&StoredMembership::new(Some(entry.log_id), m.clone()))?,
                         );
-                        (
-                            TxnResult {
-                                succeeded: true,
-                                revision: index,
-                                failed: None,
-                            },
-                            vec![],
-                        )
+                        (done, vec![])
                     }
                 };
-                batch.insert(LAST_APPLIED, to_json(&Some(entry.log_id))?);
-                self.inner
-                    .tree
-                    .apply_batch(batch)
-                    .map_err(|e| sm_err(ErrorVerb::Write, e))?;
-                self.inner.revision.store(index, Ordering::SeqCst);
-                (result, events)
-            };
+                last = Some(entry.log_id);
+                published.push((index, events));
+                results.push(result);
+            }
+            let Some(last) = last else { return Ok(results) };
+            pending.batch.insert(LAST_APPLIED, to_meta(&last)?);
+            self.inner
+                .tree
+                .apply_batch(pending.batch)
+                .map_err(|e| sm_err(ErrorVerb::Write, e))?;
+            self.inner.revision.store(last.index, Ordering::SeqCst);
+        }
+        for (index, events) in published {
             self.inner.hub.publish(index, events);
-            results.push(result);
         }
         Ok(results)
     }
@@ -389,44 +535,30 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError<NodeId>> {
         let data = snapshot.into_inner();
-        let pairs = parse_snapshot(&data).ok_or_else(|| corrupt("malformed snapshot"))?;
-        let _guard = self
-            .inner
-            .apply_lock
-            .lock()
-            .map_err(|_| corrupt("apply lock poisoned"))?;
-        let mut batch = sled::Batch::default();
-        for item in self.inner.tree.scan_prefix(DATA.as_bytes()) {
-            let (k, _) = item.map_err(|e| sm_err(ErrorVerb::Read, e))?;
-            batch.remove(k);
-        }
-        for (k, v) in pairs {
-            batch.insert(k, v);
-        }
-        batch.insert(LAST_APPLIED, to_json(&meta.last_log_id)?);
-        batch.insert(MEMBERSHIP, to_json(&meta.last_membership)?);
-        batch.insert(SNAPSHOT_META, to_json(meta)?);
-        batch.insert(SNAPSHOT_DATA, data);
-        self.inner
-            .tree
-            .apply_batch(batch)
+        // Kept first, durably: a crash during the install below is finished on the next
+        // start from this file (see `open`), so the member never runs on half a snapshot.
+        let file = self.inner.snapshots.clone();
+        let (meta_w, data_w) = (meta.clone(), data);
+        let data = tokio::task::spawn_blocking(move || file.write(&meta_w, &data_w).map(|_| data_w))
+            .await
+            .map_err(|e| sm_err(ErrorVerb::Write, std::io::Error::other(e.to_string())))?
             .map_err(|e| sm_err(ErrorVerb::Write, e))?;
-        let rev = meta.last_log_id.map(|l| l.index).unwrap_or(0);
-        self.inner.revision.store(rev, Ordering::SeqCst);
-        self.inner.hub.reset(rev);
+        self.install_data(meta, &data)?;
+        tracing::info!(
+            revision = meta.last_log_id.map(|l| l.index).unwrap_or(0),
+            bytes = data.len(),
+            "store snapshot installed"
+        );
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
-        let meta: Option<SnapshotMeta<NodeId, BasicNode>> = read_json(&self.inner.tree, SNAPSHOT_META)?;
-        let Some(meta) = meta else { return Ok(None) };
-        let data = self
-            .inner
-            .tree
-            .get(SNAPSHOT_DATA)
+        let file = self.inner.snapshots.clone();
+        let read = tokio::task::spawn_blocking(move || file.read())
+            .await
+            .map_err(|e| sm_err(ErrorVerb::Read, std::io::Error::other(e.to_string())))?
             .map_err(|e| sm_err(ErrorVerb::Read, e))?;
-        let data = data.map(|d| d.to_vec()).unwrap_or_default();
-        Ok(Some(Snapshot {
+        Ok(read.map(|(meta, data)| Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),
         }))

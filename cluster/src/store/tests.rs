@@ -20,7 +20,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Sle
             .map_err(|e| StorageError::from(openraft::StorageIOError::write(openraft::AnyError::new(&e))))?;
         let log = LogStore::open(&db)
             .map_err(|e| StorageError::from(openraft::StorageIOError::write(openraft::AnyError::new(&e))))?;
-        let sm = StateMachine::open(&db)?;
+        let sm = StateMachine::open(&db, &dir.path().join("raft-snapshot"))?;
         Ok((dir, log, sm))
     }
 }
@@ -41,7 +41,7 @@ async fn open(dir: &std::path::Path) -> Store {
     let config = StoreConfig {
         node_id: 1,
         raft_addr: "127.0.0.1:0".parse().unwrap(),
-        bootstrap: true,
+        start: crate::store::Start::Single,
     };
     Store::open(dir, config).await.expect("store opens")
 }

@@ -47,13 +47,21 @@ pub enum Expect {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
     /// Set `key` to `value`.
-    Put { key: String, value: Vec<u8> },
+    Put {
+        key: String,
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+    },
     /// Remove `key` (a no-op if absent).
     Delete { key: String },
     /// Add a record at `{prefix}{revision:020}.{n:05}`, `n` counting the transaction's
     /// appends: an append-only log ordered by revision, whose keys no writer has to
     /// choose before the revision is known (audit records, sync history).
-    Append { prefix: String, value: Vec<u8> },
+    Append {
+        prefix: String,
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+    },
 }
 
 impl Op {

@@ -98,6 +98,9 @@ pub struct ServerArgs {
     pub control_plane: ControlPlaneArgs,
 }
 
+/// How long the components get to stop after the signal.
+const COMPONENT_STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A running control plane.
 pub struct ControlPlane {
     /// `http://host:port` of the API server.
@@ -204,8 +207,13 @@ pub async fn start(
 impl ControlPlane {
     /// Waits for the components to stop, then stops the API server and flushes the store.
     pub async fn stop(self) -> anyhow::Result<()> {
-        for c in self.components {
-            let _ = c.await;
+        // A component still starting up (filling its caches) may not look at the
+        // signal yet: it gets a bounded time, then is stopped where it is.
+        for mut c in self.components {
+            if tokio::time::timeout(COMPONENT_STOP_TIMEOUT, &mut c).await.is_err() {
+                tracing::warn!("a component did not stop in time; aborting it");
+                c.abort();
+            }
         }
         self.member.stop().await.context("stopping the store member")?;
         Ok(())
@@ -215,7 +223,14 @@ impl ControlPlane {
 /// Runs `kairn server` until a signal.
 pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
     let stop = shutdown::on_signal();
-    let cp = start(&args.control_plane, &[], stop.clone()).await?;
+    // A signal while starting (e.g. waiting for a quorum of members) stops it there.
+    let cp = tokio::select! {
+        cp = start(&args.control_plane, &[], stop.clone()) => cp?,
+        () = shutdown::wait(stop.clone()) => {
+            tracing::info!("stopped while starting");
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
     println!("API: {}\nkubeconfig: {}", cp.api_url, cp.kubeconfig.display());
     shutdown::wait(stop).await;
     cp.stop().await?;

@@ -96,6 +96,8 @@ impl From<PeerError> for StoreError {
 const SLED_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 /// Where members record how to reach their API (for `kairn member list` and clients).
 pub const MEMBERS_PREFIX: &str = "/kairn/members/";
+/// How many times an operation is tried while the leadership moves (200 ms apart).
+const LEADER_ATTEMPTS: u32 = 10;
 /// How often a waiting member says what it waits for.
 const WAIT_LOG_EVERY: Duration = Duration::from_secs(5);
 
@@ -356,7 +358,16 @@ impl Store {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let result = match (self.route().await?, &call) {
+            let route = match self.route().await {
+                Ok(route) => route,
+                // The leader is known but not yet its address (membership still arriving).
+                Err(StoreError::NotLeader { .. }) if attempts < LEADER_ATTEMPTS => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let result = match (route, &call) {
                 (Route::Local, Call::Write(txn)) => leader::write(&self.raft, (*txn).clone()).await.map(Reply::Written),
                 (Route::Local, Call::ReadIndex) => leader::read_index(&self.raft).await.map(Reply::Index),
                 (Route::Local, Call::Change(change)) => leader::change_members(&self.raft, (*change).clone())
@@ -369,7 +380,7 @@ impl Store {
                 }
             };
             match result {
-                Err(PeerError::NotLeader { .. }) if attempts < 4 => {
+                Err(PeerError::NotLeader { .. }) if attempts < LEADER_ATTEMPTS => {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
                 other => return other.map_err(StoreError::from),

@@ -1,0 +1,240 @@
+//! A highly available control plane under faults, with real `kairn server` processes on
+//! loopback: the leader killed during a stream of writes, every member stopped and
+//! started again, a damaged snapshot and a torn database tail.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::cluster::Members;
+use common::wait_for;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{ListParams, PostParams};
+use kube::Api;
+
+fn config_map(name: &str) -> ConfigMap {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name},
+        "data": {"payload": "x".repeat(200)},
+    }))
+    .unwrap()
+}
+
+/// The names of every ConfigMap in `default`, read linearizably through `client`.
+async fn names(client: &kube::Client) -> Option<BTreeSet<String>> {
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let list = api.list(&ListParams::default()).await.ok()?;
+    Some(list.items.into_iter().filter_map(|c| c.metadata.name).collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_the_leader_during_writes_loses_no_acknowledged_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut members = Members::new(dir.path(), 3, &[]);
+    members.start_all();
+    let clients = [
+        members.client(1).await,
+        members.client(2).await,
+        members.client(3).await,
+    ];
+    let leader = wait_for("a leader", Duration::from_secs(30), || members.leader(1)).await;
+    println!("member {leader} leads");
+
+    // Four writers, each on its own member's API, moving to the next member when theirs
+    // fails; a name counts only once its create was acknowledged.
+    let acknowledged = Arc::new(Mutex::new(BTreeSet::new()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..4usize {
+        let clients = clients.clone();
+        let (acknowledged, stop) = (acknowledged.clone(), stop.clone());
+        writers.push(tokio::spawn(async move {
+            let mut at = w % 3;
+            let mut n = 0;
+            let mut errors = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let name = format!("w{w}-{n}");
+                let api: Api<ConfigMap> = Api::namespaced(clients[at].clone(), "default");
+                match api.create(&PostParams::default(), &config_map(&name)).await {
+                    Ok(_) => {
+                        acknowledged.lock().unwrap().insert(name);
+                        n += 1;
+                    }
+                    // Already there: an earlier attempt was applied, unacknowledged.
+                    Err(kube::Error::Api(s)) if s.code == 409 => n += 1,
+                    Err(_) => {
+                        errors += 1;
+                        at = (at + 1) % 3;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+            errors
+        }));
+    }
+    wait_for("writes before the kill", Duration::from_secs(30), || {
+        let count = acknowledged.lock().unwrap().len();
+        async move { (count >= 100).then_some(()) }
+    })
+    .await;
+
+    // kill -9 the leader mid-stream.
+    let before_kill = acknowledged.lock().unwrap().len();
+    members.kill(leader);
+    let killed_at = Instant::now();
+    let survivor = if leader == 1 { 2 } else { 1 };
+    let new_leader = wait_for("a new leader", Duration::from_secs(30), || async {
+        members.leader(survivor).await.filter(|l| *l != leader)
+    })
+    .await;
+    wait_for("writes after the kill", Duration::from_secs(30), || {
+        let count = acknowledged.lock().unwrap().len();
+        async move { (count >= before_kill + 100).then_some(()) }
+    })
+    .await;
+    let recovered = killed_at.elapsed();
+    println!("member {new_leader} leads; 100 more writes acknowledged {recovered:?} after the kill");
+    // A few election timeouts (400-800 ms) plus the clients moving over.
+    assert!(
+        recovered < Duration::from_secs(10),
+        "writes resumed only after {recovered:?}"
+    );
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for w in writers {
+        w.await.unwrap();
+    }
+
+    // Every acknowledged write is there, read linearizably through both survivors, and
+    // again once the killed member is back and caught up.
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    for id in [1, 2, 3].into_iter().filter(|id| *id != leader) {
+        let seen = names(&clients[id as usize - 1])
+            .await
+            .expect("a list through a survivor");
+        let missing: Vec<_> = acknowledged.difference(&seen).collect();
+        assert!(missing.is_empty(), "member {id} lacks acknowledged writes: {missing:?}");
+    }
+    members.start(leader);
+    let restarted = members.client(leader).await;
+    wait_for("the restarted member to catch up", Duration::from_secs(60), || {
+        let (restarted, acknowledged) = (restarted.clone(), acknowledged.clone());
+        async move { names(&restarted).await.filter(|seen| seen.is_superset(&acknowledged)) }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cluster_stopped_and_started_again_resumes_state_revisions_and_watches() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut members = Members::new(dir.path(), 3, &[]);
+    members.start_all();
+    for id in 1..=3 {
+        members.client(id).await;
+    }
+    let client = members.client(2).await;
+    let api: Api<ConfigMap> = Api::namespaced(client, "default");
+    let created = api.create(&PostParams::default(), &config_map("kept")).await.unwrap();
+    let rv: u64 = created.metadata.resource_version.unwrap().parse().unwrap();
+
+    // Every member stops cleanly, then all start again.
+    for id in 1..=3 {
+        assert_eq!(members.stop(id), Some(0), "member {id} exits 0 on SIGTERM");
+    }
+    members.start_all();
+    let client = tokio::time::timeout(Duration::from_secs(70), members.client(3)).await;
+    let Ok(client) = client else {
+        panic!("member 3 did not come back; its log:\n{}", members.node(3).log());
+    };
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let kept = wait_for("the object after the restart", Duration::from_secs(60), || {
+        let api = api.clone();
+        async move { api.get("kept").await.ok() }
+    })
+    .await;
+    assert_eq!(kept.metadata.resource_version.as_deref(), Some(rv.to_string().as_str()));
+
+    // Revisions continue past the old ones, and a watch from a list sees new writes.
+    let list = api.list(&ListParams::default()).await.unwrap();
+    let list_rv = list.metadata.resource_version.clone().unwrap();
+    let mut watch = Box::pin(api.watch(&kube::api::WatchParams::default(), &list_rv).await.unwrap());
+    let after = api.create(&PostParams::default(), &config_map("after")).await.unwrap();
+    let after_rv: u64 = after.metadata.resource_version.unwrap().parse().unwrap();
+    assert!(after_rv > rv, "revision {after_rv} after the restart is past {rv}");
+    use futures::StreamExt;
+    let event = tokio::time::timeout(Duration::from_secs(10), watch.next())
+        .await
+        .expect("a watch event")
+        .expect("the stream goes on")
+        .unwrap();
+    match event {
+        kube::api::WatchEvent::Added(cm) => assert_eq!(cm.metadata.name.as_deref(), Some("after")),
+        other => panic!("expected the new object, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_damaged_member_refuses_to_start_and_a_torn_tail_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    // Snapshots early, so member 3 has one to damage.
+    let mut members = Members::new(dir.path(), 3, &[]);
+    members.start_all();
+    let client = members.client(1).await;
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    for i in 0..20 {
+        api.create(&PostParams::default(), &config_map(&format!("c{i}")))
+            .await
+            .unwrap();
+    }
+
+    // A torn tail: member 2 is killed and the end of its database file cut off. It comes
+    // back (sled drops the torn record; Raft re-sends what is missing) and serves
+    // everything.
+    members.kill(2);
+    let db = members.node(2).dir.join("store/db");
+    let len = std::fs::metadata(&db).unwrap().len();
+    let file = std::fs::OpenOptions::new().write(true).open(&db).unwrap();
+    file.set_len(len.saturating_sub(100)).unwrap();
+    drop(file);
+    members.start(2);
+    let two = members.client(2).await;
+    wait_for("member 2 serving every object", Duration::from_secs(60), || {
+        let two = two.clone();
+        async move {
+            names(&two)
+                .await
+                .filter(|n| (0..20).all(|i| n.contains(&format!("c{i}"))))
+        }
+    })
+    .await;
+
+    // A damaged snapshot: member 3 refuses to start, saying which file and why.
+    members.stop(3);
+    let snapshot = members.node(3).dir.join("store/raft-snapshot/current");
+    if snapshot.exists() {
+        let mut bytes = std::fs::read(&snapshot).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0xff;
+        std::fs::write(&snapshot, bytes).unwrap();
+    } else {
+        // No snapshot yet: plant a damaged one.
+        std::fs::create_dir_all(snapshot.parent().unwrap()).unwrap();
+        std::fs::write(&snapshot, b"KAIRNSNAP2 not really a snapshot").unwrap();
+    }
+    members.start(3);
+    let code = members.wait_exit(3, Duration::from_secs(30));
+    assert_eq!(
+        code,
+        Some(2),
+        "a damaged member exits 2; log:\n{}",
+        members.node(3).log()
+    );
+    let log = members.node(3).log();
+    assert!(
+        log.contains("snapshot") && log.contains("damaged") && log.contains("raft-snapshot/current"),
+        "the error names the file: {log}"
+    );
+    // The other two go on.
+    api.create(&PostParams::default(), &config_map("after")).await.unwrap();
+}

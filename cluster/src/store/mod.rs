@@ -211,7 +211,7 @@ impl Store {
             ..Default::default()
         };
         let raft_config = Arc::new(raft_config.validate().map_err(|e| StoreError::Raft(e.to_string()))?);
-        let raft = Raft::new(config.node_id, raft_config, network::Network, log, sm.clone())
+        let raft = Raft::new(config.node_id, raft_config, network::Network::default(), log, sm.clone())
             .await
             .map_err(|e| StoreError::Raft(e.to_string()))?;
         let (stop_rpc, mut rpc_stopped) = tokio::sync::watch::channel(false);

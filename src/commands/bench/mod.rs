@@ -43,7 +43,8 @@ pub struct BenchArgs {
 pub enum Which {
     /// LIST of many ConfigMaps through kube-rs pages, a watcher over them, watch fan-out.
     Api(ApiArgs),
-    /// ConfigMap creates per second through the API with 1, 16 and 64 clients.
+    /// ConfigMap creates per second through the API with 1, 16 and 64 clients, on one
+    /// member and on three.
     Writes(WritesArgs),
     /// First sync, 1% change and one-object change of repos of 1,000 and 10,000 objects.
     Gitops(gitops::GitopsArgs),
@@ -58,6 +59,10 @@ pub struct WritesArgs {
     /// Concurrent clients, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
     pub clients: Vec<usize>,
+    /// Cluster sizes to measure, comma-separated: each a fresh cluster of that many
+    /// `kairn server` processes (`--peers`), clients spread over their API servers.
+    #[arg(long, value_delimiter = ',', default_value = "1,3")]
+    pub members: Vec<u64>,
     /// Measure the API server this kubeconfig names instead of starting one (to compare
     /// builds: it must be empty, the benchmark creates namespaces).
     #[arg(long)]
@@ -107,17 +112,52 @@ struct Server {
 
 impl Server {
     async fn start() -> anyhow::Result<Server> {
+        Server::start_with(&["--api-addr", "127.0.0.1:0", "--raft-addr", "127.0.0.1:0"]).await
+    }
+
+    /// `members` servers forming one cluster with `--peers` (ports picked beforehand).
+    async fn start_members(members: u64) -> anyhow::Result<Vec<Server>> {
+        if members == 1 {
+            return Ok(vec![Server::start().await?]);
+        }
+        let free = || -> anyhow::Result<u16> {
+            Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+        };
+        let mut ports = Vec::new();
+        for _ in 0..members {
+            ports.push((free()?, free()?));
+        }
+        let peers = (1..=members)
+            .zip(&ports)
+            .map(|(id, (_, raft))| format!("{id}=127.0.0.1:{raft}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let starting = (1..=members).zip(&ports).map(|(id, (api, raft))| {
+            let args = [
+                "--id".to_string(),
+                id.to_string(),
+                "--peers".into(),
+                peers.clone(),
+                "--api-addr".into(),
+                format!("127.0.0.1:{api}"),
+                "--raft-addr".into(),
+                format!("127.0.0.1:{raft}"),
+            ];
+            async move {
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                Server::start_with(&args).await
+            }
+        });
+        futures::future::try_join_all(starting).await
+    }
+
+    async fn start_with(args: &[&str]) -> anyhow::Result<Server> {
         let dir = tempfile::tempdir().context("creating a temp directory")?;
         let exe = std::env::current_exe().context("finding the kairn binary")?;
         let child = std::process::Command::new(exe)
-            .args([
-                "server",
-                "--api-addr",
-                "127.0.0.1:0",
-                "--raft-addr",
-                "127.0.0.1:0",
-                "--data-dir",
-            ])
+            .arg("server")
+            .args(args)
+            .arg("--data-dir")
             .arg(dir.path())
             .env(
                 "KAIRN_LOG",
@@ -425,16 +465,17 @@ async fn api(args: ApiArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Creates `count` 200-byte ConfigMaps in `ns` from `clients` concurrent tasks; returns
-/// the creates per second and the p99 latency in milliseconds.
-async fn create_load(client: &kube::Client, ns: &str, count: usize, clients: usize) -> anyhow::Result<(f64, f64)> {
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+/// Creates `count` 200-byte ConfigMaps in `ns` from `clients` concurrent tasks, spread
+/// over the API servers of `targets` (task i on server i mod n); returns the creates per
+/// second and the p99 latency in milliseconds.
+async fn create_load(targets: &[kube::Client], ns: &str, count: usize, clients: usize) -> anyhow::Result<(f64, f64)> {
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let latencies: Arc<Mutex<Vec<f64>>> = Arc::default();
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..clients {
-        let (api, next, latencies) = (api.clone(), next.clone(), latencies.clone());
+    for task in 0..clients {
+        let api: Api<ConfigMap> = Api::namespaced(targets[task % targets.len()].clone(), ns);
+        let (next, latencies) = (next.clone(), latencies.clone());
         tasks.push(tokio::spawn(async move {
             loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -461,27 +502,31 @@ async fn create_load(client: &kube::Client, ns: &str, count: usize, clients: usi
 }
 
 async fn writes(args: WritesArgs) -> anyhow::Result<ExitCode> {
-    let (server, client) = match &args.kubeconfig {
-        Some(path) => {
-            let kubeconfig = kube::config::Kubeconfig::read_from(path)
-                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
-            let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
-            (None, kube::Client::try_from(config)?)
-        }
-        None => {
-            let server = Server::start().await?;
-            let client = server.client.clone();
-            (Some(server), client)
-        }
-    };
-    println!("| clients | creates/s | p99 latency |");
-    println!("|---|---|---|");
-    for (n, clients) in args.clients.iter().enumerate() {
-        let ns = format!("writes-{n}-{clients}");
-        create_namespace(&client, &ns).await?;
-        let (rate, p99) = create_load(&client, &ns, args.count, *clients).await?;
-        println!("| {clients} | {rate:.0} | {p99:.1} ms |");
+    println!("| members | clients | creates/s | p99 latency |");
+    println!("|---|---|---|---|");
+    if let Some(path) = &args.kubeconfig {
+        let kubeconfig = kube::config::Kubeconfig::read_from(path)
+            .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+        let client = kube::Client::try_from(config)?;
+        return write_rows(&[client], "given", &args).await;
     }
-    drop(server);
+    for members in &args.members {
+        let servers = Server::start_members(*members).await?;
+        let clients: Vec<kube::Client> = servers.iter().map(|s| s.client.clone()).collect();
+        write_rows(&clients, &members.to_string(), &args).await?;
+        drop(servers);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One table row per client count, against the API servers of `clients`.
+async fn write_rows(clients: &[kube::Client], members: &str, args: &WritesArgs) -> anyhow::Result<ExitCode> {
+    for (n, count) in args.clients.iter().enumerate() {
+        let ns = format!("writes-{n}-{count}");
+        create_namespace(&clients[0], &ns).await?;
+        let (rate, p99) = create_load(clients, &ns, args.count, *count).await?;
+        println!("| {members} | {count} | {rate:.0} | {p99:.1} ms |");
+    }
     Ok(ExitCode::SUCCESS)
 }

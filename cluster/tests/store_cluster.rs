@@ -82,4 +82,3 @@ async fn three_members_replicate_forward_and_fail_over() {
     two.shutdown().await.unwrap();
     three.shutdown().await.unwrap();
 }
-

@@ -211,9 +211,15 @@ impl Store {
             ..Default::default()
         };
         let raft_config = Arc::new(raft_config.validate().map_err(|e| StoreError::Raft(e.to_string()))?);
-        let raft = Raft::new(config.node_id, raft_config, network::Network::default(), log, sm.clone())
-            .await
-            .map_err(|e| StoreError::Raft(e.to_string()))?;
+        let raft = Raft::new(
+            config.node_id,
+            raft_config,
+            network::Network::default(),
+            log,
+            sm.clone(),
+        )
+        .await
+        .map_err(|e| StoreError::Raft(e.to_string()))?;
         let (stop_rpc, mut rpc_stopped) = tokio::sync::watch::channel(false);
         let rpc = network::serve(raft.clone(), listener, async move {
             let _ = rpc_stopped.changed().await;

@@ -120,9 +120,7 @@ impl Server {
         if members == 1 {
             return Ok(vec![Server::start().await?]);
         }
-        let free = || -> anyhow::Result<u16> {
-            Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-        };
+        let free = || -> anyhow::Result<u16> { Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port()) };
         let mut ports = Vec::new();
         for _ in 0..members {
             ports.push((free()?, free()?));

@@ -36,6 +36,20 @@ pub enum MemberError {
     Client(#[from] kube::Error),
 }
 
+/// How long a starting member retries what fails only because the cluster is forming.
+const STARTUP_RETRY: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl MemberError {
+    /// Whether the store was only briefly without a usable leader (worth retrying).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            MemberError::Store(StoreError::NotLeader { .. } | StoreError::NoQuorum(_))
+                | MemberError::Bootstrap(ApiError::Store(StoreError::NotLeader { .. } | StoreError::NoQuorum(_)))
+        )
+    }
+}
+
 /// A running store member with its API server.
 pub struct Member {
     store: Store,
@@ -95,9 +109,24 @@ impl Member {
         })?;
         let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
         let state = api::AppState::new(store.clone(), shutdown_rx).with_config(api_config);
-        api::bootstrap(&state).await?;
-        api::publish_api_service(&state, addr).await?;
-        store.advertise(&format!("https://{addr}")).await?;
+        // While a new cluster forms, the leadership may still move: retried, not fatal.
+        let deadline = tokio::time::Instant::now() + STARTUP_RETRY;
+        loop {
+            let attempt = async {
+                api::bootstrap(&state).await?;
+                api::publish_api_service(&state, addr).await?;
+                store.advertise(&format!("https://{addr}")).await?;
+                Ok::<(), MemberError>(())
+            };
+            match attempt.await {
+                Ok(()) => break,
+                Err(e) if e.is_transient() && tokio::time::Instant::now() < deadline => {
+                    tracing::warn!(error = %e, "creating the initial objects; retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
         let auth = Arc::new(auth);
         let listener =
             tls::TlsListener::new(listener, certs.acceptor()?).map_err(|source| MemberError::Bind { addr, source })?;

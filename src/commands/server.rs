@@ -160,9 +160,22 @@ pub async fn start(
         .context("opening the store")?;
     // One CA and one token file for the whole cluster, so any member's kubeconfig works
     // against every member.
-    credentials::share(&store, &credentials::Files::new(&pki, &token_file))
-        .await
-        .context("sharing the cluster's credentials")?;
+    let files = credentials::Files::new(&pki, &token_file);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        match credentials::share(&store, &files).await {
+            Ok(_) => break,
+            // The leadership may still move while a new cluster forms.
+            Err(credentials::CredentialsError::Store(
+                e
+                @ (kairn_cluster::store::StoreError::NotLeader { .. } | kairn_cluster::store::StoreError::NoQuorum(_)),
+            )) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(error = %e, "sharing the cluster's credentials; retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context("sharing the cluster's credentials")),
+        }
+    }
     let authenticator = auth::Authenticator::from_file(&token_file)?;
     let certs = tls::load_or_create(&pki, &names)?;
     let member = Member::serve(store, listener, authenticator, certs, ApiConfig { webhook_secret }).await?;

@@ -5,8 +5,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::wait_for;
-
 /// A free loopback port (bound, then released: the member binds it right after).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -175,11 +173,18 @@ impl Members {
     /// then, with the cluster's shared CA and token).
     pub async fn client(&self, id: u64) -> kube::Client {
         let file = self.node(id).dir.join("kubeconfig");
-        let kubeconfig = wait_for(&format!("member {id}'s kubeconfig"), Duration::from_secs(60), || {
-            let f = file.clone();
-            async move { kube::config::Kubeconfig::read_from(f).ok() }
-        })
-        .await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let kubeconfig = loop {
+            if let Ok(k) = kube::config::Kubeconfig::read_from(&file) {
+                break k;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "member {id} wrote no kubeconfig within 60s; its log:\n{}",
+                self.node(id).log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
         let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
             .await
             .unwrap();

@@ -32,6 +32,10 @@ pub struct ClientArgs {
     /// Never color output (color is used only on a terminal anyway).
     #[arg(long, global = true)]
     pub no_color: bool,
+    /// API server addresses to use instead of the kubeconfig's (`https://HOST:PORT,...`,
+    /// several members' APIs: a request goes to the next when one cannot be reached).
+    #[arg(short = 's', long = "server", global = true, value_delimiter = ',')]
+    pub servers: Vec<String>,
 }
 
 impl ClientArgs {
@@ -66,7 +70,11 @@ impl ClientArgs {
         let config = kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
             .await
             .with_context(|| format!("loading kubeconfig {}", path.display()))?;
-        kube::Client::try_from(config).context("creating the API client")
+        if self.servers.is_empty() {
+            return kube::Client::try_from(config).context("creating the API client");
+        }
+        let configs = kairn_cluster::failover::configs(&config, &self.servers).map_err(anyhow::Error::msg)?;
+        kairn_cluster::failover::client(configs).context("creating the API client")
     }
 }
 
@@ -82,13 +90,29 @@ pub fn server_error(e: kube::Error) -> anyhow::Error {
 /// `ca_pem` and authenticating with `token` (readable by its owner only: it holds a
 /// credential).
 pub fn write_kubeconfig(path: &Path, url: &str, ca_pem: &str, token: &str) -> anyhow::Result<()> {
+    write_kubeconfig_for(path, url, ca_pem, "kairn-admin", token)
+}
+
+/// As [`write_kubeconfig`], naming the kubeconfig's user `user` (a component's identity).
+pub fn write_kubeconfig_for(path: &Path, url: &str, ca_pem: &str, user: &str, token: &str) -> anyhow::Result<()> {
     use base64::Engine;
     let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
     let content = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: kairn\n  cluster:\n    server: {url}\n    certificate-authority-data: {ca}\ncontexts:\n- name: kairn\n  context:\n    cluster: kairn\n    user: kairn-admin\n    namespace: default\ncurrent-context: kairn\nusers:\n- name: kairn-admin\n  user:\n    token: {token}\n"
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: kairn\n  cluster:\n    server: {url}\n    certificate-authority-data: {ca}\ncontexts:\n- name: kairn\n  context:\n    cluster: kairn\n    user: \"{user}\"\n    namespace: default\ncurrent-context: kairn\nusers:\n- name: \"{user}\"\n  user:\n    token: {token}\n"
     );
     // Written aside and renamed, so a reader never sees half a file.
     let tmp = path.with_extension("tmp");
     kairn_cluster::api::auth::write_private(&tmp, &content).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+}
+
+/// The host's name (lower case), the default Node name and the stem of leader identities.
+pub fn hostname() -> String {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let name = name.trim().to_lowercase();
+    if name.is_empty() {
+        "kairn-node".into()
+    } else {
+        name
+    }
 }

@@ -27,6 +27,12 @@ enum Command {
     Up(commands::up::UpArgs),
     /// Run a control-plane member (store, API server, scheduler, controllers, reconciler).
     Server(commands::server::ServerArgs),
+    /// Run a scheduler apart from the API servers (one of several elects itself active).
+    Scheduler(commands::components::StandaloneArgs),
+    /// Run a controller manager apart from the API servers (one elects itself active).
+    ControllerManager(commands::components::StandaloneArgs),
+    /// Run a GitOps reconciler apart from the API servers (one elects itself active).
+    Reconciler(commands::components::ReconcilerArgs),
     /// Run a node agent against an API server.
     Agent(commands::agent::AgentArgs),
     /// Show objects: `kairn get pods`, `kairn get deploy web -o yaml`.
@@ -63,6 +69,20 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Up(args) => commands::up::run(args).await,
             Command::Server(args) => commands::server::run(args).await,
+            Command::Scheduler(args) => {
+                commands::components::run_standalone(commands::components::Component::Scheduler, args, None).await
+            }
+            Command::ControllerManager(args) => {
+                commands::components::run_standalone(commands::components::Component::Controllers, args, None).await
+            }
+            Command::Reconciler(args) => {
+                commands::components::run_standalone(
+                    commands::components::Component::Reconciler,
+                    args.standalone,
+                    Some(args.data_dir),
+                )
+                .await
+            }
             Command::Agent(args) => commands::agent::run(args).await,
             Command::Get(args) => commands::get::run(args).await,
             Command::Diff(args) => commands::diff::run(args).await,

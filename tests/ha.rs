@@ -239,3 +239,60 @@ async fn a_damaged_member_refuses_to_start_and_a_torn_tail_recovers() {
     // The other two go on.
     api.create(&PostParams::default(), &config_map("after")).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn learners_serve_the_api_without_a_vote() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut members = Members::new(dir.path(), 3, &["--components", "api"]);
+    members.start_all();
+    let _ = members.client(1).await;
+    wait_for("a leader", Duration::from_secs(30), || members.leader(1)).await;
+
+    println!("two learners join; they serve the API");
+    let learners = [members.add_learner(), members.add_learner()];
+    for &id in &learners {
+        let client = members.client(id).await;
+        let api: Api<ConfigMap> = Api::namespaced(client, "default");
+        api.create(&PostParams::default(), &config_map(&format!("via-{id}")))
+            .await
+            .unwrap();
+    }
+    let client = members.client(1).await;
+    let request = http::Request::get("/apis/kairn.dev/v1/members")
+        .body(Vec::new())
+        .unwrap();
+    let list: serde_json::Value = client.request(request).await.unwrap();
+    let roles: Vec<(u64, String)> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["id"].as_u64().unwrap(), m["role"].as_str().unwrap().to_string()))
+        .collect();
+    println!("{roles:?}");
+    assert_eq!(roles.iter().filter(|(_, r)| r == "voter").count(), 3);
+    assert_eq!(roles.iter().filter(|(_, r)| r == "learner").count(), 2);
+
+    println!("stop both learners and one voter: two voters of three still make a quorum");
+    for id in learners {
+        assert_eq!(members.stop(id), Some(0));
+    }
+    let leader = wait_for("a leader", Duration::from_secs(30), || members.leader(1)).await;
+    let voter = if leader == 3 { 2 } else { 3 };
+    assert_eq!(members.stop(voter), Some(0));
+    let survivor = (1..=3).find(|id| *id != voter && *id != leader).unwrap();
+    for id in [leader, survivor] {
+        let client = members.client(id).await;
+        let api: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+        wait_for("a write with one voter down", Duration::from_secs(30), || {
+            let api = api.clone();
+            async move {
+                api.create(&PostParams::default(), &config_map(&format!("after-{id}")))
+                    .await
+                    .ok()
+            }
+        })
+        .await;
+        let seen = names(&client).await.unwrap();
+        assert!(seen.contains("via-4") && seen.contains("via-5"), "{seen:?}");
+    }
+}

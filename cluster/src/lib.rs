@@ -4,6 +4,8 @@
 pub mod api;
 pub mod controllers;
 pub mod credentials;
+pub mod election;
+pub mod failover;
 pub mod kinds;
 pub mod member;
 pub mod scheduler;

@@ -7,7 +7,8 @@ use std::process::ExitCode;
 use kairn_node::runtime::process::ProcessRuntime;
 use kairn_node::AgentConfig;
 
-use crate::{client, shutdown};
+use crate::client::{self, hostname};
+use crate::shutdown;
 
 /// `kairn agent` flags.
 #[derive(Debug, clap::Args)]
@@ -26,17 +27,6 @@ pub struct AgentArgs {
     /// Address the agent serves container logs on, for the API server (port 0: any).
     #[arg(long, default_value = "127.0.0.1:10250")]
     pub log_addr: SocketAddr,
-}
-
-/// The host's name, the default Node name.
-pub fn hostname() -> String {
-    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    let name = name.trim().to_lowercase();
-    if name.is_empty() {
-        "kairn-node".into()
-    } else {
-        name
-    }
 }
 
 /// Runs the agent until a signal.

@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod audit;
 pub mod bench;
+pub mod components;
 pub mod diff;
 pub mod get;
 pub mod history;

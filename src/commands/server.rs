@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use super::components::{self, Component, LeaderElectArgs};
 use crate::{client, shutdown};
 
 /// Flags of a control-plane member.
@@ -51,6 +52,12 @@ pub struct ControlPlaneArgs {
     /// Gitea) or carry (GitLab); without it, any push notification is accepted.
     #[arg(long)]
     pub webhook_secret_file: Option<PathBuf>,
+    /// The components this member runs beside its API server (`api` is always on); the
+    /// others may run as `kairn scheduler`, `kairn controller-manager`, `kairn reconciler`.
+    #[arg(long, value_delimiter = ',', value_enum, default_values_t = components::ALL.to_vec())]
+    pub components: Vec<Component>,
+    #[command(flatten)]
+    pub election: LeaderElectArgs,
 }
 
 /// Parses one `ID=RAFTADDR` of `--peers`.
@@ -71,6 +78,11 @@ fn parse_peer(s: &str) -> Result<(u64, String), String> {
 impl ControlPlaneArgs {
     /// How this member comes into its cluster on first start.
     pub fn start_mode(&self) -> anyhow::Result<Start> {
+        anyhow::ensure!(
+            self.components.contains(&Component::Api),
+            "--components must include api: every member serves the API (run the others apart \
+             with kairn scheduler, kairn controller-manager or kairn reconciler)"
+        );
         if let Some(addr) = &self.join {
             return Ok(Start::Join {
                 addr: addr.clone(),
@@ -97,6 +109,13 @@ pub struct ServerArgs {
     #[command(flatten)]
     pub control_plane: ControlPlaneArgs,
 }
+
+/// The kubeconfigs a member writes for components run apart: file stem and user.
+const COMPONENT_USERS: [(&str, &str); 3] = [
+    ("scheduler", auth::SCHEDULER),
+    ("controller-manager", auth::CONTROLLER_MANAGER),
+    ("reconciler", auth::RECONCILER),
+];
 
 /// How long the components get to stop after the signal.
 const COMPONENT_STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -190,24 +209,40 @@ pub async fn start(
     eprintln!("kairn: API listening on {api_url}");
     tracing::info!(api = %api_url, data_dir = %data_dir.display(), "control plane started");
 
+    // A kubeconfig per component, as kubeadm writes scheduler.conf and
+    // controller-manager.conf, for components run apart against this member.
+    for (component, user) in COMPONENT_USERS {
+        let token = member
+            .authenticator()
+            .token_of(user)
+            .with_context(|| format!("the token file has no token for {user}"))?;
+        let path = data_dir.join(format!("{component}.kubeconfig"));
+        client::write_kubeconfig_for(&path, &api_url, member.ca_pem(), user, token)?;
+    }
+
     let client = member.client()?;
-    let components = vec![
-        tokio::spawn(kairn_cluster::scheduler::run(
-            member.client_as(auth::SCHEDULER)?,
+    // The member's id names its candidates, so `kubectl get lease -n kube-system` shows
+    // which member acts.
+    let host = format!("{}-member-{}", client::hostname(), args.node_id);
+    let mut tasks = Vec::new();
+    for &component in &args.components {
+        let user = match component {
+            Component::Api => continue,
+            Component::Scheduler => auth::SCHEDULER,
+            Component::Controllers => auth::CONTROLLER_MANAGER,
+            Component::Reconciler => auth::RECONCILER,
+        };
+        let task = components::spawn(
+            component,
+            member.client_as(user)?,
+            &args.election,
+            &host,
+            data_dir.clone(),
             shutdown.clone(),
-        )),
-        tokio::spawn(kairn_cluster::controllers::run(
-            member.client_as(auth::CONTROLLER_MANAGER)?,
-            shutdown.clone(),
-        )),
-        tokio::spawn(kairn_reconciler::run(
-            member.client_as(auth::RECONCILER)?,
-            kairn_reconciler::Config {
-                data_dir: data_dir.clone(),
-            },
-            shutdown.clone(),
-        )),
-    ];
+        )?;
+        tasks.extend(task);
+    }
+    let components = tasks;
     Ok(ControlPlane {
         api_url,
         kubeconfig,

@@ -13,8 +13,8 @@ use kube::api::{Patch, PatchParams, PostParams};
 use kube::Api;
 use serde_json::json;
 
-use super::agent::hostname;
 use super::server::{self, ControlPlaneArgs};
+use crate::client::hostname;
 use crate::{examples, shutdown};
 
 /// `kairn up` flags.

@@ -20,6 +20,8 @@ pub struct Node {
     pub dir: PathBuf,
     pub api_port: u16,
     pub raft_port: u16,
+    /// Joined as a learner (`--join ADDR --learner`) instead of forming with `--peers`.
+    pub learner: bool,
     child: Option<Child>,
 }
 
@@ -27,6 +29,11 @@ impl Node {
     /// The member's Raft address.
     pub fn raft_addr(&self) -> String {
         format!("127.0.0.1:{}", self.raft_port)
+    }
+
+    /// `https://127.0.0.1:PORT` of its API.
+    pub fn api_url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.api_port)
     }
 
     /// Whether its process runs.
@@ -56,6 +63,7 @@ impl Members {
                 dir: dir.join(format!("m{id}")),
                 api_port: free_port(),
                 raft_port: free_port(),
+                learner: false,
                 child: None,
             })
             .collect();
@@ -71,9 +79,36 @@ impl Members {
         }
     }
 
+    /// Adds a member that joins the running cluster as a learner through member 1, and
+    /// starts it; returns its id.
+    pub fn add_learner(&mut self) -> u64 {
+        let id = self.nodes.iter().map(|n| n.id).max().unwrap_or(0) + 1;
+        let dir = self.nodes[0].dir.parent().unwrap().join(format!("m{id}"));
+        self.nodes.push(Node {
+            id,
+            dir,
+            api_port: free_port(),
+            raft_port: free_port(),
+            learner: true,
+            child: None,
+        });
+        self.start(id);
+        id
+    }
+
+    /// Every member's API URL, for a client or agent that fails over between them.
+    pub fn api_urls(&self) -> String {
+        self.nodes.iter().map(|n| n.api_url()).collect::<Vec<_>>().join(",")
+    }
+
     /// Starts member `id` (1-based) and returns at once.
     pub fn start(&mut self, id: u64) {
-        let peers = self.peers.clone();
+        let first_raft = self.nodes[0].raft_addr();
+        let start: Vec<String> = if self.node(id).learner {
+            vec!["--join".into(), first_raft, "--learner".into()]
+        } else {
+            vec!["--peers".into(), self.peers.clone()]
+        };
         let extra = self.extra.clone();
         let node = self.node_mut(id);
         assert!(node.child.is_none(), "member {id} already runs");
@@ -85,7 +120,8 @@ impl Members {
             .open(node.dir.join("kairn.log"))
             .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_kairn"))
-            .args(["server", "--id", &id.to_string(), "--peers", &peers])
+            .args(["server", "--id", &id.to_string()])
+            .args(&start)
             .args(["--api-addr", &format!("127.0.0.1:{}", node.api_port)])
             .args(["--raft-addr", &node.raft_addr()])
             .arg("--data-dir")
@@ -214,6 +250,96 @@ impl Drop for Members {
                 let _ = child.kill();
                 let _ = child.wait();
             }
+        }
+    }
+}
+
+/// Another `kairn` process (a standalone component, a node agent) logging to a file,
+/// killed when dropped.
+pub struct Process {
+    pub name: String,
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Process {
+    /// Starts `kairn <args>`, its stderr in `dir/<name>.log`.
+    pub fn start(dir: &Path, name: &str, args: &[&str]) -> Process {
+        std::fs::create_dir_all(dir).unwrap();
+        let log = dir.join(format!("{name}.log"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_kairn"))
+            .args(args)
+            .current_dir(dir)
+            .env(
+                "KAIRN_LOG",
+                std::env::var("KAIRN_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("kairn starts");
+        Process {
+            name: name.to_string(),
+            log,
+            child: Some(child),
+        }
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, and waits for the exit; returns the exit code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "{} did not stop within 30s of SIGTERM; its log:\n{}",
+                    self.name,
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// kill -9.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SIGTERM first: an agent stops its pods' processes on the way out.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 }

@@ -1,0 +1,181 @@
+//! The control-plane components that act through the API (scheduler, controller manager,
+//! reconciler): run inside `kairn server` or apart, as `kairn scheduler`,
+//! `kairn controller-manager` and `kairn reconciler`. Wherever they run, each elects its
+//! one active instance through a Lease in `kube-system`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use kairn_cluster::election::{self, ElectionConfig};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::client::{self, ClientArgs};
+use crate::shutdown;
+
+/// A component `kairn server --components` may run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Component {
+    /// The store member and its API server (always on in `kairn server`).
+    Api,
+    /// The scheduler.
+    Scheduler,
+    /// The controller manager (Deployments, ReplicaSets, garbage collection, namespaces).
+    Controllers,
+    /// The GitOps reconciler.
+    Reconciler,
+}
+
+/// Every component, the default of `--components`.
+pub const ALL: &[Component] = &[
+    Component::Api,
+    Component::Scheduler,
+    Component::Controllers,
+    Component::Reconciler,
+];
+
+/// Leader-election flags, named as kube-scheduler's and kube-controller-manager's.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LeaderElectArgs {
+    /// Elect one active instance through a Lease (turn off only when exactly one runs).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_elect: bool,
+    /// How long a standby waits after the holder's last renewal before taking over.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub leader_elect_lease_duration: Duration,
+    /// How long the holder keeps acting without renewing (shorter than the duration).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub leader_elect_renew_deadline: Duration,
+    /// How often candidates try to take, and the holder to renew, the Lease.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub leader_elect_retry_period: Duration,
+}
+
+/// Parses `15s`, `500ms`, `1m` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let n: f64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (e.g. 15s, 500ms, 1m)"))?;
+    let seconds = match unit {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+    };
+    if !seconds.is_finite() || seconds < 0.0 {
+        return Err(format!("{s:?} is not a duration"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+impl LeaderElectArgs {
+    /// The election of `lease` for a candidate on `host`, checked for safe timings.
+    pub fn config(&self, lease: &str, host: &str) -> anyhow::Result<ElectionConfig> {
+        let mut config = ElectionConfig::new(lease, host);
+        config.lease_duration = self.leader_elect_lease_duration;
+        config.renew_deadline = self.leader_elect_renew_deadline;
+        config.retry_period = self.leader_elect_retry_period;
+        config.validate().map_err(anyhow::Error::msg)?;
+        Ok(config)
+    }
+}
+
+/// Starts `component` (not `Api`) on `client`, under leader election unless turned off.
+pub fn spawn(
+    component: Component,
+    client: kube::Client,
+    election: &LeaderElectArgs,
+    host: &str,
+    data_dir: PathBuf,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<Option<JoinHandle<()>>> {
+    let lease = match component {
+        Component::Api => return Ok(None),
+        Component::Scheduler => election::SCHEDULER_LEASE,
+        Component::Controllers => election::CONTROLLER_MANAGER_LEASE,
+        Component::Reconciler => election::RECONCILER_LEASE,
+    };
+    let run = move |client: kube::Client, stop: watch::Receiver<bool>| {
+        let data_dir = data_dir.clone();
+        async move {
+            match component {
+                Component::Api => {}
+                Component::Scheduler => kairn_cluster::scheduler::run(client, stop).await,
+                Component::Controllers => kairn_cluster::controllers::run(client, stop).await,
+                Component::Reconciler => {
+                    kairn_reconciler::run(client, kairn_reconciler::Config { data_dir }, stop).await
+                }
+            }
+        }
+    };
+    if !election.leader_elect {
+        return Ok(Some(tokio::spawn(run(client, shutdown))));
+    }
+    let config = election.config(lease, host)?;
+    Ok(Some(tokio::spawn(election::run_elected(client, config, shutdown, run))))
+}
+
+/// Flags of a standalone component.
+#[derive(Debug, clap::Args)]
+pub struct StandaloneArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(flatten)]
+    pub election: LeaderElectArgs,
+}
+
+/// `kairn reconciler` flags.
+#[derive(Debug, clap::Args)]
+pub struct ReconcilerArgs {
+    #[command(flatten)]
+    pub standalone: StandaloneArgs,
+    /// Data directory (the Git mirrors).
+    #[arg(long, default_value = ".kairn")]
+    pub data_dir: PathBuf,
+}
+
+/// Runs one component apart from the API servers until a signal.
+pub async fn run_standalone(
+    component: Component,
+    args: StandaloneArgs,
+    data_dir: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    let client = args.client.connect().await?;
+    let stop = shutdown::on_signal();
+    // Only the reconciler keeps files (its Git mirrors).
+    let data_dir = match data_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            dir.canonicalize().context("resolving the data directory")?
+        }
+        None => PathBuf::from("."),
+    };
+    let task = spawn(component, client, &args.election, &client::hostname(), data_dir, stop)?;
+    if let Some(task) = task {
+        task.await?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_as_kubernetes_flags_write_them() {
+        assert_eq!(parse_duration("15s"), Ok(Duration::from_secs(15)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("15x").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration("s").is_err());
+    }
+}

@@ -218,6 +218,11 @@ impl TlsListener {
                         continue;
                     }
                 };
+                // Responses are small writes answered by the client's next request:
+                // with Nagle on, each can wait for a delayed ACK (40 ms).
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!(error = %e, "setting TCP_NODELAY");
+                }
                 let (conn_tx, acceptor) = (tx.clone(), acceptor.clone());
                 tokio::spawn(async move {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {

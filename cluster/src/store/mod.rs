@@ -6,6 +6,7 @@
 //! this module: every other component goes through the API server.
 
 mod codec;
+pub mod etcd_kv;
 mod leader;
 mod log_store;
 mod network;
@@ -23,6 +24,7 @@ use std::time::Duration;
 use openraft::{Config, Raft, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 
+pub use etcd_kv::EtcdKv;
 pub use leader::{MemberChange, PeerError};
 pub use log_store::LogStore;
 pub use state_machine::StateMachine;
@@ -221,14 +223,6 @@ impl Store {
         .await
         .map_err(|e| StoreError::Raft(e.to_string()))?;
         let (stop_rpc, mut rpc_stopped) = tokio::sync::watch::channel(false);
-        let rpc = network::serve(raft.clone(), listener, async move {
-            let _ = rpc_stopped.changed().await;
-        });
-        tokio::spawn(async move {
-            if let Err(e) = rpc.await {
-                tracing::error!(error = %e, "raft rpc server failed");
-            }
-        });
         let store = Store {
             raft,
             sm,
@@ -238,6 +232,14 @@ impl Store {
             peers: network::Peers::default(),
             stop_rpc: Arc::new(stop_rpc),
         };
+        let rpc = network::serve(store.raft.clone(), EtcdKv::new(store.clone()), listener, async move {
+            let _ = rpc_stopped.changed().await;
+        });
+        tokio::spawn(async move {
+            if let Err(e) = rpc.await {
+                tracing::error!(error = %e, "raft rpc server failed");
+            }
+        });
         let initialized = store
             .raft
             .is_initialized()

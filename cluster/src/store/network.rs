@@ -295,19 +295,25 @@ impl RaftService for Service {
     }
 }
 
-/// Serves Raft RPC for `raft` on `listener` until `shutdown` resolves.
+/// Serves Raft RPC for `raft`, and the etcd-compatible `kv`, on `listener` until
+/// `shutdown` resolves.
 pub async fn serve(
     raft: Raft<TypeConfig>,
+    kv: super::etcd_kv::EtcdKv,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // `Server::tcp_nodelay` applies only to sockets tonic accepts itself: set here, or
+    // every small reply may wait for the peer's delayed ACK (40 ms).
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let service = RaftServiceServer::new(Service { raft })
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(service)
+        .add_service(kv.kv_server())
+        .add_service(kv.watch_server())
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }

@@ -189,3 +189,97 @@ async fn appends_are_keyed_by_the_revision_they_land_at() {
     assert_eq!(kvs[1].value, b"b");
     store.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn the_etcd_protocol_puts_reads_and_watches_keys_apart_from_the_api() {
+    use super::etcd_kv::proto::kv_client::KvClient;
+    use super::etcd_kv::proto::watch_client::WatchClient;
+    use super::etcd_kv::proto::{watch_request, PutRequest, RangeRequest, WatchCreateRequest, WatchRequest};
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", store.raft_addr()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut kv = KvClient::new(channel.clone());
+
+    // A watch of a prefix from now, opened before the writes.
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(WatchRequest {
+        request_union: Some(watch_request::RequestUnion::CreateRequest(WatchCreateRequest {
+            key: b"app/".to_vec(),
+            range_end: super::etcd_kv::prefix_end(b"app/"),
+            ..Default::default()
+        })),
+    })
+    .await
+    .unwrap();
+    let mut watch = WatchClient::new(channel)
+        .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(watch.message().await.unwrap().unwrap().created);
+
+    let put = kv
+        .put(PutRequest {
+            key: b"app/a".to_vec(),
+            value: b"1".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let revision = put.header.unwrap().revision;
+    kv.put(PutRequest {
+        key: b"other".to_vec(),
+        value: b"2".to_vec(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+
+    // A linearizable get sees the put at its revision; the key lives under /kv/.
+    let got = kv
+        .range(RangeRequest {
+            key: b"app/a".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.kvs.len(), 1);
+    assert_eq!(got.kvs[0].value, b"1");
+    assert_eq!(got.kvs[0].mod_revision, revision);
+    assert_eq!(store.get_local("/kv/app/a").unwrap().unwrap().value, b"1");
+    // A prefix range sees only its prefix.
+    let listed = kv
+        .range(RangeRequest {
+            key: b"app/".to_vec(),
+            range_end: super::etcd_kv::prefix_end(b"app/"),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.count, 1);
+
+    // The watch delivers the put under its prefix, not the other one.
+    let event = watch.message().await.unwrap().unwrap();
+    assert_eq!(event.events.len(), 1);
+    assert_eq!(event.events[0].kv.as_ref().unwrap().key, b"app/a");
+
+    // Arbitrary ranges are refused rather than answered wrongly.
+    let refused = kv
+        .range(RangeRequest {
+            key: b"a".to_vec(),
+            range_end: b"c".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unimplemented);
+    store.shutdown().await.unwrap();
+}

@@ -13,9 +13,12 @@
 //! `kairn bench writes`: 200-byte ConfigMap creates per second with 1, 16 and 64 clients,
 //! on its own member or (`--kubeconfig`) on any API server, to compare builds.
 //!
+//! `kairn bench store`: the store against etcd 3.4, side by side (`store.rs`).
+//!
 //! `kairn bench gitops`: the reconciler on repos of 1,000 and 10,000 objects (`gitops.rs`).
 
 mod gitops;
+mod store;
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -48,6 +51,9 @@ pub enum Which {
     Writes(WritesArgs),
     /// First sync, 1% change and one-object change of repos of 1,000 and 10,000 objects.
     Gitops(gitops::GitopsArgs),
+    /// Puts, linearizable reads and watch fan-out on a 3-member Kairn store and a
+    /// 3-member etcd, with the same etcd-protocol client.
+    Store(store::StoreArgs),
 }
 
 /// `kairn bench writes` flags.
@@ -92,6 +98,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         Which::Api(a) => api(a).await,
         Which::Writes(w) => writes(w).await,
         Which::Gitops(g) => gitops::run(g).await,
+        Which::Store(s) => store::run(s).await,
     }
 }
 

@@ -296,3 +296,65 @@ async fn learners_serve_the_api_without_a_vote() {
         assert!(seen.contains("via-4") && seen.contains("via-5"), "{seen:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_partitioned_member_refuses_and_catches_up_when_healed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut members = Members::behind_proxies(dir.path(), 3, &["--components", "api"]);
+    members.start_all();
+    let _ = members.client(1).await;
+    let leader = wait_for("a leader", Duration::from_secs(30), || members.leader(1)).await;
+    let cut = if leader == 3 { 2 } else { 3 };
+    let majority = (1..=3).find(|id| *id != cut && *id != leader).unwrap();
+    let minority = members.client_without_retry(cut).await;
+    let api: Api<ConfigMap> = Api::namespaced(minority.clone(), "default");
+    api.create(&PostParams::default(), &config_map("before")).await.unwrap();
+
+    println!("member {cut} cut off from members {leader} (leader) and {majority}");
+    members.partition(cut);
+
+    println!("the majority keeps writing");
+    for id in [leader, majority] {
+        let api: Api<ConfigMap> = Api::namespaced(members.client(id).await, "default");
+        wait_for("a write on the majority side", Duration::from_secs(30), || {
+            let api = api.clone();
+            async move {
+                api.create(&PostParams::default(), &config_map(&format!("during-{id}")))
+                    .await
+                    .ok()
+            }
+        })
+        .await;
+    }
+
+    println!("the minority refuses writes and linearizable reads, saying why");
+    let refused = api
+        .create(&PostParams::default(), &config_map("minority"))
+        .await
+        .unwrap_err();
+    let kube::Error::Api(status) = &refused else {
+        panic!("expected a refusal from the API, got {refused}")
+    };
+    println!("write refused: {} {}", status.code, status.message);
+    assert_eq!(status.code, 503, "{status:?}");
+    assert!(
+        status.message.contains("no quorum") || status.message.contains("not the leader"),
+        "{status:?}"
+    );
+    let read = api.list(&ListParams::default()).await.unwrap_err();
+    let kube::Error::Api(status) = &read else {
+        panic!("expected a refusal from the API, got {read}")
+    };
+    println!("read refused: {} {}", status.code, status.message);
+    assert_eq!(status.code, 503, "{status:?}");
+
+    println!("healed: member {cut} catches up");
+    members.heal();
+    let seen = wait_for("the healed member to catch up", Duration::from_secs(60), || async {
+        let seen = names(&minority).await?;
+        (seen.contains(&format!("during-{leader}")) && seen.contains(&format!("during-{majority}"))).then_some(seen)
+    })
+    .await;
+    assert!(!seen.contains("minority"), "a refused write was applied: {seen:?}");
+    api.create(&PostParams::default(), &config_map("after")).await.unwrap();
+}

@@ -97,7 +97,8 @@ impl tower::Service<Request<Body>> for Failover {
 }
 
 /// A client that sends each request to the first of `configs` (one per API server, the
-/// same credentials) that answers. One config gives a plain client.
+/// same credentials) that answers. One config gives a plain client (with kube's retries
+/// of 503 answers, unless the config turns them off).
 pub fn client(configs: Vec<kube::Config>) -> Result<kube::Client, kube::Error> {
     let namespace = configs
         .first()
@@ -137,6 +138,9 @@ pub fn configs(base: &kube::Config, urls: &[String]) -> Result<Vec<kube::Config>
             }
             let mut config = base.clone();
             config.cluster_url = uri;
+            // A 503 moves the request to the next server here; kube's own retry would
+            // first wait out its back-off on the same one.
+            config.default_retry = false;
             Ok(config)
         })
         .collect()

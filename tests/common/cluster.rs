@@ -22,13 +22,22 @@ pub struct Node {
     pub raft_port: u16,
     /// Joined as a learner (`--join ADDR --learner`) instead of forming with `--peers`.
     pub learner: bool,
+    /// The loopback IP it binds Raft on and connects to its peers from.
+    pub raft_ip: std::net::IpAddr,
+    /// Where its peers reach it, when not at its Raft address (a proxy).
+    pub advertised: Option<String>,
     child: Option<Child>,
 }
 
 impl Node {
-    /// The member's Raft address.
+    /// Where the other members reach its Raft port.
     pub fn raft_addr(&self) -> String {
-        format!("127.0.0.1:{}", self.raft_port)
+        self.advertised.clone().unwrap_or_else(|| self.raft_bind())
+    }
+
+    /// The address its Raft port is bound to.
+    pub fn raft_bind(&self) -> String {
+        format!("{}:{}", self.raft_ip, self.raft_port)
     }
 
     /// `https://127.0.0.1:PORT` of its API.
@@ -52,6 +61,8 @@ pub struct Members {
     pub nodes: Vec<Node>,
     peers: String,
     extra: Vec<String>,
+    /// One fault-injecting proxy per member, by index, when made with `behind_proxies`.
+    proxies: Vec<super::proxy::Proxy>,
 }
 
 impl Members {
@@ -64,9 +75,63 @@ impl Members {
                 api_port: free_port(),
                 raft_port: free_port(),
                 learner: false,
+                raft_ip: std::net::Ipv4Addr::LOCALHOST.into(),
+                advertised: None,
                 child: None,
             })
             .collect();
+        Members::with_nodes(nodes, extra)
+    }
+
+    /// `n` members whose Raft traffic goes through fault-injecting proxies: member `i`
+    /// binds `127.0.0.(10+i)` and is reached through its proxy, so it can be cut off
+    /// with [`Members::partition`].
+    pub fn behind_proxies(dir: &Path, n: u64, extra: &[&str]) -> Members {
+        let mut proxies = Vec::new();
+        let nodes: Vec<Node> = (1..=n)
+            .map(|id| {
+                let raft_ip = std::net::IpAddr::from([127, 0, 0, 10 + id as u8]);
+                let raft_port = free_port();
+                let proxy = super::proxy::Proxy::start(std::net::SocketAddr::new(raft_ip, raft_port));
+                let advertised = Some(proxy.addr.to_string());
+                proxies.push(proxy);
+                Node {
+                    id,
+                    dir: dir.join(format!("m{id}")),
+                    api_port: free_port(),
+                    raft_port,
+                    learner: false,
+                    raft_ip,
+                    advertised,
+                    child: None,
+                }
+            })
+            .collect();
+        let mut members = Members::with_nodes(nodes, extra);
+        members.proxies = proxies;
+        members
+    }
+
+    /// Cuts member `id` off from the others, both ways (its API stays reachable).
+    pub fn partition(&self, id: u64) {
+        let others: Vec<std::net::IpAddr> = self.nodes.iter().filter(|n| n.id != id).map(|n| n.raft_ip).collect();
+        for (node, proxy) in self.nodes.iter().zip(&self.proxies) {
+            if node.id == id {
+                proxy.block(&others);
+            } else {
+                proxy.block(&[self.node(id).raft_ip]);
+            }
+        }
+    }
+
+    /// Ends every partition.
+    pub fn heal(&self) {
+        for proxy in &self.proxies {
+            proxy.heal();
+        }
+    }
+
+    fn with_nodes(nodes: Vec<Node>, extra: &[&str]) -> Members {
         let peers = nodes
             .iter()
             .map(|n| format!("{}={}", n.id, n.raft_addr()))
@@ -76,6 +141,7 @@ impl Members {
             nodes,
             peers,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            proxies: Vec::new(),
         }
     }
 
@@ -90,6 +156,8 @@ impl Members {
             api_port: free_port(),
             raft_port: free_port(),
             learner: true,
+            raft_ip: std::net::Ipv4Addr::LOCALHOST.into(),
+            advertised: None,
             child: None,
         });
         self.start(id);
@@ -123,7 +191,7 @@ impl Members {
             .args(["server", "--id", &id.to_string()])
             .args(&start)
             .args(["--api-addr", &format!("127.0.0.1:{}", node.api_port)])
-            .args(["--raft-addr", &node.raft_addr()])
+            .args(["--raft-addr", &node.raft_bind()])
             .arg("--data-dir")
             .arg(&node.dir)
             .args(&extra)
@@ -208,6 +276,17 @@ impl Members {
     /// An admin client of member `id`'s API, once it serves (its kubeconfig is written
     /// then, with the cluster's shared CA and token).
     pub async fn client(&self, id: u64) -> kube::Client {
+        kube::Client::try_from(self.config(id).await).unwrap()
+    }
+
+    /// As [`Members::client`], without kube-rs' retries of 503 answers (to see them).
+    pub async fn client_without_retry(&self, id: u64) -> kube::Client {
+        let mut config = self.config(id).await;
+        config.default_retry = false;
+        kube::Client::try_from(config).unwrap()
+    }
+
+    async fn config(&self, id: u64) -> kube::Config {
         let file = self.node(id).dir.join("kubeconfig");
         let deadline = Instant::now() + Duration::from_secs(60);
         let kubeconfig = loop {
@@ -227,7 +306,7 @@ impl Members {
         // A dead member must fail fast, not hang the test.
         config.connect_timeout = Some(Duration::from_secs(2));
         config.read_timeout = Some(Duration::from_secs(15));
-        kube::Client::try_from(config).unwrap()
+        config
     }
 
     /// The leader's id, as member `via` reports it.

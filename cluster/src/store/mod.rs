@@ -213,10 +213,13 @@ impl Store {
             ..Default::default()
         };
         let raft_config = Arc::new(raft_config.validate().map_err(|e| StoreError::Raft(e.to_string()))?);
+        // One channel per peer, for Raft's own messages and for the calls this member
+        // makes of the leader alike.
+        let peers = network::Peers::new(raft_addr);
         let raft = Raft::new(
             config.node_id,
             raft_config,
-            network::Network::default(),
+            network::Network::new(peers.clone()),
             log,
             sm.clone(),
         )
@@ -229,7 +232,7 @@ impl Store {
             db,
             node_id: config.node_id,
             raft_addr,
-            peers: network::Peers::default(),
+            peers,
             stop_rpc: Arc::new(stop_rpc),
         };
         let rpc = network::serve(store.raft.clone(), EtcdKv::new(store.clone()), listener, async move {

@@ -9,6 +9,7 @@
 //! largest append (a batch of objects) or snapshot chunk.
 
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -54,9 +55,10 @@ fn from_payload<T: DeserializeOwned>(payload: &Payload) -> Result<T, codec::Code
     codec::decode(&payload.data)
 }
 
-fn client(addr: &str) -> Result<RaftServiceClient<Channel>, tonic::transport::Error> {
+fn client(addr: &str, local_ip: Option<IpAddr>) -> Result<RaftServiceClient<Channel>, tonic::transport::Error> {
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))?
         .connect_timeout(CONNECT_TIMEOUT)
+        .local_address(local_ip)
         .tcp_nodelay(true);
     Ok(RaftServiceClient::new(endpoint.connect_lazy())
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -69,6 +71,13 @@ fn client(addr: &str) -> Result<RaftServiceClient<Channel>, tonic::transport::Er
 #[derive(Clone, Default)]
 pub struct Network {
     peers: Peers,
+}
+
+impl Network {
+    /// A factory handing out clients of `peers`.
+    pub fn new(peers: Peers) -> Network {
+        Network { peers }
+    }
 }
 
 /// A connection to one peer (connected lazily, reconnected by tonic).
@@ -174,9 +183,20 @@ impl RaftNetwork<TypeConfig> for Connection {
 #[derive(Clone, Default)]
 pub struct Peers {
     clients: Arc<Mutex<HashMap<String, RaftServiceClient<Channel>>>>,
+    /// The address outgoing connections come from: the member's own Raft IP, so a
+    /// peer (or a firewall, or a test's fault-injecting proxy) can tell members apart.
+    local_ip: Option<IpAddr>,
 }
 
 impl Peers {
+    /// Clients that connect from `raft_addr`'s IP (any, if it is unspecified).
+    pub fn new(raft_addr: SocketAddr) -> Peers {
+        Peers {
+            clients: Arc::default(),
+            local_ip: Some(raft_addr.ip()).filter(|ip| !ip.is_unspecified()),
+        }
+    }
+
     fn client(&self, addr: &str) -> Result<RaftServiceClient<Channel>, PeerError> {
         let mut clients = self
             .clients
@@ -185,7 +205,8 @@ impl Peers {
         if let Some(c) = clients.get(addr) {
             return Ok(c.clone());
         }
-        let c = client(addr).map_err(|e| PeerError::Failed(format!("bad member address {addr}: {e}")))?;
+        let c =
+            client(addr, self.local_ip).map_err(|e| PeerError::Failed(format!("bad member address {addr}: {e}")))?;
         clients.insert(addr.to_string(), c.clone());
         Ok(c)
     }

@@ -237,22 +237,7 @@ impl Members {
     /// SIGTERM, and waits for the exit; returns the exit code.
     pub fn stop(&mut self, id: u64) -> Option<i32> {
         let mut child = self.node_mut(id).child.take()?;
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(45);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status.code();
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "member {id} did not stop within 45s of SIGTERM; its log:\n{}",
-                    self.node(id).log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        super::terminate(&mut child, Duration::from_secs(45), || self.node(id).log())
     }
 
     /// Waits for member `id`'s process to exit on its own (a refusal to start); returns
@@ -377,23 +362,7 @@ impl Process {
     /// SIGTERM, and waits for the exit; returns the exit code.
     pub fn stop(&mut self) -> Option<i32> {
         let mut child = self.child.take()?;
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status.code();
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "{} did not stop within 30s of SIGTERM; its log:\n{}",
-                    self.name,
-                    self.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        super::terminate(&mut child, Duration::from_secs(30), || self.log())
     }
 
     /// kill -9.

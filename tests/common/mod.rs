@@ -174,19 +174,29 @@ impl Kairn {
     /// Sends SIGTERM and waits for a clean exit; returns the exit code.
     pub fn stop(&mut self) -> Option<i32> {
         let mut child = self.child.take()?;
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(45);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status.code();
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("kairn did not stop within 45s of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        terminate(&mut child, Duration::from_secs(45), || self.log())
+    }
+}
+
+/// SIGTERM to `child`, and waits up to `timeout` for its exit code; past that, kills it
+/// and panics with `log()` (what it said).
+pub fn terminate(child: &mut Child, timeout: Duration, log: impl Fn() -> String) -> Option<i32> {
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
         }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "process {} did not stop within {timeout:?} of SIGTERM; its log:\n{}",
+                child.id(),
+                log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -297,6 +297,14 @@ async fn learners_serve_the_api_without_a_vote() {
     }
 }
 
+/// The API's answer to a request that must have been refused.
+fn refusal<T: std::fmt::Debug>(result: Result<T, kube::Error>) -> kube::core::Status {
+    match result {
+        Err(kube::Error::Api(status)) => *status,
+        other => panic!("expected a refusal from the API, got {other:?}"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_partitioned_member_refuses_and_catches_up_when_healed() {
     let dir = tempfile::tempdir().unwrap();
@@ -328,23 +336,14 @@ async fn a_partitioned_member_refuses_and_catches_up_when_healed() {
     }
 
     println!("the minority refuses writes and linearizable reads, saying why");
-    let refused = api
-        .create(&PostParams::default(), &config_map("minority"))
-        .await
-        .unwrap_err();
-    let kube::Error::Api(status) = &refused else {
-        panic!("expected a refusal from the API, got {refused}")
-    };
+    let status = refusal(api.create(&PostParams::default(), &config_map("minority")).await);
     println!("write refused: {} {}", status.code, status.message);
     assert_eq!(status.code, 503, "{status:?}");
     assert!(
         status.message.contains("no quorum") || status.message.contains("not the leader"),
         "{status:?}"
     );
-    let read = api.list(&ListParams::default()).await.unwrap_err();
-    let kube::Error::Api(status) = &read else {
-        panic!("expected a refusal from the API, got {read}")
-    };
+    let status = refusal(api.list(&ListParams::default()).await);
     println!("read refused: {} {}", status.code, status.message);
     assert_eq!(status.code, 503, "{status:?}");
 

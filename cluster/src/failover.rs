@@ -30,12 +30,6 @@ pub struct Failover {
 }
 
 impl Failover {
-    /// The URL requests go to first.
-    pub fn current_url(&self) -> &str {
-        let i = self.current.load(Ordering::Relaxed) % self.endpoints.len().max(1);
-        self.endpoints.get(i).map(|e| e.url.as_str()).unwrap_or("")
-    }
-
     async fn send(self, request: Request<Body>) -> Result<Response<Body>, kube::Error> {
         let n = self.endpoints.len();
         let start = self.current.load(Ordering::Relaxed);

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+use kairn_cluster::api::auth;
 use kairn_cluster::election::{self, ElectionConfig};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -27,6 +28,37 @@ pub enum Component {
     Controllers,
     /// The GitOps reconciler.
     Reconciler,
+}
+
+/// What a component acting through the API is known by.
+pub struct Identity {
+    /// The API user it acts as.
+    pub user: &'static str,
+    /// The Lease its instances elect their leader through.
+    pub lease: &'static str,
+    /// The stem of the kubeconfig a member writes for it (`<stem>.kubeconfig`).
+    pub kubeconfig: &'static str,
+}
+
+impl Component {
+    /// Its user, Lease and kubeconfig; `None` for the API server itself.
+    pub fn identity(self) -> Option<Identity> {
+        let (user, lease, kubeconfig) = match self {
+            Component::Api => return None,
+            Component::Scheduler => (auth::SCHEDULER, election::SCHEDULER_LEASE, "scheduler"),
+            Component::Controllers => (
+                auth::CONTROLLER_MANAGER,
+                election::CONTROLLER_MANAGER_LEASE,
+                "controller-manager",
+            ),
+            Component::Reconciler => (auth::RECONCILER, election::RECONCILER_LEASE, "reconciler"),
+        };
+        Some(Identity {
+            user,
+            lease,
+            kubeconfig,
+        })
+    }
 }
 
 /// Every component, the default of `--components`.
@@ -96,11 +128,8 @@ pub fn spawn(
     data_dir: PathBuf,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<Option<JoinHandle<()>>> {
-    let lease = match component {
-        Component::Api => return Ok(None),
-        Component::Scheduler => election::SCHEDULER_LEASE,
-        Component::Controllers => election::CONTROLLER_MANAGER_LEASE,
-        Component::Reconciler => election::RECONCILER_LEASE,
+    let Some(identity) = component.identity() else {
+        return Ok(None);
     };
     let run = move |client: kube::Client, stop: watch::Receiver<bool>| {
         let data_dir = data_dir.clone();
@@ -118,7 +147,7 @@ pub fn spawn(
     if !election.leader_elect {
         return Ok(Some(tokio::spawn(run(client, shutdown))));
     }
-    let config = election.config(lease, host)?;
+    let config = election.config(identity.lease, host)?;
     Ok(Some(tokio::spawn(election::run_elected(client, config, shutdown, run))))
 }
 

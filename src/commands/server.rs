@@ -78,11 +78,6 @@ fn parse_peer(s: &str) -> Result<(u64, String), String> {
 impl ControlPlaneArgs {
     /// How this member comes into its cluster on first start.
     pub fn start_mode(&self) -> anyhow::Result<Start> {
-        anyhow::ensure!(
-            self.components.contains(&Component::Api),
-            "--components must include api: every member serves the API (run the others apart \
-             with kairn scheduler, kairn controller-manager or kairn reconciler)"
-        );
         if let Some(addr) = &self.join {
             return Ok(Start::Join {
                 addr: addr.clone(),
@@ -110,13 +105,6 @@ pub struct ServerArgs {
     pub control_plane: ControlPlaneArgs,
 }
 
-/// The kubeconfigs a member writes for components run apart: file stem and user.
-const COMPONENT_USERS: [(&str, &str); 3] = [
-    ("scheduler", auth::SCHEDULER),
-    ("controller-manager", auth::CONTROLLER_MANAGER),
-    ("reconciler", auth::RECONCILER),
-];
-
 /// How long the components get to stop after the signal.
 const COMPONENT_STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -140,6 +128,11 @@ pub async fn start(
     extra_users: &[String],
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<ControlPlane> {
+    anyhow::ensure!(
+        args.components.contains(&Component::Api),
+        "--components must include api: every member serves the API (run the others apart \
+         with kairn scheduler, kairn controller-manager or kairn reconciler)"
+    );
     std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
     let data_dir = args.data_dir.canonicalize().context("resolving the data directory")?;
     let token_file = args
@@ -211,38 +204,32 @@ pub async fn start(
 
     // A kubeconfig per component, as kubeadm writes scheduler.conf and
     // controller-manager.conf, for components run apart against this member.
-    for (component, user) in COMPONENT_USERS {
+    for identity in components::ALL.iter().filter_map(|c| c.identity()) {
         let token = member
             .authenticator()
-            .token_of(user)
-            .with_context(|| format!("the token file has no token for {user}"))?;
-        let path = data_dir.join(format!("{component}.kubeconfig"));
-        client::write_kubeconfig_for(&path, &api_url, member.ca_pem(), user, token)?;
+            .token_of(identity.user)
+            .with_context(|| format!("the token file has no token for {}", identity.user))?;
+        let path = data_dir.join(format!("{}.kubeconfig", identity.kubeconfig));
+        client::write_kubeconfig_for(&path, &api_url, member.ca_pem(), identity.user, token)?;
     }
 
     let client = member.client()?;
     // The member's id names its candidates, so `kubectl get lease -n kube-system` shows
     // which member acts.
     let host = format!("{}-member-{}", client::hostname(), args.node_id);
-    let mut tasks = Vec::new();
+    let mut components = Vec::new();
     for &component in &args.components {
-        let user = match component {
-            Component::Api => continue,
-            Component::Scheduler => auth::SCHEDULER,
-            Component::Controllers => auth::CONTROLLER_MANAGER,
-            Component::Reconciler => auth::RECONCILER,
-        };
+        let Some(identity) = component.identity() else { continue };
         let task = components::spawn(
             component,
-            member.client_as(user)?,
+            member.client_as(identity.user)?,
             &args.election,
             &host,
             data_dir.clone(),
             shutdown.clone(),
         )?;
-        tasks.extend(task);
+        components.extend(task);
     }
-    let components = tasks;
     Ok(ControlPlane {
         api_url,
         kubeconfig,

@@ -2,7 +2,7 @@
 //! kill -9, stop and restart members, and clients of each member's API.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 /// A free loopback port (bound, then released: the member binds it right after).
@@ -182,12 +182,7 @@ impl Members {
         assert!(node.child.is_none(), "member {id} already runs");
         std::fs::create_dir_all(&node.dir).unwrap();
         let _ = std::fs::remove_file(node.dir.join("kubeconfig"));
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(node.dir.join("kairn.log"))
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_kairn"))
+        let child = super::kairn_logging_to(&node.dir.join("kairn.log"))
             .args(["server", "--id", &id.to_string()])
             .args(&start)
             .args(["--api-addr", &format!("127.0.0.1:{}", node.api_port)])
@@ -195,12 +190,6 @@ impl Members {
             .arg("--data-dir")
             .arg(&node.dir)
             .args(&extra)
-            .env(
-                "KAIRN_LOG",
-                std::env::var("KAIRN_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
-            )
-            .stdout(Stdio::null())
-            .stderr(log)
             .spawn()
             .expect("kairn server starts");
         node.child = Some(child);
@@ -331,20 +320,9 @@ impl Process {
     pub fn start(dir: &Path, name: &str, args: &[&str]) -> Process {
         std::fs::create_dir_all(dir).unwrap();
         let log = dir.join(format!("{name}.log"));
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_kairn"))
+        let child = super::kairn_logging_to(&log)
             .args(args)
             .current_dir(dir)
-            .env(
-                "KAIRN_LOG",
-                std::env::var("KAIRN_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
-            )
-            .stdout(Stdio::null())
-            .stderr(file)
             .spawn()
             .expect("kairn starts");
         Process {

@@ -101,12 +101,7 @@ impl Kairn {
         std::fs::create_dir_all(data_dir).unwrap();
         let _ = std::fs::remove_file(data_dir.join("api-addr"));
         let _ = std::fs::remove_file(data_dir.join("kubeconfig"));
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(data_dir.join("kairn.log"))
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_kairn"))
+        let child = kairn_logging_to(&data_dir.join("kairn.log"))
             .args([
                 "up",
                 "--api-addr",
@@ -122,13 +117,6 @@ impl Kairn {
             .arg(data_dir)
             .arg("--repo")
             .arg(repo)
-            // `KAIRN_TEST_LOG` (EnvFilter syntax) to see more in `<data-dir>/kairn.log`.
-            .env(
-                "KAIRN_LOG",
-                std::env::var("KAIRN_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
-            )
-            .stdout(Stdio::null())
-            .stderr(log)
             .spawn()
             .expect("kairn starts");
         // The kubeconfig (with the admin's token) is written once the API serves.
@@ -176,6 +164,21 @@ impl Kairn {
         let mut child = self.child.take()?;
         terminate(&mut child, Duration::from_secs(45), || self.log())
     }
+}
+
+/// The `kairn` binary under test, logging (at `KAIRN_TEST_LOG`, EnvFilter syntax, else
+/// info) to the end of the file `log`, stdout discarded.
+pub fn kairn_logging_to(log: &Path) -> Command {
+    let file = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_kairn"));
+    command
+        .env(
+            "KAIRN_LOG",
+            std::env::var("KAIRN_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
+        )
+        .stdout(Stdio::null())
+        .stderr(file);
+    command
 }
 
 /// SIGTERM to `child`, and waits up to `timeout` for its exit code; past that, kills it

@@ -136,17 +136,12 @@ impl proto::kv_server::Kv for EtcdKv {
                 };
                 (kv.into_iter().collect::<Vec<_>>(), self.store.revision(), false)
             }
-            Range::Prefix(prefix) => {
-                if !r.serializable {
-                    self.store.linearizable_revision().await.map_err(status)?;
-                }
-                let (kvs, revision, more) = self
-                    .store
-                    .sm
-                    .range(&prefix, None, limit)
-                    .map_err(|e| status(e.into()))?;
-                (kvs, revision, more)
-            }
+            Range::Prefix(prefix) if r.serializable => self
+                .store
+                .sm
+                .range(&prefix, None, limit)
+                .map_err(|e| status(e.into()))?,
+            Range::Prefix(prefix) => self.store.list(&prefix, None, limit).await.map_err(status)?,
         };
         let count = i64::try_from(kvs.len()).unwrap_or(i64::MAX);
         Ok(Response::new(RangeResponse {

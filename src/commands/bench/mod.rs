@@ -127,11 +127,7 @@ impl Server {
         if members == 1 {
             return Ok(vec![Server::start().await?]);
         }
-        let free = || -> anyhow::Result<u16> { Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port()) };
-        let mut ports = Vec::new();
-        for _ in 0..members {
-            ports.push((free()?, free()?));
-        }
+        let ports = port_pairs(members)?;
         let peers = (1..=members)
             .zip(&ports)
             .map(|(id, (_, raft))| format!("{id}=127.0.0.1:{raft}"))
@@ -225,6 +221,13 @@ fn rss_of(status_file: &str) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
+}
+
+/// `n` pairs of free loopback ports (bound, then released for a child process to bind):
+/// a member's two addresses each.
+fn port_pairs(n: u64) -> anyhow::Result<Vec<(u16, u16)>> {
+    let free = || -> anyhow::Result<u16> { Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port()) };
+    (0..n).map(|_| Ok((free()?, free()?))).collect()
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {

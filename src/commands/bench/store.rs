@@ -22,7 +22,7 @@ use kairn_cluster::store::etcd_kv::proto::watch_client::WatchClient;
 use kairn_cluster::store::etcd_kv::proto::{watch_request, PutRequest, RangeRequest, WatchCreateRequest, WatchRequest};
 use tonic::transport::Channel;
 
-use super::percentile;
+use super::{percentile, port_pairs};
 
 /// `kairn bench store` flags.
 #[derive(Debug, clap::Args)]
@@ -73,10 +73,6 @@ impl Drop for Cluster {
     }
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 fn log_file(dir: &Path, name: &str) -> anyhow::Result<Stdio> {
     Ok(Stdio::from(std::fs::File::create(dir.join(name))?))
 }
@@ -85,9 +81,7 @@ fn log_file(dir: &Path, name: &str) -> anyhow::Result<Stdio> {
 fn start_kairn(base: &Path) -> anyhow::Result<Cluster> {
     let dir = tempfile::tempdir_in(base).context("creating a temp directory")?;
     let exe = std::env::current_exe().context("finding the kairn binary")?;
-    let ports: Vec<(u16, u16)> = (0..3)
-        .map(|_| Ok((free_port()?, free_port()?)))
-        .collect::<anyhow::Result<_>>()?;
+    let ports = port_pairs(3)?;
     let peers = ports
         .iter()
         .enumerate()
@@ -140,9 +134,7 @@ fn start_etcd(base: &Path, etcd: &Path) -> anyhow::Result<Cluster> {
     let version = String::from_utf8_lossy(&version.stdout);
     eprintln!("{}", version.lines().next().unwrap_or("etcd: unknown version"));
     let dir = tempfile::tempdir_in(base).context("creating a temp directory")?;
-    let ports: Vec<(u16, u16)> = (0..3)
-        .map(|_| Ok((free_port()?, free_port()?)))
-        .collect::<anyhow::Result<_>>()?;
+    let ports = port_pairs(3)?;
     let initial = ports
         .iter()
         .enumerate()

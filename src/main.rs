@@ -55,6 +55,12 @@ enum Command {
     Bench(commands::bench::BenchArgs),
 }
 
+/// mimalloc instead of glibc's malloc: the store and the API allocate many small,
+/// short-lived buffers from several threads, where glibc's arenas spent a tenth of the
+/// CPU of a 3-member write benchmark (docs/benchmarks.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(cli.log_format);

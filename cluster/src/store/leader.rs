@@ -11,7 +11,7 @@ use openraft::error::{ChangeMembershipError, CheckIsLeaderError, ClientWriteErro
 use openraft::{BasicNode, ChangeMembers, Raft};
 use serde::{Deserialize, Serialize};
 
-use super::types::{NodeId, Txn, TxnResult, TypeConfig};
+use super::types::{NodeId, Proposal, TxnResult, TypeConfig};
 
 /// How long a write may take to commit before the caller is told there is no quorum.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -67,10 +67,10 @@ pub enum MemberChange {
     Remove { id: NodeId },
 }
 
-/// Commits `txn` on this member, which must lead.
-pub async fn write(raft: &Raft<TypeConfig>, txn: Txn) -> Result<TxnResult, PeerError> {
-    match tokio::time::timeout(WRITE_TIMEOUT, raft.client_write(txn)).await {
-        Ok(Ok(resp)) => Ok(resp.data),
+/// Commits one proposal through Raft on this member, which must lead.
+pub async fn commit(raft: &Raft<TypeConfig>, proposal: Proposal) -> Result<Vec<TxnResult>, PeerError> {
+    match tokio::time::timeout(WRITE_TIMEOUT, raft.client_write(proposal)).await {
+        Ok(Ok(resp)) => Ok(resp.data.0),
         Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => Err(PeerError::forward(f)),
         Ok(Err(e)) => Err(PeerError::Failed(e.to_string())),
         Err(_) => Err(PeerError::NoQuorum(format!(

@@ -27,7 +27,7 @@ const COMMITTED: &[u8] = b"committed";
 const LAST_PURGED: &[u8] = b"last_purged";
 /// The on-disk format of the log and its metadata; bumped when either changes.
 const FORMAT: &[u8] = b"format";
-const FORMAT_VERSION: &[u8] = b"2";
+const FORMAT_VERSION: &[u8] = b"3";
 
 /// Raft log storage backed by two sled trees: entries and log metadata.
 #[derive(Clone)]

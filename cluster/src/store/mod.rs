@@ -1,10 +1,11 @@
 //! The replicated, revisioned key-value store (openraft + sled).
 //!
 //! Keys follow etcd's Kubernetes layout (`/registry/<group>/<resource>/<ns>/<name>`);
-//! values are objects' JSON. The revision of a write is its Raft log index, and it is
-//! what the API server hands out as `metadata.resourceVersion`. Only `crate::api` uses
+//! values are objects' JSON. Every successful write moves the store's revision on by one,
+//! and the revision is what the API server hands out as `metadata.resourceVersion`. Only `crate::api` uses
 //! this module: every other component goes through the API server.
 
+mod batch;
 mod codec;
 pub mod etcd_kv;
 mod leader;
@@ -158,12 +159,16 @@ struct MemberRecord {
 #[derive(Clone)]
 pub struct Store {
     raft: Raft<TypeConfig>,
+    batcher: batch::Batcher,
     sm: StateMachine,
     db: sled::Db,
     node_id: NodeId,
     raft_addr: SocketAddr,
     peers: network::Peers,
     stop_rpc: Arc<tokio::sync::watch::Sender<bool>>,
+    /// The RPC server's task: it holds a handle to this store, so `shutdown` waits for it
+    /// to end before the database is free to open again.
+    rpc_task: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
 
 use types::TypeConfig;
@@ -227,6 +232,7 @@ impl Store {
         .map_err(|e| StoreError::Raft(e.to_string()))?;
         let (stop_rpc, mut rpc_stopped) = tokio::sync::watch::channel(false);
         let store = Store {
+            batcher: batch::Batcher::new(raft.clone(), peers.clone()),
             raft,
             sm,
             db,
@@ -234,15 +240,25 @@ impl Store {
             raft_addr,
             peers,
             stop_rpc: Arc::new(stop_rpc),
+            rpc_task: Arc::default(),
         };
-        let rpc = network::serve(store.raft.clone(), EtcdKv::new(store.clone()), listener, async move {
-            let _ = rpc_stopped.changed().await;
-        });
-        tokio::spawn(async move {
+        let rpc = network::serve(
+            store.raft.clone(),
+            store.batcher.clone(),
+            EtcdKv::new(store.clone()),
+            listener,
+            async move {
+                let _ = rpc_stopped.changed().await;
+            },
+        );
+        let task = tokio::spawn(async move {
             if let Err(e) = rpc.await {
                 tracing::error!(error = %e, "raft rpc server failed");
             }
         });
+        if let Ok(mut slot) = store.rpc_task.lock() {
+            *slot = Some(task);
+        }
         let initialized = store
             .raft
             .is_initialized()
@@ -379,12 +395,20 @@ impl Store {
                 Err(e) => return Err(e),
             };
             let result = match (route, &call) {
-                (Route::Local, Call::Write(txn)) => leader::write(&self.raft, (*txn).clone()).await.map(Reply::Written),
+                (Route::Local, Call::Write(txn)) => self
+                    .batcher
+                    .write(batch::Target::Local, (*txn).clone())
+                    .await
+                    .map(Reply::Written),
                 (Route::Local, Call::ReadIndex) => leader::read_index(&self.raft).await.map(Reply::Index),
                 (Route::Local, Call::Change(change)) => leader::change_members(&self.raft, (*change).clone())
                     .await
                     .map(|()| Reply::Changed),
-                (Route::Remote(addr), Call::Write(txn)) => self.peers.write(&addr, txn).await.map(Reply::Written),
+                (Route::Remote(addr), Call::Write(txn)) => self
+                    .batcher
+                    .write(batch::Target::Leader(addr), (*txn).clone())
+                    .await
+                    .map(Reply::Written),
                 (Route::Remote(addr), Call::ReadIndex) => self.peers.read_index(&addr).await.map(Reply::Index),
                 (Route::Remote(addr), Call::Change(change)) => {
                     self.peers.change_members(&addr, change).await.map(|()| Reply::Changed)
@@ -510,7 +534,8 @@ impl Store {
         let Reply::Index(index) = self.on_leader(Call::ReadIndex).await? else {
             return Err(StoreError::Raft("unexpected reply to a read index".into()));
         };
-        if self.sm.revision() < index {
+        let applied = self.raft.metrics().borrow().last_applied.map(|l| l.index).unwrap_or(0);
+        if applied < index {
             self.raft
                 .wait(Some(leader::READ_INDEX_TIMEOUT))
                 .applied_index_at_least(Some(index), "read index")
@@ -543,7 +568,11 @@ impl Store {
     pub async fn txn(&self, txn: Txn) -> Result<TxnResult, StoreError> {
         // Alone, this member always leads: no copy kept for a retry elsewhere.
         if self.leader() == Some(self.node_id) && self.is_single() {
-            return leader::write(&self.raft, txn).await.map_err(StoreError::from);
+            return self
+                .batcher
+                .write(batch::Target::Local, txn)
+                .await
+                .map_err(StoreError::from);
         }
         match self.on_leader(Call::Write(&txn)).await? {
             Reply::Written(result) => Ok(result),
@@ -586,6 +615,14 @@ impl Store {
     /// Stops Raft and its RPC server, and flushes everything to disk.
     pub async fn shutdown(&self) -> Result<(), StoreError> {
         let _ = self.stop_rpc.send(true);
+        let rpc = self.rpc_task.lock().ok().and_then(|mut t| t.take());
+        if let Some(rpc) = rpc {
+            // Open watch streams may hold a graceful stop up: cut them off after a while.
+            let abort = rpc.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(2), rpc).await.is_err() {
+                abort.abort();
+            }
+        }
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
         }

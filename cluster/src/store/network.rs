@@ -24,6 +24,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 
+use super::batch::{Batcher, Target};
 use super::codec;
 use super::leader::{self, MemberChange, PeerError};
 use super::types::{NodeId, Txn, TxnResult, TypeConfig};
@@ -239,10 +240,10 @@ impl Peers {
         result
     }
 
-    /// Commits a write on the leader at `addr`.
-    pub async fn write(&self, addr: &str, txn: &Txn) -> Result<TxnResult, PeerError> {
+    /// Commits writes on the leader at `addr`, each on its own; returns their results.
+    pub async fn write(&self, addr: &str, txns: &[Txn]) -> Result<Vec<TxnResult>, PeerError> {
         // A little longer than the leader's own deadline, so its answer wins.
-        self.call(addr, "write", txn, leader::WRITE_TIMEOUT + Duration::from_secs(1))
+        self.call(addr, "write", &txns, leader::WRITE_TIMEOUT + Duration::from_secs(1))
             .await
     }
 
@@ -272,6 +273,7 @@ impl Peers {
 /// The server side: hands incoming RPCs to the local Raft node.
 struct Service {
     raft: Raft<TypeConfig>,
+    batcher: Batcher,
 }
 
 fn bad_request(e: codec::CodecError) -> tonic::Status {
@@ -302,8 +304,8 @@ impl RaftService for Service {
     }
 
     async fn write(&self, req: tonic::Request<Payload>) -> Result<tonic::Response<Payload>, tonic::Status> {
-        let txn: Txn = from_payload(req.get_ref()).map_err(bad_request)?;
-        reply(&leader::write(&self.raft, txn).await)
+        let txns: Vec<Txn> = from_payload(req.get_ref()).map_err(bad_request)?;
+        reply(&self.batcher.write_all(Target::Local, txns).await)
     }
 
     async fn read_index(&self, _req: tonic::Request<Payload>) -> Result<tonic::Response<Payload>, tonic::Status> {
@@ -320,6 +322,7 @@ impl RaftService for Service {
 /// `shutdown` resolves.
 pub async fn serve(
     raft: Raft<TypeConfig>,
+    batcher: Batcher,
     kv: super::etcd_kv::EtcdKv,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -327,7 +330,7 @@ pub async fn serve(
     // `Server::tcp_nodelay` applies only to sockets tonic accepts itself: set here, or
     // every small reply may wait for the peer's delayed ACK (40 ms).
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    let service = RaftServiceServer::new(Service { raft })
+    let service = RaftServiceServer::new(Service { raft, batcher })
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     tonic::transport::Server::builder()

@@ -1,8 +1,10 @@
 //! The replicated state machine: a revisioned key-value map on sled.
 //!
 //! Applying log entries evaluates each transaction's compares and writes all of their
-//! ops plus the new "last applied" marker in ONE sled batch, so a crash never leaves half
-//! a transaction. Every value carries the revision (log index) of its last write.
+//! ops plus the new "last applied" marker and revision in ONE sled batch, so a crash
+//! never leaves half a transaction. Every value carries the revision of its last write;
+//! the revision counts successful transactions (one log entry holds many, see
+//! [`super::types::Proposal`]), and it travels in snapshots with the data.
 //!
 //! Snapshots do not stop writes: building one records the pre-image of every key written
 //! meanwhile, and the scan of the live tree takes a key's pre-image when it has one, so
@@ -23,13 +25,16 @@ use openraft::{
 
 use super::codec;
 use super::snapshot::SnapshotFile;
-use super::types::{Event, EventKind, Expect, KeyValue, NodeId, Op, TxnResult, TypeConfig};
+use super::types::{Event, EventKind, Expect, KeyValue, NodeId, Op, Outcomes, TxnResult, TypeConfig};
 use super::watch::WatchHub;
 
 const DATA: &str = "k/";
 /// The last applied log id (absent before the first entry).
 const LAST_APPLIED: &[u8] = b"m/last_applied";
 const MEMBERSHIP: &[u8] = b"m/membership";
+/// The store revision: the number of successful transactions applied so far (8 bytes,
+/// big-endian). Also the first record of every snapshot.
+const REVISION: &[u8] = b"m/revision";
 
 fn sm_err(verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError<NodeId> {
     StorageIOError::new(ErrorSubject::StateMachine, verb, openraft::AnyError::new(&e)).into()
@@ -86,7 +91,7 @@ impl StateMachine {
         let tree = db.open_tree("state").map_err(|e| sm_err(ErrorVerb::Read, e))?;
         let snapshots = SnapshotFile::new(snapshot_dir).map_err(|e| sm_err(ErrorVerb::Read, e))?;
         let last: Option<LogId<NodeId>> = read_meta(&tree, LAST_APPLIED)?;
-        let rev = last.map(|l| l.index).unwrap_or(0);
+        let rev = read_revision(&tree)?;
         let sm = Self {
             inner: Arc::new(Inner {
                 db: db.clone(),
@@ -112,7 +117,7 @@ impl StateMachine {
         Ok(sm)
     }
 
-    /// The revision of the last applied entry.
+    /// The revision of the last applied transaction.
     pub fn revision(&self) -> u64 {
         self.inner.revision.load(Ordering::SeqCst)
     }
@@ -171,11 +176,12 @@ impl StateMachine {
         Ok((out, rev, false))
     }
 
-    /// Evaluates one transaction at `index` against the tree as changed by `pending` (the
-    /// writes of earlier entries in the same batch), adding its writes to both.
+    /// Evaluates one transaction against the tree as changed by `pending` (the writes of
+    /// earlier transactions in the same `apply`), adding its writes to both. `revision`
+    /// is the store's revision before it; a transaction that writes moves it on by one.
     fn apply_txn(
         &self,
-        index: u64,
+        revision: &mut u64,
         txn: &super::types::Txn,
         pending: &mut Pending,
     ) -> Result<(TxnResult, Vec<Event>), StorageError<NodeId>> {
@@ -190,13 +196,25 @@ impl StateMachine {
                 return Ok((
                     TxnResult {
                         succeeded: false,
-                        revision: index,
+                        revision: *revision,
                         failed: Some((cmp.clone(), actual)),
                     },
                     vec![],
                 ));
             }
         }
+        if txn.ops.is_empty() {
+            return Ok((
+                TxnResult {
+                    succeeded: true,
+                    revision: *revision,
+                    failed: None,
+                },
+                vec![],
+            ));
+        }
+        *revision += 1;
+        let index = *revision;
         let mut events = Vec::new();
         let mut appends = 0;
         for op in &txn.ops {
@@ -247,9 +265,7 @@ impl StateMachine {
     /// Starts recording the pre-image of every key written from now on, so a snapshot can
     /// be read from the live tree without stopping writes; returns the applied state the
     /// snapshot is taken at.
-    fn begin_capture(
-        &self,
-    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, BasicNode>), StorageError<NodeId>> {
+    fn begin_capture(&self) -> Result<Captured, StorageError<NodeId>> {
         let _guard = self
             .inner
             .apply_lock
@@ -259,12 +275,16 @@ impl StateMachine {
         let membership: StoredMembership<NodeId, BasicNode> =
             read_meta(&self.inner.tree, MEMBERSHIP)?.unwrap_or_default();
         *lock(&self.inner.capture)? = Some(HashMap::new());
-        Ok((last, membership))
+        Ok(Captured {
+            last,
+            membership,
+            revision: self.revision(),
+        })
     }
 
     /// The key-value data as of [`Self::begin_capture`], read while writes go on: a key
     /// written since then is taken from its recorded pre-image.
-    fn captured_data(&self) -> Result<Vec<u8>, StorageError<NodeId>> {
+    fn captured_data(&self, revision: u64) -> Result<Vec<u8>, StorageError<NodeId>> {
         let mut out = Vec::new();
         let mut from_capture = std::collections::HashSet::new();
         let emit = |out: &mut Vec<u8>, k: &[u8], v: &[u8]| {
@@ -274,6 +294,7 @@ impl StateMachine {
             out.extend_from_slice(&(v.len() as u32).to_be_bytes());
             out.extend_from_slice(v);
         };
+        emit(&mut out, REVISION, &revision.to_be_bytes());
         for item in self.inner.tree.scan_prefix(DATA.as_bytes()) {
             let (k, v) = item.map_err(|e| sm_err(ErrorVerb::Read, e))?;
             // Checked after reading: a pre-image is recorded before its key is overwritten.
@@ -315,9 +336,17 @@ impl StateMachine {
             let (k, _) = item.map_err(|e| sm_err(ErrorVerb::Read, e))?;
             batch.remove(k);
         }
+        let mut rev = 0;
         for (k, v) in pairs {
-            batch.insert(k, v);
+            if k == REVISION {
+                rev = decode_revision(&v)?;
+            } else if k.starts_with(DATA.as_bytes()) {
+                batch.insert(k, v);
+            } else {
+                return Err(corrupt("snapshot holds a key outside the data"));
+            }
         }
+        batch.insert(REVISION, &rev.to_be_bytes());
         match &meta.last_log_id {
             Some(last) => batch.insert(LAST_APPLIED, to_meta(last)?),
             None => batch.remove(LAST_APPLIED),
@@ -328,7 +357,6 @@ impl StateMachine {
             .apply_batch(batch)
             .map_err(|e| sm_err(ErrorVerb::Write, e))?;
         self.inner.db.flush().map_err(|e| sm_err(ErrorVerb::Write, e))?;
-        let rev = meta.last_log_id.map(|l| l.index).unwrap_or(0);
         self.inner.revision.store(rev, Ordering::SeqCst);
         self.inner.hub.reset(rev);
         Ok(())
@@ -381,6 +409,26 @@ impl Pending {
     }
 }
 
+/// The applied state a snapshot is taken at.
+struct Captured {
+    last: Option<LogId<NodeId>>,
+    membership: StoredMembership<NodeId, BasicNode>,
+    revision: u64,
+}
+
+fn decode_revision(raw: &[u8]) -> Result<u64, StorageError<NodeId>> {
+    raw.try_into()
+        .map(u64::from_be_bytes)
+        .map_err(|_| corrupt("malformed store revision"))
+}
+
+fn read_revision(tree: &sled::Tree) -> Result<u64, StorageError<NodeId>> {
+    match tree.get(REVISION).map_err(|e| sm_err(ErrorVerb::Read, e))? {
+        Some(raw) => decode_revision(&raw),
+        None => Ok(0),
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> Result<std::sync::MutexGuard<'_, T>, StorageError<NodeId>> {
     m.lock().map_err(|_| corrupt("state machine lock poisoned"))
 }
@@ -418,10 +466,14 @@ fn parse_snapshot(mut data: &[u8]) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
         let started = std::time::Instant::now();
-        let (last, membership) = self.begin_capture()?;
+        let Captured {
+            last,
+            membership,
+            revision,
+        } = self.begin_capture()?;
         // The scan runs off the async runtime: it reads the whole keyspace.
         let sm = self.clone();
-        let data = tokio::task::spawn_blocking(move || sm.captured_data())
+        let data = tokio::task::spawn_blocking(move || sm.captured_data(revision))
             .await
             .map_err(|e| sm_err(ErrorVerb::Read, std::io::Error::other(e.to_string())))??;
         let seq = self.inner.snapshot_seq.fetch_add(1, Ordering::SeqCst);
@@ -441,7 +493,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             .map_err(|e| sm_err(ErrorVerb::Write, std::io::Error::other(e.to_string())))?
             .map_err(|e| sm_err(ErrorVerb::Write, e))?;
         tracing::info!(
-            revision = meta.last_log_id.map(|l| l.index).unwrap_or(0),
+            revision,
+            index = meta.last_log_id.map(|l| l.index).unwrap_or(0),
             bytes = data.len(),
             ms = started.elapsed().as_millis() as u64,
             "store snapshot built"
@@ -464,7 +517,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok((last, membership))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<TxnResult>, StorageError<NodeId>>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Outcomes>, StorageError<NodeId>>
     where
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -485,38 +538,44 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 capturing: lock(&self.inner.capture)?.is_some(),
             };
             let mut last = None;
+            let mut revision = self.revision();
             for entry in entries {
-                let index = entry.log_id.index;
-                let done = TxnResult {
-                    succeeded: true,
-                    revision: index,
-                    failed: None,
-                };
-                let (result, events) = match &entry.payload {
-                    EntryPayload::Blank => (done, vec![]),
-                    EntryPayload::Normal(txn) => self.apply_txn(index, txn, &mut pending)?,
+                let outcomes = match &entry.payload {
+                    EntryPayload::Blank => Outcomes::default(),
+                    EntryPayload::Normal(proposal) => {
+                        let mut outcomes = Vec::with_capacity(proposal.txns.len());
+                        for txn in &proposal.txns {
+                            let before = revision;
+                            let (result, events) = self.apply_txn(&mut revision, txn, &mut pending)?;
+                            if revision != before {
+                                published.push((revision, events));
+                            }
+                            outcomes.push(result);
+                        }
+                        Outcomes(outcomes)
+                    }
                     EntryPayload::Membership(m) => {
                         pending.batch.insert(
                             MEMBERSHIP,
                             to_meta(&StoredMembership::new(Some(entry.log_id), m.clone()))?,
                         );
-                        (done, vec![])
+                        Outcomes::default()
                     }
                 };
                 last = Some(entry.log_id);
-                published.push((index, events));
-                results.push(result);
+                results.push(outcomes);
             }
             let Some(last) = last else { return Ok(results) };
             pending.batch.insert(LAST_APPLIED, to_meta(&last)?);
+            pending.batch.insert(REVISION, &revision.to_be_bytes());
             self.inner
                 .tree
                 .apply_batch(pending.batch)
                 .map_err(|e| sm_err(ErrorVerb::Write, e))?;
-            self.inner.revision.store(last.index, Ordering::SeqCst);
+            self.inner.revision.store(revision, Ordering::SeqCst);
         }
-        for (index, events) in published {
-            self.inner.hub.publish(index, events);
+        for (revision, events) in published {
+            self.inner.hub.publish(revision, events);
         }
         Ok(results)
     }
@@ -545,7 +604,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .map_err(|e| sm_err(ErrorVerb::Write, e))?;
         self.install_data(meta, &data)?;
         tracing::info!(
-            revision = meta.last_log_id.map(|l| l.index).unwrap_or(0),
+            revision = self.revision(),
+            index = meta.last_log_id.map(|l| l.index).unwrap_or(0),
             bytes = data.len(),
             "store snapshot installed"
         );

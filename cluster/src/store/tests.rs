@@ -43,7 +43,20 @@ async fn open(dir: &std::path::Path) -> Store {
         raft_addr: "127.0.0.1:0".parse().unwrap(),
         start: crate::store::Start::Single,
     };
-    Store::open(dir, config).await.expect("store opens")
+    // A store reopened in the same process: the one shut down may still be letting go of
+    // the database lock in its background tasks (Raft's state machine worker, the log
+    // flusher thread). A real restart is a new process, where the lock goes with it.
+    let mut tries = 0;
+    loop {
+        match Store::open(dir, config.clone()).await {
+            Ok(store) => return store,
+            Err(StoreError::Db(e)) if tries < 50 && e.to_string().contains("could not acquire lock") => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("store opens: {e}"),
+        }
+    }
 }
 
 #[tokio::test]
@@ -281,5 +294,92 @@ async fn the_etcd_protocol_puts_reads_and_watches_keys_apart_from_the_api() {
         .await
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unimplemented);
+    store.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_share_entries_but_each_gets_its_own_revision() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let start = store.revision();
+    let mut watch = store.watch("/c/", start).unwrap();
+
+    // 200 creates and 50 compare-and-swaps of one key, all at once: they are gathered
+    // into few Raft entries, yet every successful one has a revision of its own and
+    // exactly one swap from the same starting revision wins.
+    store
+        .txn(Txn {
+            compares: vec![],
+            ops: vec![put("/c/shared", "0")],
+        })
+        .await
+        .unwrap();
+    let base = store.get("/c/shared").await.unwrap().unwrap().mod_revision;
+    let mut writes = tokio::task::JoinSet::new();
+    for i in 0..200 {
+        let store = store.clone();
+        writes.spawn(async move {
+            let key = format!("/c/{i:03}");
+            let txn = Txn {
+                compares: vec![Compare {
+                    key: key.clone(),
+                    expect: Expect::Absent,
+                }],
+                ops: vec![put(&key, "v")],
+            };
+            store.txn(txn).await.unwrap()
+        });
+    }
+    for i in 0..50 {
+        let store = store.clone();
+        writes.spawn(async move {
+            let txn = Txn {
+                compares: vec![Compare {
+                    key: "/c/shared".into(),
+                    expect: Expect::ModRevision(base),
+                }],
+                ops: vec![put("/c/shared", &format!("swap {i}"))],
+            };
+            store.txn(txn).await.unwrap()
+        });
+    }
+    let results = writes.join_all().await;
+    let won: Vec<u64> = results.iter().filter(|r| r.succeeded).map(|r| r.revision).collect();
+    assert_eq!(won.len(), 201, "every create and exactly one swap succeed");
+    let mut sorted = won.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(sorted.len(), won.len(), "no two writes share a revision");
+    assert_eq!(
+        (sorted[0], sorted[sorted.len() - 1]),
+        (base + 1, base + 201),
+        "revisions count writes, with no gaps"
+    );
+    assert_eq!(store.revision(), base + 201);
+    let lost = results.iter().find(|r| !r.succeeded).unwrap();
+    let actual = lost.failed.as_ref().map(|(_, actual)| *actual);
+    assert!(
+        actual.is_some_and(|a| a > base),
+        "a lost swap names the winner's revision: {actual:?}"
+    );
+
+    // The watch sees every write once, in revision order.
+    let mut seen = Vec::new();
+    while seen.len() < 202 {
+        let w = tokio::time::timeout(Duration::from_secs(5), watch.next_events())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        seen.extend(w.events.iter().map(|e| e.kv.mod_revision));
+    }
+    assert!(seen.windows(2).all(|w| w[0] < w[1]), "watch order: {seen:?}");
+    assert_eq!(seen[0], base);
+    store.shutdown().await.unwrap();
+    drop(store);
+
+    // The revision survives a restart.
+    let store = open(dir.path()).await;
+    assert_eq!(store.revision(), base + 201);
     store.shutdown().await.unwrap();
 }

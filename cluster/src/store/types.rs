@@ -1,8 +1,13 @@
 //! The store's data model: what a Raft log entry carries and what applying it returns.
 //!
 //! Every write is a [`Txn`]: compares on keys' revisions, then a list of puts and deletes.
-//! One entry in the Raft log is one transaction, so a batch of objects lands at once or
-//! not at all, and its revision (the entry's log index) is shared by all of them.
+//! A transaction lands at once or not at all, and every key it writes gets one revision.
+//!
+//! One entry in the Raft log is a [`Proposal`]: the transactions the leader gathered while
+//! earlier entries were in flight. Raft's cost is per entry (the leader's core handles
+//! each one in turn), so packing concurrent writes into one entry is what lets writes
+//! rise with clients. Each transaction in it still gets its own revision: the revision
+//! counts successful transactions, like etcd's, and is not the log index.
 
 use std::io::Cursor;
 
@@ -11,8 +16,8 @@ use serde::{Deserialize, Serialize};
 openraft::declare_raft_types!(
     /// Raft type configuration of the Kairn store.
     pub TypeConfig:
-        D = Txn,
-        R = TxnResult,
+        D = Proposal,
+        R = Outcomes,
         NodeId = u64,
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,
@@ -94,18 +99,47 @@ pub struct Txn {
     pub ops: Vec<Op>,
 }
 
+impl Txn {
+    /// Roughly how many bytes the transaction takes in a log entry (keys and values).
+    pub fn size(&self) -> usize {
+        let ops: usize = self
+            .ops
+            .iter()
+            .map(|op| match op {
+                Op::Put { key, value } => key.len() + value.len(),
+                Op::Delete { key } => key.len(),
+                Op::Append { prefix, value } => prefix.len() + value.len(),
+            })
+            .sum();
+        ops + self.compares.iter().map(|c| c.key.len() + 9).sum::<usize>()
+    }
+}
+
 impl std::fmt::Display for Txn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "txn({} compares, {} ops)", self.compares.len(), self.ops.len())
     }
 }
 
+/// The transactions of one Raft log entry, applied in order.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    /// The transactions; each is evaluated against the state the ones before left.
+    pub txns: Vec<Txn>,
+}
+
+/// What applying one log entry returned: one result per transaction of its [`Proposal`]
+/// (none for Raft's own entries).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outcomes(pub Vec<TxnResult>);
+
 /// The outcome of applying a [`Txn`].
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TxnResult {
     /// False when a compare failed; nothing was written then.
     pub succeeded: bool,
-    /// The store revision after this entry (its log index).
+    /// The revision this transaction wrote at; for a failed compare, the store's revision
+    /// it was evaluated at.
     pub revision: u64,
     /// The first compare that failed, with the key's actual revision (0 = absent).
     pub failed: Option<(Compare, u64)>,

@@ -1,10 +1,9 @@
 //! Watch fan-out: a bounded in-memory history of recent entries plus a broadcast channel.
 //!
-//! Every applied log entry is published once, with the events it caused (possibly none:
-//! a failed compare, a membership change). A watcher of a key prefix sees each entry's
-//! revision and the events under its prefix, so it always knows how far the store has
-//! got even when nothing it watches changed (the API server's watch cache relies on
-//! that to serve consistent reads).
+//! Every transaction that moves the revision on is published once, with the events it
+//! caused. A watcher of a key prefix sees each revision and the events under its prefix,
+//! so it always knows how far the store has got even when nothing it watches changed
+//! (the API server's watch cache relies on that to serve consistent reads).
 //!
 //! A watcher asks for every entry after revision R. If R is older than what the history
 //! still holds (or older than this process's start), the watch is refused as expired and
@@ -23,10 +22,10 @@ const HISTORY: usize = 10_000;
 /// How many entries a watcher may fall behind before it is told to relist.
 const CHANNEL: usize = 16_384;
 
-/// One applied log entry and the events it caused.
+/// One applied transaction and the events it caused.
 #[derive(Debug)]
 pub struct Applied {
-    /// The entry's revision (its log index).
+    /// The transaction's revision.
     pub revision: u64,
     /// The changes, in order.
     pub events: Vec<Arc<Event>>,
@@ -127,9 +126,9 @@ impl WatchHub {
 /// watched prefix (often none).
 #[derive(Debug, Clone)]
 pub struct Watched {
-    /// The entry's revision: the store has applied everything up to here.
+    /// The transaction's revision: the store has applied everything up to here.
     pub revision: u64,
-    /// The entry's events under the watched prefix.
+    /// The transaction's events under the watched prefix.
     pub events: Vec<Arc<Event>>,
 }
 

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod linearizability;
 pub mod proxy;
 
 use std::path::{Path, PathBuf};

@@ -1,6 +1,6 @@
 //! A highly available control plane under faults, with real `kairn server` processes on
 //! loopback: the leader killed during a stream of writes, every member stopped and
-//! started again, a damaged snapshot and a torn database tail.
+//! started again, a damaged snapshot and a torn write at the end of the Raft log.
 
 mod common;
 
@@ -189,13 +189,20 @@ async fn a_damaged_member_refuses_to_start_and_a_torn_tail_recovers() {
     }
 
     // A torn tail: member 2 is killed mid-write, as it were: half a record (garbage) at
-    // the end of its database file, past everything it acknowledged. It comes back (sled
-    // drops the torn record) and serves everything. (Cutting off acknowledged bytes
-    // instead is not a torn write but lost durable data, which Raft cannot survive on a
-    // member: openraft's leader panics on a follower whose log went backwards.)
+    // the end of its Raft log, past everything it acknowledged. It comes back (the torn
+    // record is cut off) and serves everything. (Cutting off acknowledged bytes instead
+    // is not a torn write but lost durable data, which Raft cannot survive on a member:
+    // openraft's leader panics on a follower whose log went backwards.)
     members.kill(2);
-    let db = members.node(2).dir.join("store/db");
-    let mut file = std::fs::OpenOptions::new().append(true).open(&db).unwrap();
+    let log_dir = members.node(2).dir.join("store/raft-log");
+    let mut segments: Vec<_> = std::fs::read_dir(&log_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    segments.sort();
+    let last = segments.last().expect("member 2 has a Raft log segment");
+    let mut file = std::fs::OpenOptions::new().append(true).open(last).unwrap();
     std::io::Write::write_all(&mut file, &[0xA5; 100]).unwrap();
     drop(file);
     members.start(2);
@@ -209,6 +216,12 @@ async fn a_damaged_member_refuses_to_start_and_a_torn_tail_recovers() {
         }
     })
     .await;
+
+    let log = members.node(2).log();
+    assert!(
+        log.contains("torn write"),
+        "member 2 says it cut off the torn record: {log}"
+    );
 
     // A damaged snapshot: member 3 refuses to start, saying which file and why.
     members.stop(3);

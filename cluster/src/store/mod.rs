@@ -203,8 +203,8 @@ impl Store {
             .map_err(StoreError::Listen)?;
         let raft_addr = listener.local_addr().map_err(StoreError::Listen)?;
         let db = sled::Config::new().path(dir).cache_capacity(SLED_CACHE_BYTES).open()?;
-        let log = LogStore::open(&db)?;
         let sm = StateMachine::open(&db, &dir.join("raft-snapshot"))?;
+        let log = LogStore::open(&db, &dir.join("raft-log"), sm.last_applied()?)?;
         let raft_config = Config {
             cluster_name: "kairn".into(),
             heartbeat_interval: 100,

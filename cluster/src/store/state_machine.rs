@@ -117,6 +117,11 @@ impl StateMachine {
         Ok(sm)
     }
 
+    /// The last log entry applied (durably, as far as this state machine's tree is).
+    pub fn last_applied(&self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
+        read_meta(&self.inner.tree, LAST_APPLIED)
+    }
+
     /// The revision of the last applied transaction.
     pub fn revision(&self) -> u64 {
         self.inner.revision.load(Ordering::SeqCst)

@@ -18,9 +18,9 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Sle
             .path(dir.path())
             .open()
             .map_err(|e| StorageError::from(openraft::StorageIOError::write(openraft::AnyError::new(&e))))?;
-        let log = LogStore::open(&db)
-            .map_err(|e| StorageError::from(openraft::StorageIOError::write(openraft::AnyError::new(&e))))?;
         let sm = StateMachine::open(&db, &dir.path().join("raft-snapshot"))?;
+        let log = LogStore::open(&db, &dir.path().join("raft-log"), None)
+            .map_err(|e| StorageError::from(openraft::StorageIOError::write(openraft::AnyError::new(&e))))?;
         Ok((dir, log, sm))
     }
 }

@@ -121,7 +121,7 @@ pub async fn share(store: &Store, files: &Files) -> Result<bool, CredentialsErro
                     key: KEY.into(),
                     expect,
                 }],
-                ops: vec![Op::Put { key: KEY.into(), value }],
+                ops: vec![Op::put(KEY, value)],
             };
             // Another member changed them meanwhile: start over from theirs.
             if !store.txn(txn).await?.succeeded {

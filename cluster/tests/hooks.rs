@@ -26,6 +26,7 @@ async fn start(secret: Option<&str>) -> Hooked {
     let dir = tempfile::tempdir().unwrap();
     let config = ApiConfig {
         webhook_secret: secret.map(String::from),
+        ..Default::default()
     };
     let member = Member::start_local_with(&dir.path().join("store"), &[], config)
         .await

@@ -27,10 +27,7 @@ async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
 fn put(key: &str, value: &str) -> Txn {
     Txn {
         compares: vec![],
-        ops: vec![Op::Put {
-            key: key.into(),
-            value: value.as_bytes().to_vec(),
-        }],
+        ops: vec![Op::put(key, value.as_bytes())],
     }
 }
 

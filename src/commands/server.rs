@@ -52,6 +52,10 @@ pub struct ControlPlaneArgs {
     /// Gitea) or carry (GitLab); without it, any push notification is accepted.
     #[arg(long)]
     pub webhook_secret_file: Option<PathBuf>,
+    /// How long Events are kept after their last write, as kube-apiserver's `--event-ttl`
+    /// (0 keeps them for good).
+    #[arg(long, default_value = "1h", value_parser = components::parse_duration)]
+    pub event_ttl: std::time::Duration,
     /// The components this member runs beside its API server (`api` is always on); the
     /// others may run as `kairn scheduler`, `kairn controller-manager`, `kairn reconciler`.
     #[arg(long, value_delimiter = ',', value_enum, default_values_t = components::ALL.to_vec())]
@@ -190,7 +194,17 @@ pub async fn start(
     }
     let authenticator = auth::Authenticator::from_file(&token_file)?;
     let certs = tls::load_or_create(&pki, &names)?;
-    let member = Member::serve(store, listener, authenticator, certs, ApiConfig { webhook_secret }).await?;
+    let member = Member::serve(
+        store,
+        listener,
+        authenticator,
+        certs,
+        ApiConfig {
+            webhook_secret,
+            event_ttl: Some(args.event_ttl).filter(|ttl| !ttl.is_zero()),
+        },
+    )
+    .await?;
     let api_url = member.api_url();
     std::fs::write(data_dir.join("api-addr"), member.api_addr().to_string()).context("writing api-addr")?;
     let kubeconfig = data_dir.join("kubeconfig");

@@ -12,6 +12,7 @@ mod batch;
 pub mod cache;
 mod discovery;
 mod error;
+pub mod event_ttl;
 pub mod history;
 pub mod hooks;
 mod logs;
@@ -57,10 +58,24 @@ pub const MAX_OBJECT_BODY: usize = 3 * 1024 * 1024;
 pub const MAX_BATCH_BODY: usize = 512 * 1024 * 1024;
 
 /// Settings of the API server beyond its store and users.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ApiConfig {
     /// The secret `POST /hooks/git` deliveries must be signed with; `None` accepts any.
     pub webhook_secret: Option<String>,
+    /// How long Events are kept (kube-apiserver's `--event-ttl`); `None` keeps them.
+    pub event_ttl: Option<std::time::Duration>,
+}
+
+/// kube-apiserver's default `--event-ttl`.
+pub const DEFAULT_EVENT_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            webhook_secret: None,
+            event_ttl: Some(DEFAULT_EVENT_TTL),
+        }
+    }
 }
 
 /// Shared state of the API server's handlers.
@@ -71,6 +86,8 @@ pub struct AppState {
     /// Flips to true when the server shuts down, ending open watches.
     shutdown: tokio::sync::watch::Receiver<bool>,
     config: Arc<ApiConfig>,
+    /// The lease Events are attached to, when they expire.
+    event_leases: Option<Arc<event_ttl::EventLeases>>,
 }
 
 impl AppState {
@@ -84,11 +101,13 @@ impl AppState {
             caches,
             shutdown,
             config: Arc::default(),
+            event_leases: Some(Arc::new(event_ttl::EventLeases::new(DEFAULT_EVENT_TTL))),
         }
     }
 
     /// The same state with `config`.
     pub fn with_config(mut self, config: ApiConfig) -> Self {
+        self.event_leases = config.event_ttl.map(|ttl| Arc::new(event_ttl::EventLeases::new(ttl)));
         self.config = Arc::new(config);
         self
     }

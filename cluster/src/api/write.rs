@@ -50,6 +50,9 @@ pub struct WriteSet {
     verb: String,
     /// The Application and commit, when the writes come from Git.
     provenance: Option<Provenance>,
+    /// The puts (by position in the transaction) of objects that expire with the Event
+    /// TTL: they get the current Event lease at commit.
+    expiring: Vec<usize>,
 }
 
 /// What happened to an object in a write set.
@@ -99,6 +102,7 @@ impl WriteSet {
             user: user.clone(),
             verb: verb.to_string(),
             provenance: None,
+            expiring: Vec::new(),
         }
     }
 
@@ -155,10 +159,7 @@ impl WriteSet {
                 name: name.clone(),
             };
             self.guard(a.key(), Expect::Absent, guard);
-            self.txn.ops.push(Op::Put {
-                key: a.key(),
-                value: owner_key.as_bytes().to_vec(),
-            });
+            self.txn.ops.push(Op::put(a.key(), owner_key.as_bytes()));
         }
     }
 
@@ -178,9 +179,11 @@ impl WriteSet {
             let held = service::allocate(obj, random_below);
             self.hold(res, obj, held, &chosen, &key);
         }
+        self.leased(res);
         self.txn.ops.push(Op::Put {
             key,
             value: encode(obj)?,
+            lease: None,
         });
         self.audit(None, Some(obj));
         Ok(())
@@ -214,9 +217,11 @@ impl WriteSet {
             self.hold(res, new, added, &chosen, &key);
             self.release(gone);
         }
+        self.leased(res);
         self.txn.ops.push(Op::Put {
             key,
             value: encode(new)?,
+            lease: None,
         });
         self.audit(Some((old, rev)), Some(new));
         Ok(Outcome::Stored)
@@ -232,11 +237,43 @@ impl WriteSet {
         self.audit(Some((old, rev)), None);
     }
 
+    /// Marks the put about to be added as one that expires, if `res` is Events.
+    fn leased(&mut self, res: &ResourceInfo) {
+        if super::event_ttl::expires(res.plural) {
+            self.expiring.push(self.txn.ops.len());
+        }
+    }
+
     /// Commits the set as one transaction; a failed compare becomes the API error it
     /// means (already exists, not found, modified, value already allocated).
-    pub async fn commit(self, state: &AppState) -> Result<u64, ApiError> {
+    pub async fn commit(mut self, state: &AppState) -> Result<u64, ApiError> {
         let ops = self.txn.ops.len();
-        let result = state.store.txn(self.txn).await?;
+        let result = match (&state.event_leases, self.expiring.is_empty()) {
+            (Some(leases), false) => {
+                // A lease that just ended cannot take new Events: take a fresh one, once.
+                let mut attempt = 0;
+                loop {
+                    attempt += 1;
+                    let id = leases.lease(&state.store).await?;
+                    for i in &self.expiring {
+                        if let Some(Op::Put { lease, .. }) = self.txn.ops.get_mut(*i) {
+                            *lease = Some(id);
+                        }
+                    }
+                    let result = state.store.txn(self.txn.clone()).await?;
+                    if result.missing_lease.is_none() || attempt == 2 {
+                        break result;
+                    }
+                    leases.forget(id).await;
+                }
+            }
+            _ => state.store.txn(std::mem::take(&mut self.txn)).await?,
+        };
+        if let Some(id) = result.missing_lease {
+            return Err(ApiError::Store(crate::store::StoreError::Raft(format!(
+                "the lease {id} the Event was to expire with no longer exists; retry"
+            ))));
+        }
         let Some((cmp, actual)) = result.failed else {
             tracing::debug!(user = %self.user.name, verb = %self.verb, revision = result.revision, ops, "write committed");
             return Ok(result.revision);

@@ -69,6 +69,7 @@ mod tests {
             ops: vec![Op::Put {
                 key: "/registry/configmaps/default/a".into(),
                 value: vec![7; 300],
+                lease: None,
             }],
         };
         let bytes = encode_framed(&txn).unwrap();

@@ -118,7 +118,7 @@ fn to_kv(kv: &super::KeyValue) -> KeyValue {
         mod_revision: i64::try_from(kv.mod_revision).unwrap_or(i64::MAX),
         version: 0,
         value: kv.value.clone(),
-        lease: 0,
+        lease: i64::try_from(kv.lease).unwrap_or(0),
     }
 }
 
@@ -158,17 +158,22 @@ impl proto::kv_server::Kv for EtcdKv {
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         let r = request.into_inner();
-        if r.lease != 0 || r.prev_kv || r.ignore_value || r.ignore_lease {
-            return Err(Status::unimplemented("leases, prev_kv and ignore_* are not served"));
+        if r.prev_kv || r.ignore_value || r.ignore_lease {
+            return Err(Status::unimplemented("prev_kv and ignore_* are not served"));
         }
         let txn = Txn {
             compares: Vec::new(),
             ops: vec![Op::Put {
                 key: store_key(&r.key)?,
                 value: r.value,
+                lease: (r.lease != 0).then_some(r.lease as u64),
             }],
         };
         let result = self.store.txn(txn).await.map_err(status)?;
+        if result.missing_lease.is_some() {
+            // etcd's own words, which its clients match on.
+            return Err(Status::not_found("etcdserver: requested lease not found"));
+        }
         Ok(Response::new(PutResponse {
             header: self.header(result.revision),
             prev_kv: None,

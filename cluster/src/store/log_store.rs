@@ -566,6 +566,7 @@ mod tests {
             ops: vec![Op::Put {
                 key: format!("/k/{index}"),
                 value: vec![7; 100],
+                lease: None,
             }],
         };
         Entry {

@@ -9,6 +9,7 @@ mod batch;
 mod codec;
 pub mod etcd_kv;
 mod leader;
+mod lease;
 mod log_store;
 mod network;
 mod snapshot;
@@ -29,7 +30,9 @@ pub use etcd_kv::EtcdKv;
 pub use leader::{MemberChange, PeerError};
 pub use log_store::LogStore;
 pub use state_machine::StateMachine;
-pub use types::{append_key, append_revision, Compare, Event, EventKind, Expect, KeyValue, NodeId, Op, Txn, TxnResult};
+pub use types::{
+    append_key, append_revision, Compare, Event, EventKind, Expect, KeyValue, LeaseId, NodeId, Op, Txn, TxnResult,
+};
 pub use watch::{Applied, WatchStream, Watched};
 
 /// What can go wrong with the store.
@@ -160,6 +163,7 @@ struct MemberRecord {
 pub struct Store {
     raft: Raft<TypeConfig>,
     batcher: batch::Batcher,
+    lessor: lease::Lessor,
     sm: StateMachine,
     db: sled::Db,
     node_id: NodeId,
@@ -183,6 +187,7 @@ enum Route {
 enum Call<'a> {
     Write(&'a Txn),
     ReadIndex,
+    KeepAlive(LeaseId),
     Change(&'a MemberChange),
 }
 
@@ -190,6 +195,7 @@ enum Call<'a> {
 enum Reply {
     Written(TxnResult),
     Index(u64),
+    Renewed(Option<i64>),
     Changed,
 }
 
@@ -231,8 +237,10 @@ impl Store {
         .await
         .map_err(|e| StoreError::Raft(e.to_string()))?;
         let (stop_rpc, mut rpc_stopped) = tokio::sync::watch::channel(false);
+        let batcher = batch::Batcher::new(raft.clone(), peers.clone());
         let store = Store {
-            batcher: batch::Batcher::new(raft.clone(), peers.clone()),
+            lessor: lease::Lessor::start(config.node_id, raft.clone(), sm.clone(), batcher.clone()),
+            batcher,
             raft,
             sm,
             db,
@@ -245,6 +253,7 @@ impl Store {
         let rpc = network::serve(
             store.raft.clone(),
             store.batcher.clone(),
+            store.lessor.clone(),
             EtcdKv::new(store.clone()),
             listener,
             async move {
@@ -401,6 +410,10 @@ impl Store {
                     .await
                     .map(Reply::Written),
                 (Route::Local, Call::ReadIndex) => leader::read_index(&self.raft).await.map(Reply::Index),
+                (Route::Local, Call::KeepAlive(id)) => self.lessor.keep_alive(*id).map(Reply::Renewed),
+                (Route::Remote(addr), Call::KeepAlive(id)) => {
+                    self.peers.lease_keep_alive(&addr, *id).await.map(Reply::Renewed)
+                }
                 (Route::Local, Call::Change(change)) => leader::change_members(&self.raft, (*change).clone())
                     .await
                     .map(|()| Reply::Changed),
@@ -454,7 +467,7 @@ impl Store {
         }
         self.txn(Txn {
             compares: vec![],
-            ops: vec![Op::Put { key, value }],
+            ops: vec![Op::put(key, value)],
         })
         .await?;
         Ok(())
@@ -578,6 +591,43 @@ impl Store {
             Reply::Written(result) => Ok(result),
             _ => Err(StoreError::Raft("unexpected reply to a write".into())),
         }
+    }
+
+    /// Grants a lease of `ttl_seconds`; keys put with it go when it expires (unless kept
+    /// alive) or is revoked.
+    pub async fn lease_grant(&self, ttl_seconds: i64) -> Result<LeaseId, StoreError> {
+        // Positive as an int64, as etcd's lease ids are; zero means "no lease".
+        let id = (uuid::Uuid::new_v4().as_u64_pair().0 & i64::MAX as u64).max(1);
+        self.txn(Txn {
+            compares: vec![],
+            ops: vec![Op::LeaseGrant { id, ttl_seconds }],
+        })
+        .await?;
+        Ok(id)
+    }
+
+    /// Ends a lease now, deleting its keys.
+    pub async fn lease_revoke(&self, id: LeaseId) -> Result<(), StoreError> {
+        self.txn(Txn {
+            compares: vec![],
+            ops: vec![Op::LeaseRevoke { id }],
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Renews a lease for its whole TTL (at the leader); returns the TTL, or `None` if
+    /// the lease does not exist (expired or revoked).
+    pub async fn lease_keep_alive(&self, id: LeaseId) -> Result<Option<i64>, StoreError> {
+        match self.on_leader(Call::KeepAlive(id)).await? {
+            Reply::Renewed(ttl) => Ok(ttl),
+            _ => Err(StoreError::Raft("unexpected reply to a lease keep-alive".into())),
+        }
+    }
+
+    /// Every lease and its TTL in seconds, as this member has applied them.
+    pub fn leases(&self) -> Result<BTreeMap<LeaseId, i64>, StoreError> {
+        Ok(self.sm.leases()?)
     }
 
     /// Whether this is a cluster of one member.

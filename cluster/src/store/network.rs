@@ -27,7 +27,8 @@ use tonic::transport::{Channel, Endpoint};
 use super::batch::{Batcher, Target};
 use super::codec;
 use super::leader::{self, MemberChange, PeerError};
-use super::types::{NodeId, Txn, TxnResult, TypeConfig};
+use super::lease::Lessor;
+use super::types::{LeaseId, NodeId, Txn, TxnResult, TypeConfig};
 
 /// Generated gRPC code.
 pub mod pb {
@@ -228,6 +229,7 @@ impl Peers {
             match method {
                 "write" => client.write(request).await,
                 "read_index" => client.read_index(request).await,
+                "lease_keep_alive" => client.lease_keep_alive(request).await,
                 _ => client.change_members(request).await,
             }
         };
@@ -258,6 +260,12 @@ impl Peers {
         .await
     }
 
+    /// Renews a lease at the leader at `addr`; `None` if it does not exist.
+    pub async fn lease_keep_alive(&self, addr: &str, id: LeaseId) -> Result<Option<i64>, PeerError> {
+        self.call(addr, "lease_keep_alive", &id, leader::READ_INDEX_TIMEOUT)
+            .await
+    }
+
     /// Asks the leader at `addr` to change the membership.
     pub async fn change_members(&self, addr: &str, change: &MemberChange) -> Result<(), PeerError> {
         self.call(
@@ -274,6 +282,7 @@ impl Peers {
 struct Service {
     raft: Raft<TypeConfig>,
     batcher: Batcher,
+    lessor: Lessor,
 }
 
 fn bad_request(e: codec::CodecError) -> tonic::Status {
@@ -312,6 +321,11 @@ impl RaftService for Service {
         reply(&leader::read_index(&self.raft).await)
     }
 
+    async fn lease_keep_alive(&self, req: tonic::Request<Payload>) -> Result<tonic::Response<Payload>, tonic::Status> {
+        let id: LeaseId = from_payload(req.get_ref()).map_err(bad_request)?;
+        reply(&self.lessor.keep_alive(id))
+    }
+
     async fn change_members(&self, req: tonic::Request<Payload>) -> Result<tonic::Response<Payload>, tonic::Status> {
         let change: MemberChange = from_payload(req.get_ref()).map_err(bad_request)?;
         reply(&leader::change_members(&self.raft, change).await)
@@ -323,6 +337,7 @@ impl RaftService for Service {
 pub async fn serve(
     raft: Raft<TypeConfig>,
     batcher: Batcher,
+    lessor: Lessor,
     kv: super::etcd_kv::EtcdKv,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -330,7 +345,7 @@ pub async fn serve(
     // `Server::tcp_nodelay` applies only to sockets tonic accepts itself: set here, or
     // every small reply may wait for the peer's delayed ACK (40 ms).
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    let service = RaftServiceServer::new(Service { raft, batcher })
+    let service = RaftServiceServer::new(Service { raft, batcher, lessor })
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     tonic::transport::Server::builder()

@@ -11,7 +11,7 @@
 //! the result is the state at one revision while writes go on. Snapshots are kept in a
 //! file ([`super::snapshot`]), not in the tree.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Cursor;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,7 +25,7 @@ use openraft::{
 
 use super::codec;
 use super::snapshot::SnapshotFile;
-use super::types::{Event, EventKind, Expect, KeyValue, NodeId, Op, Outcomes, TxnResult, TypeConfig};
+use super::types::{Event, EventKind, Expect, KeyValue, LeaseId, NodeId, Op, Outcomes, TxnResult, TypeConfig};
 use super::watch::WatchHub;
 
 const DATA: &str = "k/";
@@ -35,6 +35,30 @@ const MEMBERSHIP: &[u8] = b"m/membership";
 /// The store revision: the number of successful transactions applied so far (8 bytes,
 /// big-endian). Also the first record of every snapshot.
 const REVISION: &[u8] = b"m/revision";
+/// Leases: `l/<id, 8 bytes BE>` -> TTL in seconds (i64 BE).
+const LEASES: &str = "l/";
+/// Keys attached to a lease: `a/<id, 8 bytes BE><key>` -> nothing.
+const ATTACHED: &str = "a/";
+/// Every prefix whose keys a snapshot carries.
+const SNAPSHOT_PREFIXES: [&str; 3] = [DATA, LEASES, ATTACHED];
+
+fn lease_key(id: LeaseId) -> Vec<u8> {
+    let mut k = LEASES.as_bytes().to_vec();
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+fn attached_prefix(id: LeaseId) -> Vec<u8> {
+    let mut k = ATTACHED.as_bytes().to_vec();
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+fn attached_key(id: LeaseId, key: &str) -> Vec<u8> {
+    let mut k = attached_prefix(id);
+    k.extend_from_slice(key.as_bytes());
+    k
+}
 
 fn sm_err(verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError<NodeId> {
     StorageIOError::new(ErrorSubject::StateMachine, verb, openraft::AnyError::new(&e)).into()
@@ -47,21 +71,39 @@ fn corrupt(what: &str) -> StorageError<NodeId> {
     )
 }
 
-/// Encodes a stored value: 8 bytes of big-endian revision, then the value.
-fn encode(rev: u64, value: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(8 + value.len());
-    out.extend_from_slice(&rev.to_be_bytes());
-    out.extend_from_slice(value);
+/// A key's stored state: the revision of its last write, its lease (0: none), its value.
+#[derive(Debug, Clone)]
+struct Stored {
+    rev: u64,
+    lease: LeaseId,
+    value: Vec<u8>,
+}
+
+/// Encodes a stored value: revision and lease (8 bytes BE each), then the value.
+fn encode(stored: &Stored) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + stored.value.len());
+    out.extend_from_slice(&stored.rev.to_be_bytes());
+    out.extend_from_slice(&stored.lease.to_be_bytes());
+    out.extend_from_slice(&stored.value);
     out
 }
 
+fn decode_stored(raw: &[u8]) -> Option<Stored> {
+    Some(Stored {
+        rev: u64::from_be_bytes(raw.get(..8)?.try_into().ok()?),
+        lease: u64::from_be_bytes(raw.get(8..16)?.try_into().ok()?),
+        value: raw.get(16..)?.to_vec(),
+    })
+}
+
 fn decode(key: &[u8], raw: &[u8]) -> Option<KeyValue> {
-    let rev = u64::from_be_bytes(raw.get(..8)?.try_into().ok()?);
+    let stored = decode_stored(raw)?;
     let key = std::str::from_utf8(key.strip_prefix(DATA.as_bytes())?).ok()?;
     Some(KeyValue {
         key: key.to_string(),
-        mod_revision: rev,
-        value: raw[8..].to_vec(),
+        mod_revision: stored.rev,
+        lease: stored.lease,
+        value: stored.value,
     })
 }
 
@@ -82,6 +124,11 @@ struct Inner {
     /// While a snapshot is built: full key -> its stored value when the build began.
     capture: Mutex<Option<HashMap<Vec<u8>, Option<Vec<u8>>>>>,
     snapshots: SnapshotFile,
+    /// Every lease and its TTL, mirrored from the tree for the lessor (which must not
+    /// scan the tree to learn of new leases).
+    leases: Mutex<BTreeMap<LeaseId, i64>>,
+    /// Moves on whenever the lease mirror changes, so the lessor re-reads it only then.
+    lease_generation: AtomicU64,
 }
 
 impl StateMachine {
@@ -102,6 +149,8 @@ impl StateMachine {
                 snapshot_seq: AtomicU64::new(0),
                 capture: Mutex::new(None),
                 snapshots,
+                leases: Mutex::new(BTreeMap::new()),
+                lease_generation: AtomicU64::new(0),
             }),
         };
         if let Some((meta, data)) = sm.inner.snapshots.read().map_err(|e| sm_err(ErrorVerb::Read, e))? {
@@ -114,7 +163,35 @@ impl StateMachine {
                 sm.install_data(&meta, &data)?;
             }
         }
+        sm.load_leases()?;
         Ok(sm)
+    }
+
+    /// Every lease and its TTL in seconds.
+    pub fn leases(&self) -> Result<BTreeMap<LeaseId, i64>, StorageError<NodeId>> {
+        Ok(lock(&self.inner.leases)?.clone())
+    }
+
+    /// A number that moves on whenever a lease is granted or revoked.
+    pub fn lease_generation(&self) -> u64 {
+        self.inner.lease_generation.load(Ordering::SeqCst)
+    }
+
+    /// Reloads the lease mirror from the tree (after opening or installing a snapshot).
+    fn load_leases(&self) -> Result<(), StorageError<NodeId>> {
+        let mut leases = BTreeMap::new();
+        for item in self.inner.tree.scan_prefix(LEASES.as_bytes()) {
+            let (k, v) = item.map_err(|e| sm_err(ErrorVerb::Read, e))?;
+            let id = k[LEASES.len()..].try_into().map(u64::from_be_bytes);
+            let ttl = v.as_ref().try_into().map(i64::from_be_bytes);
+            match (id, ttl) {
+                (Ok(id), Ok(ttl)) => leases.insert(id, ttl),
+                _ => return Err(corrupt("malformed lease record")),
+            };
+        }
+        *lock(&self.inner.leases)? = leases;
+        self.inner.lease_generation.fetch_add(1, Ordering::SeqCst);
+        Ok(())
     }
 
     /// The last log entry applied (durably, as far as this state machine's tree is).
@@ -190,22 +267,36 @@ impl StateMachine {
         txn: &super::types::Txn,
         pending: &mut Pending,
     ) -> Result<(TxnResult, Vec<Event>), StorageError<NodeId>> {
+        let refused = |failed, missing_lease| TxnResult {
+            succeeded: false,
+            revision: *revision,
+            failed,
+            missing_lease,
+        };
         for cmp in &txn.compares {
-            let actual = pending.get(self, &cmp.key)?.map(|(rev, _)| rev).unwrap_or(0);
+            let actual = pending.get(self, &cmp.key)?.map(|s| s.rev).unwrap_or(0);
             let ok = match cmp.expect {
                 Expect::Absent => actual == 0,
                 Expect::Present => actual != 0,
                 Expect::ModRevision(r) => actual == r,
             };
             if !ok {
-                return Ok((
-                    TxnResult {
-                        succeeded: false,
-                        revision: *revision,
-                        failed: Some((cmp.clone(), actual)),
-                    },
-                    vec![],
-                ));
+                return Ok((refused(Some((cmp.clone(), actual)), None), vec![]));
+            }
+        }
+        // Every lease a put names must exist (or be granted earlier in the transaction).
+        let mut granted = BTreeSet::new();
+        for op in &txn.ops {
+            match op {
+                Op::LeaseGrant { id, .. } => {
+                    granted.insert(*id);
+                }
+                Op::Put { lease: Some(id), .. } if *id != 0 && !granted.contains(id) => {
+                    if pending.get_raw(self, &lease_key(*id))?.is_none() {
+                        return Ok((refused(None, Some(*id)), vec![]));
+                    }
+                }
+                _ => {}
             }
         }
         if txn.ops.is_empty() {
@@ -213,7 +304,7 @@ impl StateMachine {
                 TxnResult {
                     succeeded: true,
                     revision: *revision,
-                    failed: None,
+                    ..Default::default()
                 },
                 vec![],
             ));
@@ -223,37 +314,30 @@ impl StateMachine {
         let mut events = Vec::new();
         let mut appends = 0;
         for op in &txn.ops {
-            let key = op.key_at(index, appends).into_owned();
-            let before = pending.get(self, &key)?.map(|(_, value)| value);
             match op {
-                Op::Put { value, .. } | Op::Append { value, .. } => {
-                    if matches!(op, Op::Append { .. }) {
-                        appends += 1;
-                    }
-                    events.push(Event {
-                        kind: EventKind::Put,
-                        kv: KeyValue {
-                            key: key.clone(),
-                            mod_revision: index,
-                            value: value.clone(),
-                        },
-                        prev: before,
-                    });
-                    pending.set(self, key, Some((index, value.clone())))?;
+                Op::Put { key, value, lease } => {
+                    let lease = lease.unwrap_or(0);
+                    self.put(pending, index, key.clone(), value, lease, &mut events)?;
                 }
-                Op::Delete { .. } => {
-                    if let Some(prev) = before {
-                        events.push(Event {
-                            kind: EventKind::Delete,
-                            kv: KeyValue {
-                                key: key.clone(),
-                                mod_revision: index,
-                                value: prev.clone(),
-                            },
-                            prev: Some(prev),
-                        });
-                        pending.set(self, key, None)?;
+                Op::Append { value, .. } => {
+                    let key = op.key_at(index, appends).into_owned();
+                    appends += 1;
+                    self.put(pending, index, key, value, 0, &mut events)?;
+                }
+                Op::Delete { key } => self.delete(pending, index, key, &mut events)?,
+                Op::LeaseGrant { id, ttl_seconds } => {
+                    pending.set_raw(self, lease_key(*id), Some(ttl_seconds.to_be_bytes().to_vec()))?;
+                    pending.lease_changes.push((*id, Some(*ttl_seconds)));
+                }
+                Op::LeaseRevoke { id } => {
+                    if pending.get_raw(self, &lease_key(*id))?.is_none() {
+                        continue;
                     }
+                    for key in pending.attached(self, *id)? {
+                        self.delete(pending, index, &key, &mut events)?;
+                    }
+                    pending.set_raw(self, lease_key(*id), None)?;
+                    pending.lease_changes.push((*id, None));
                 }
             }
         }
@@ -261,10 +345,75 @@ impl StateMachine {
             TxnResult {
                 succeeded: true,
                 revision: index,
-                failed: None,
+                ..Default::default()
             },
             events,
         ))
+    }
+
+    /// Writes `value` at `key`, moving the key's lease attachment if it changes.
+    fn put(
+        &self,
+        pending: &mut Pending,
+        index: u64,
+        key: String,
+        value: &[u8],
+        lease: LeaseId,
+        events: &mut Vec<Event>,
+    ) -> Result<(), StorageError<NodeId>> {
+        let before = pending.get(self, &key)?;
+        let old_lease = before.as_ref().map(|s| s.lease).unwrap_or(0);
+        if old_lease != lease {
+            if old_lease != 0 {
+                pending.set_raw(self, attached_key(old_lease, &key), None)?;
+            }
+            if lease != 0 {
+                pending.set_raw(self, attached_key(lease, &key), Some(Vec::new()))?;
+            }
+        }
+        events.push(Event {
+            kind: EventKind::Put,
+            kv: KeyValue {
+                key: key.clone(),
+                mod_revision: index,
+                lease,
+                value: value.to_vec(),
+            },
+            prev: before.map(|s| s.value),
+        });
+        let stored = Stored {
+            rev: index,
+            lease,
+            value: value.to_vec(),
+        };
+        pending.set(self, key, Some(stored))
+    }
+
+    /// Removes `key` (and its lease attachment), if it exists.
+    fn delete(
+        &self,
+        pending: &mut Pending,
+        index: u64,
+        key: &str,
+        events: &mut Vec<Event>,
+    ) -> Result<(), StorageError<NodeId>> {
+        let Some(before) = pending.get(self, key)? else {
+            return Ok(());
+        };
+        if before.lease != 0 {
+            pending.set_raw(self, attached_key(before.lease, key), None)?;
+        }
+        events.push(Event {
+            kind: EventKind::Delete,
+            kv: KeyValue {
+                key: key.to_string(),
+                mod_revision: index,
+                lease: before.lease,
+                value: before.value.clone(),
+            },
+            prev: Some(before.value),
+        });
+        pending.set(self, key.to_string(), None)
     }
 
     /// Starts recording the pre-image of every key written from now on, so a snapshot can
@@ -300,7 +449,10 @@ impl StateMachine {
             out.extend_from_slice(v);
         };
         emit(&mut out, REVISION, &revision.to_be_bytes());
-        for item in self.inner.tree.scan_prefix(DATA.as_bytes()) {
+        let scan = SNAPSHOT_PREFIXES
+            .iter()
+            .flat_map(|prefix| self.inner.tree.scan_prefix(prefix.as_bytes()));
+        for item in scan {
             let (k, v) = item.map_err(|e| sm_err(ErrorVerb::Read, e))?;
             // Checked after reading: a pre-image is recorded before its key is overwritten.
             let captured = lock(&self.inner.capture)?
@@ -337,7 +489,10 @@ impl StateMachine {
             .lock()
             .map_err(|_| corrupt("apply lock poisoned"))?;
         let mut batch = sled::Batch::default();
-        for item in self.inner.tree.scan_prefix(DATA.as_bytes()) {
+        let scan = SNAPSHOT_PREFIXES
+            .iter()
+            .flat_map(|prefix| self.inner.tree.scan_prefix(prefix.as_bytes()));
+        for item in scan {
             let (k, _) = item.map_err(|e| sm_err(ErrorVerb::Read, e))?;
             batch.remove(k);
         }
@@ -345,7 +500,7 @@ impl StateMachine {
         for (k, v) in pairs {
             if k == REVISION {
                 rev = decode_revision(&v)?;
-            } else if k.starts_with(DATA.as_bytes()) {
+            } else if SNAPSHOT_PREFIXES.iter().any(|p| k.starts_with(p.as_bytes())) {
                 batch.insert(k, v);
             } else {
                 return Err(corrupt("snapshot holds a key outside the data"));
@@ -364,7 +519,7 @@ impl StateMachine {
         self.inner.db.flush().map_err(|e| sm_err(ErrorVerb::Write, e))?;
         self.inner.revision.store(rev, Ordering::SeqCst);
         self.inner.hub.reset(rev);
-        Ok(())
+        self.load_leases()
     }
 }
 
@@ -372,44 +527,112 @@ impl StateMachine {
 /// later ops of one transaction) see earlier ones. Also records pre-images for a
 /// snapshot being built.
 struct Pending {
-    values: HashMap<String, Option<(u64, Vec<u8>)>>,
+    /// Keys' new states, by key (without the data prefix).
+    values: HashMap<String, Option<Stored>>,
+    /// Lease records and attachments, by full key.
+    raw: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Leases granted (`Some(ttl)`) or revoked, for the mirror once the batch is written.
+    lease_changes: Vec<(LeaseId, Option<i64>)>,
     batch: sled::Batch,
     capturing: bool,
 }
 
 impl Pending {
-    fn get(&self, sm: &StateMachine, key: &str) -> Result<Option<(u64, Vec<u8>)>, StorageError<NodeId>> {
-        match self.values.get(key) {
-            Some(v) => Ok(v.clone()),
-            None => Ok(sm.get(key)?.map(|kv| (kv.mod_revision, kv.value))),
+    fn new(capturing: bool) -> Self {
+        Pending {
+            values: HashMap::new(),
+            raw: HashMap::new(),
+            lease_changes: Vec::new(),
+            batch: sled::Batch::default(),
+            capturing,
         }
     }
 
-    fn set(
-        &mut self,
-        sm: &StateMachine,
-        key: String,
-        value: Option<(u64, Vec<u8>)>,
-    ) -> Result<(), StorageError<NodeId>> {
-        let full = format!("{DATA}{key}");
-        if self.capturing {
-            let mut capture = lock(&sm.inner.capture)?;
-            if let Some(capture) = capture.as_mut() {
-                if !capture.contains_key(full.as_bytes()) {
-                    let old = sm
-                        .inner
-                        .tree
-                        .get(full.as_bytes())
-                        .map_err(|e| sm_err(ErrorVerb::Read, e))?;
-                    capture.insert(full.clone().into_bytes(), old.map(|v| v.to_vec()));
+    fn get(&self, sm: &StateMachine, key: &str) -> Result<Option<Stored>, StorageError<NodeId>> {
+        match self.values.get(key) {
+            Some(v) => Ok(v.clone()),
+            None => {
+                let full = format!("{DATA}{key}");
+                match sm
+                    .inner
+                    .tree
+                    .get(full.as_bytes())
+                    .map_err(|e| sm_err(ErrorVerb::Read, e))?
+                {
+                    Some(raw) => Ok(Some(decode_stored(&raw).ok_or_else(|| corrupt("bad stored value"))?)),
+                    None => Ok(None),
                 }
             }
         }
-        match &value {
-            Some((rev, bytes)) => self.batch.insert(full.as_bytes(), encode(*rev, bytes)),
-            None => self.batch.remove(full.as_bytes()),
-        }
+    }
+
+    fn set(&mut self, sm: &StateMachine, key: String, value: Option<Stored>) -> Result<(), StorageError<NodeId>> {
+        let full = format!("{DATA}{key}").into_bytes();
+        self.write(sm, full, value.as_ref().map(encode))?;
         self.values.insert(key, value);
+        Ok(())
+    }
+
+    fn get_raw(&self, sm: &StateMachine, full: &[u8]) -> Result<Option<Vec<u8>>, StorageError<NodeId>> {
+        match self.raw.get(full) {
+            Some(v) => Ok(v.clone()),
+            None => Ok(sm
+                .inner
+                .tree
+                .get(full)
+                .map_err(|e| sm_err(ErrorVerb::Read, e))?
+                .map(|v| v.to_vec())),
+        }
+    }
+
+    fn set_raw(
+        &mut self,
+        sm: &StateMachine,
+        full: Vec<u8>,
+        value: Option<Vec<u8>>,
+    ) -> Result<(), StorageError<NodeId>> {
+        self.write(sm, full.clone(), value.clone())?;
+        self.raw.insert(full, value);
+        Ok(())
+    }
+
+    /// The keys attached to lease `id`, with this batch's changes.
+    fn attached(&self, sm: &StateMachine, id: LeaseId) -> Result<Vec<String>, StorageError<NodeId>> {
+        let prefix = attached_prefix(id);
+        let mut keys = BTreeSet::new();
+        for item in sm.inner.tree.scan_prefix(&prefix) {
+            let (k, _) = item.map_err(|e| sm_err(ErrorVerb::Read, e))?;
+            keys.insert(k.to_vec());
+        }
+        for (k, v) in &self.raw {
+            if k.starts_with(&prefix) {
+                match v {
+                    Some(_) => keys.insert(k.clone()),
+                    None => keys.remove(k),
+                };
+            }
+        }
+        keys.iter()
+            .map(|k| String::from_utf8(k[prefix.len()..].to_vec()).map_err(|_| corrupt("malformed lease attachment")))
+            .collect()
+    }
+
+    /// Adds a write to the batch, first recording the key's pre-image for a snapshot
+    /// being built.
+    fn write(&mut self, sm: &StateMachine, full: Vec<u8>, value: Option<Vec<u8>>) -> Result<(), StorageError<NodeId>> {
+        if self.capturing {
+            let mut capture = lock(&sm.inner.capture)?;
+            if let Some(capture) = capture.as_mut() {
+                if !capture.contains_key(&full) {
+                    let old = sm.inner.tree.get(&full).map_err(|e| sm_err(ErrorVerb::Read, e))?;
+                    capture.insert(full.clone(), old.map(|v| v.to_vec()));
+                }
+            }
+        }
+        match value {
+            Some(bytes) => self.batch.insert(full, bytes),
+            None => self.batch.remove(full),
+        }
         Ok(())
     }
 }
@@ -537,11 +760,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .apply_lock
                 .lock()
                 .map_err(|_| corrupt("apply lock poisoned"))?;
-            let mut pending = Pending {
-                values: HashMap::new(),
-                batch: sled::Batch::default(),
-                capturing: lock(&self.inner.capture)?.is_some(),
-            };
+            let mut pending = Pending::new(lock(&self.inner.capture)?.is_some());
             let mut last = None;
             let mut revision = self.revision();
             for entry in entries {
@@ -578,6 +797,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .apply_batch(pending.batch)
                 .map_err(|e| sm_err(ErrorVerb::Write, e))?;
             self.inner.revision.store(revision, Ordering::SeqCst);
+            if !pending.lease_changes.is_empty() {
+                let mut leases = lock(&self.inner.leases)?;
+                for (id, ttl) in pending.lease_changes {
+                    match ttl {
+                        Some(ttl) => leases.insert(id, ttl),
+                        None => leases.remove(&id),
+                    };
+                }
+                self.inner.lease_generation.fetch_add(1, Ordering::SeqCst);
+            }
         }
         for (revision, events) in published {
             self.inner.hub.publish(revision, events);

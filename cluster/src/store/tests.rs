@@ -34,6 +34,7 @@ fn put(key: &str, value: &str) -> Op {
     Op::Put {
         key: key.into(),
         value: value.as_bytes().to_vec(),
+        lease: None,
     }
 }
 
@@ -381,5 +382,82 @@ async fn concurrent_writes_share_entries_but_each_gets_its_own_revision() {
     // The revision survives a restart.
     let store = open(dir.path()).await;
     assert_eq!(store.revision(), base + 201);
+    store.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_expire_unless_kept_alive_and_revocation_deletes_their_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let leased = |key: &str, lease| Txn {
+        compares: vec![],
+        ops: vec![Op::Put {
+            key: key.into(),
+            value: b"v".to_vec(),
+            lease: Some(lease),
+        }],
+    };
+
+    // A put naming a lease that does not exist writes nothing.
+    let refused = store.txn(leased("/l/none", 42)).await.unwrap();
+    assert!(!refused.succeeded);
+    assert_eq!(refused.missing_lease, Some(42));
+    assert!(store.get("/l/none").await.unwrap().is_none());
+
+    // Two 1-second leases: one left alone, one kept alive; a third revoked at once.
+    let short = store.lease_grant(1).await.unwrap();
+    let kept = store.lease_grant(1).await.unwrap();
+    let revoked = store.lease_grant(60).await.unwrap();
+    let start = store.revision();
+    let mut watch = store.watch("/l/", start).unwrap();
+    for (key, lease) in [("/l/short", short), ("/l/kept", kept), ("/l/revoked", revoked)] {
+        assert!(store.txn(leased(key, lease)).await.unwrap().succeeded);
+    }
+    assert_eq!(store.get("/l/short").await.unwrap().unwrap().lease, short);
+
+    store.lease_revoke(revoked).await.unwrap();
+    assert!(
+        store.get("/l/revoked").await.unwrap().is_none(),
+        "revoking deletes at once"
+    );
+    assert!(!store.leases().unwrap().contains_key(&revoked));
+
+    let until = std::time::Instant::now() + Duration::from_millis(2500);
+    while std::time::Instant::now() < until {
+        assert_eq!(store.lease_keep_alive(kept).await.unwrap(), Some(1));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(store.get("/l/short").await.unwrap().is_none(), "the idle lease expired");
+    assert!(store.get("/l/kept").await.unwrap().is_some(), "the kept lease did not");
+    assert_eq!(store.lease_keep_alive(short).await.unwrap(), None);
+
+    // Expiry is a delete like any other: watchers see it.
+    let mut deleted = Vec::new();
+    while deleted.len() < 2 {
+        let w = tokio::time::timeout(Duration::from_secs(5), watch.next_events())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        deleted.extend(
+            w.events
+                .iter()
+                .filter(|e| e.kind == EventKind::Delete)
+                .map(|e| e.kv.key.clone()),
+        );
+    }
+    assert_eq!(deleted, vec!["/l/revoked".to_string(), "/l/short".to_string()]);
+
+    // Leases outlive a restart, and still expire after it.
+    store.shutdown().await.unwrap();
+    drop(store);
+    let store = open(dir.path()).await;
+    assert!(store.leases().unwrap().contains_key(&kept));
+    assert!(store.get("/l/kept").await.unwrap().is_some());
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        store.get("/l/kept").await.unwrap().is_none(),
+        "expired after the restart"
+    );
     store.shutdown().await.unwrap();
 }

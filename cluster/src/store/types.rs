@@ -48,14 +48,19 @@ pub enum Expect {
     ModRevision(u64),
 }
 
+/// A lease's id: keys attached to it are deleted when it expires or is revoked.
+pub type LeaseId = u64;
+
 /// One change inside a transaction.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
-    /// Set `key` to `value`.
+    /// Set `key` to `value`, attached to `lease` if given (the transaction fails, writing
+    /// nothing, if that lease does not exist).
     Put {
         key: String,
         #[serde(with = "serde_bytes")]
         value: Vec<u8>,
+        lease: Option<LeaseId>,
     },
     /// Remove `key` (a no-op if absent).
     Delete { key: String },
@@ -67,14 +72,29 @@ pub enum Op {
         #[serde(with = "serde_bytes")]
         value: Vec<u8>,
     },
+    /// Create a lease that expires `ttl_seconds` after its last renewal (see
+    /// [`super::lease`]); granting an existing id sets its TTL.
+    LeaseGrant { id: LeaseId, ttl_seconds: i64 },
+    /// End a lease now, deleting every key attached to it.
+    LeaseRevoke { id: LeaseId },
 }
 
 impl Op {
+    /// A put of `value` at `key`, attached to no lease.
+    pub fn put(key: impl Into<String>, value: impl Into<Vec<u8>>) -> Op {
+        Op::Put {
+            key: key.into(),
+            value: value.into(),
+            lease: None,
+        }
+    }
+
     /// The key this operation touches (for an append, its key at `revision`, `n`-th).
     pub fn key_at(&self, revision: u64, n: usize) -> std::borrow::Cow<'_, str> {
         match self {
             Op::Put { key, .. } | Op::Delete { key } => std::borrow::Cow::Borrowed(key),
             Op::Append { prefix, .. } => std::borrow::Cow::Owned(append_key(prefix, revision, n)),
+            Op::LeaseGrant { .. } | Op::LeaseRevoke { .. } => std::borrow::Cow::Borrowed(""),
         }
     }
 }
@@ -106,9 +126,10 @@ impl Txn {
             .ops
             .iter()
             .map(|op| match op {
-                Op::Put { key, value } => key.len() + value.len(),
+                Op::Put { key, value, .. } => key.len() + value.len(),
                 Op::Delete { key } => key.len(),
                 Op::Append { prefix, value } => prefix.len() + value.len(),
+                Op::LeaseGrant { .. } | Op::LeaseRevoke { .. } => 16,
             })
             .sum();
         ops + self.compares.iter().map(|c| c.key.len() + 9).sum::<usize>()
@@ -143,6 +164,8 @@ pub struct TxnResult {
     pub revision: u64,
     /// The first compare that failed, with the key's actual revision (0 = absent).
     pub failed: Option<(Compare, u64)>,
+    /// A put named this lease, which does not exist; nothing was written.
+    pub missing_lease: Option<LeaseId>,
 }
 
 /// A stored value with the revision of its last write.
@@ -152,6 +175,8 @@ pub struct KeyValue {
     pub key: String,
     /// The revision at which the value was last written.
     pub mod_revision: u64,
+    /// The lease the key is attached to (0: none).
+    pub lease: LeaseId,
     /// The raw value (an object's JSON, for the API server).
     pub value: Vec<u8>,
 }

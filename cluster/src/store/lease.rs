@@ -82,12 +82,14 @@ impl Lessor {
     }
 
     async fn run(self, me: NodeId, raft: Raft<TypeConfig>, batcher: Batcher) {
-        let mut metrics = raft.metrics();
+        // Ticks only: Raft's metrics change with every commit, far too often to wake on.
+        let metrics = raft.metrics();
         let mut tick = tokio::time::interval(TICK);
         loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                changed = metrics.changed() => if changed.is_err() { return },
+            tick.tick().await;
+            if metrics.has_changed().is_err() {
+                // Raft has shut down.
+                return;
             }
             let leading = {
                 let m = metrics.borrow();

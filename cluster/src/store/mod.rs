@@ -1,9 +1,11 @@
-//! The replicated, revisioned key-value store (openraft + sled).
+//! The replicated, revisioned key-value store: openraft, the Raft log in segment files,
+//! the state machine on sled.
 //!
 //! Keys follow etcd's Kubernetes layout (`/registry/<group>/<resource>/<ns>/<name>`);
-//! values are objects' JSON. Every successful write moves the store's revision on by one,
-//! and the revision is what the API server hands out as `metadata.resourceVersion`. Only `crate::api` uses
-//! this module: every other component goes through the API server.
+//! values are objects' JSON. Every successful write moves the store's revision on by
+//! one, and the revision is what the API server hands out as
+//! `metadata.resourceVersion`. Only `crate::api` uses this module: every other component
+//! goes through the API server.
 
 mod batch;
 mod codec;

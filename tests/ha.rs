@@ -370,3 +370,59 @@ async fn a_partitioned_member_refuses_and_catches_up_when_healed() {
     assert!(!seen.contains("minority"), "a refused write was applied: {seen:?}");
     api.create(&PostParams::default(), &config_map("after")).await.unwrap();
 }
+
+/// The API ports the `kubernetes` Endpoints list, read through `client`.
+async fn api_endpoints(client: &kube::Client) -> Option<BTreeSet<u16>> {
+    let api: Api<k8s_openapi::api::core::v1::Endpoints> = Api::namespaced(client.clone(), "default");
+    let endpoints = api.get("kubernetes").await.ok()?;
+    Some(
+        endpoints
+            .subsets
+            .unwrap_or_default()
+            .iter()
+            .flat_map(|s| s.ports.iter().flatten().map(|p| p.port as u16))
+            .collect(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_kubernetes_endpoints_follow_the_live_api_servers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut members = Members::new(dir.path(), 3, &["--components", "api"]);
+    members.start_all();
+    let client = members.client(1).await;
+    let all: BTreeSet<u16> = members.nodes.iter().map(|n| n.api_port).collect();
+    let without_3: BTreeSet<u16> = all.iter().copied().filter(|p| *p != members.node(3).api_port).collect();
+
+    println!("every member's API server is listed");
+    wait_for("three API servers in the Endpoints", Duration::from_secs(30), || {
+        let (client, all) = (client.clone(), all.clone());
+        async move { api_endpoints(&client).await.filter(|p| *p == all) }
+    })
+    .await;
+
+    println!("kill -9 member 3: its address goes when its lease expires");
+    members.kill(3);
+    let killed = Instant::now();
+    wait_for("the dead member out of the Endpoints", Duration::from_secs(40), || {
+        let (client, want) = (client.clone(), without_3.clone());
+        async move { api_endpoints(&client).await.filter(|p| *p == want) }
+    })
+    .await;
+    println!("gone after {:?}", killed.elapsed());
+
+    println!("restarted, it is back; stopped cleanly, it goes at once");
+    members.start(3);
+    wait_for("the restarted member in the Endpoints", Duration::from_secs(40), || {
+        let (client, all) = (client.clone(), all.clone());
+        async move { api_endpoints(&client).await.filter(|p| *p == all) }
+    })
+    .await;
+    members.stop(3);
+    let ports = api_endpoints(&client).await;
+    assert_eq!(
+        ports,
+        Some(without_3),
+        "a member stopped cleanly withdraws itself before it exits"
+    );
+}

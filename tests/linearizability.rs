@@ -150,7 +150,7 @@ async fn reads_and_writes_stay_linearizable_through_a_partition_and_a_killed_lea
             while !stop.load(Ordering::SeqCst) {
                 let key = register(rng.next() as usize % REGISTERS);
                 let call = now();
-                let (kind, ok) = if rng.next() % 2 == 0 {
+                let (kind, ok) = if rng.next().is_multiple_of(2) {
                     n += 1;
                     let value = format!("c{c}-{n}");
                     let patch = serde_json::json!({"data": {"v": value}});

@@ -58,7 +58,12 @@ pub struct Member {
     certs: ServingCerts,
     stop: oneshot::Sender<()>,
     api: JoinHandle<std::io::Result<()>>,
+    /// Keeps this API server in the `kubernetes` Endpoints until told to withdraw it.
+    endpoints: (oneshot::Sender<()>, JoinHandle<()>),
 }
+
+/// How long a stopping member waits to take itself out of the `kubernetes` Endpoints.
+const WITHDRAW_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Member {
     /// Opens the store in `store_dir`, creates the initial objects and serves the API over
@@ -111,25 +116,26 @@ impl Member {
         let state = api::AppState::new(store.clone(), shutdown_rx).with_config(api_config);
         // While a new cluster forms, the leadership may still move: retried, not fatal.
         let deadline = tokio::time::Instant::now() + STARTUP_RETRY;
-        loop {
+        let registration = loop {
             let attempt = async {
                 api::bootstrap(&state).await?;
-                api::publish_api_service(&state, addr).await?;
+                let registration = api::publish_api_service(&state, addr).await?;
                 store.advertise(&format!("https://{addr}")).await?;
-                Ok::<(), MemberError>(())
+                Ok::<_, MemberError>(registration)
             };
             match attempt.await {
-                Ok(()) => break,
+                Ok(registration) => break registration,
                 Err(e) if e.is_transient() && tokio::time::Instant::now() < deadline => {
                     tracing::warn!(error = %e, "creating the initial objects; retrying");
                     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
                 }
                 Err(e) => return Err(e),
             }
-        }
+        };
         let auth = Arc::new(auth);
         let listener =
             tls::TlsListener::new(listener, certs.acceptor()?).map_err(|source| MemberError::Bind { addr, source })?;
+        let endpoints = keep_registered(state.clone(), registration);
         let (stop, stopped) = oneshot::channel::<()>();
         let api = tokio::spawn(api::serve(state, listener, auth.clone(), async move {
             let _ = stopped.await;
@@ -144,6 +150,7 @@ impl Member {
             certs,
             stop,
             api,
+            endpoints,
         })
     }
 
@@ -254,6 +261,11 @@ impl Member {
 
     /// Stops the API server (ending open watches), then Raft, and flushes the store.
     pub async fn stop(self) -> Result<(), MemberError> {
+        let (withdraw, registered) = self.endpoints;
+        let _ = withdraw.send(());
+        if tokio::time::timeout(WITHDRAW_TIMEOUT, registered).await.is_err() {
+            tracing::warn!("could not take this API server out of the kubernetes Endpoints in time");
+        }
         let _ = self.stop.send(());
         match self.api.await {
             Ok(Ok(())) => {}
@@ -263,4 +275,32 @@ impl Member {
         self.store.shutdown().await?;
         Ok(())
     }
+}
+
+/// Renews this API server's place in the `kubernetes` Endpoints until the returned
+/// sender fires (or is dropped); then withdraws it.
+fn keep_registered(
+    state: api::AppState,
+    mut registration: api::endpoints::Registration,
+) -> (oneshot::Sender<()>, JoinHandle<()>) {
+    let (withdraw, mut withdrawn) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(api::endpoints::RENEW);
+        // The first tick is now: the registration was just made.
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    if let Err(e) = registration.refresh(&state).await {
+                        tracing::warn!(error = %e, "renewing this API server in the kubernetes Endpoints");
+                    }
+                }
+                _ = &mut withdrawn => break,
+            }
+        }
+        if let Err(e) = registration.withdraw(&state).await {
+            tracing::warn!(error = %e, "taking this API server out of the kubernetes Endpoints");
+        }
+    });
+    (withdraw, task)
 }

@@ -11,6 +11,7 @@ pub mod auth;
 mod batch;
 pub mod cache;
 mod discovery;
+pub mod endpoints;
 mod error;
 pub mod event_ttl;
 pub mod history;
@@ -357,41 +358,33 @@ pub async fn bootstrap(state: &AppState) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Points the `kubernetes` Service in `default` at this API server (created on first
-/// start; its Endpoints follow the address the server is bound to).
-pub async fn publish_api_service(state: &AppState, addr: std::net::SocketAddr) -> Result<(), ApiError> {
+/// Creates the `kubernetes` Service in `default` (on first start) and registers this API
+/// server in its Endpoints ([`endpoints`]); the registration is returned to be kept
+/// fresh.
+pub async fn publish_api_service(
+    state: &AppState,
+    addr: std::net::SocketAddr,
+) -> Result<endpoints::Registration, ApiError> {
     let opts = objects::WriteOptions::system();
-    let target = |plural: &str| -> Result<objects::Target, ApiError> {
-        let res =
-            registry::by_plural("", "v1", plural).ok_or_else(|| ApiError::Internal(format!("{plural} not served")))?;
-        Ok(objects::Target {
-            res,
-            namespace: Some("default".into()),
-            name: Some("kubernetes".into()),
-            sub: None,
-        })
+    let res =
+        registry::by_plural("", "v1", "services").ok_or_else(|| ApiError::Internal("services not served".into()))?;
+    let target = objects::Target {
+        res,
+        namespace: Some("default".into()),
+        name: Some("kubernetes".into()),
+        sub: None,
     };
     let labels = json!({"component": "apiserver", "provider": "kubernetes"});
     let svc = json!({"metadata": {"name": "kubernetes", "namespace": "default", "labels": labels},
         "spec": {"type": "ClusterIP", "clusterIP": resources::service::API_SERVICE_IP,
-            "ports": [{"name": "http", "port": 443, "protocol": "TCP", "targetPort": addr.port()}]}});
-    match objects::create(state, &target("services")?, svc, &opts).await {
+            "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": addr.port()}]}});
+    match objects::create(state, &target, svc, &opts).await {
         Ok(_) | Err(ApiError::AlreadyExists { .. }) => {}
         Err(e) => return Err(e),
     }
-    let endpoints = json!({"metadata": {"name": "kubernetes", "namespace": "default", "labels": labels},
-        "subsets": [{"addresses": [{"ip": addr.ip().to_string()}],
-            "ports": [{"name": "http", "port": addr.port(), "protocol": "TCP"}]}]});
-    let target = target("endpoints")?;
-    match objects::create(state, &target, endpoints.clone(), &opts).await {
-        Ok(_) => Ok(()),
-        Err(ApiError::AlreadyExists { .. }) => {
-            objects::update(state, &target, objects::Mode::Main, |_| Ok(endpoints.clone()), &opts)
-                .await
-                .map(|_| ())
-        }
-        Err(e) => Err(e),
-    }
+    let mut registration = endpoints::Registration::new(addr);
+    registration.refresh(state).await?;
+    Ok(registration)
 }
 
 /// Serves the API over TLS on `listener` until `shutdown` resolves.

@@ -461,3 +461,54 @@ async fn leases_expire_unless_kept_alive_and_revocation_deletes_their_keys() {
     );
     store.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_snapshot_carries_leases_and_what_is_attached_to_them() {
+    use openraft::storage::RaftStateMachine;
+    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, RaftSnapshotBuilder};
+
+    use super::types::Proposal;
+
+    let entry = |index: u64, ops: Vec<Op>| Entry::<TypeConfig> {
+        log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+        payload: EntryPayload::Normal(Proposal {
+            txns: vec![Txn { compares: vec![], ops }],
+        }),
+    };
+    let source_dir = tempfile::tempdir().unwrap();
+    let db = sled::Config::new().path(source_dir.path()).open().unwrap();
+    let mut source = StateMachine::open(&db, &source_dir.path().join("raft-snapshot")).unwrap();
+    source
+        .apply([
+            entry(1, vec![Op::LeaseGrant { id: 7, ttl_seconds: 30 }]),
+            entry(
+                2,
+                vec![Op::Put {
+                    key: "/s/leased".into(),
+                    value: b"v".to_vec(),
+                    lease: Some(7),
+                }],
+            ),
+            entry(3, vec![put("/s/plain", "v")]),
+        ])
+        .await
+        .unwrap();
+    let snapshot = source.build_snapshot().await.unwrap();
+
+    let target_dir = tempfile::tempdir().unwrap();
+    let db = sled::Config::new().path(target_dir.path()).open().unwrap();
+    let mut target = StateMachine::open(&db, &target_dir.path().join("raft-snapshot")).unwrap();
+    target
+        .install_snapshot(&snapshot.meta, snapshot.snapshot)
+        .await
+        .unwrap();
+    assert_eq!(target.leases().unwrap().get(&7), Some(&30));
+    assert_eq!(target.revision(), source.revision());
+    assert_eq!(target.get("/s/leased").unwrap().unwrap().lease, 7);
+
+    // The attachment came along: revoking the lease there deletes its key, only that one.
+    target.apply([entry(4, vec![Op::LeaseRevoke { id: 7 }])]).await.unwrap();
+    assert!(target.get("/s/leased").unwrap().is_none());
+    assert!(target.get("/s/plain").unwrap().is_some());
+    assert!(target.leases().unwrap().is_empty());
+}

@@ -58,13 +58,7 @@ impl Lessor {
     /// Renews lease `id` for its whole TTL; returns the TTL, or `None` if there is no
     /// such lease. Only the leader keeps deadlines.
     pub fn keep_alive(&self, id: LeaseId) -> Result<Option<i64>, PeerError> {
-        let Some(ttl) = self
-            .sm
-            .leases()
-            .map_err(|e| PeerError::Failed(e.to_string()))?
-            .get(&id)
-            .copied()
-        else {
+        let Some(ttl) = self.sm.lease_ttl(id).map_err(|e| PeerError::Failed(e.to_string()))? else {
             return Ok(None);
         };
         let mut state = self

@@ -172,6 +172,11 @@ impl StateMachine {
         Ok(lock(&self.inner.leases)?.clone())
     }
 
+    /// The TTL of lease `id`, if it exists.
+    pub fn lease_ttl(&self, id: LeaseId) -> Result<Option<i64>, StorageError<NodeId>> {
+        Ok(lock(&self.inner.leases)?.get(&id).copied())
+    }
+
     /// A number that moves on whenever a lease is granted or revoked.
     pub fn lease_generation(&self) -> u64 {
         self.inner.lease_generation.load(Ordering::SeqCst)

@@ -90,17 +90,9 @@ async fn reconcile(state: &AppState) -> Result<(), ApiError> {
                 "ports": [{"name": "https", "port": port, "protocol": "TCP"}]})
         })
         .collect();
-    let labels = json!({"component": "apiserver", "provider": "kubernetes"});
-    let endpoints = json!({"metadata": {"name": "kubernetes", "namespace": "default", "labels": labels},
+    let endpoints = json!({"metadata": {"name": "kubernetes", "namespace": "default", "labels": labels()},
         "subsets": subsets});
-    let res =
-        registry::by_plural("", "v1", "endpoints").ok_or_else(|| ApiError::Internal("endpoints not served".into()))?;
-    let target = objects::Target {
-        res,
-        namespace: Some("default".into()),
-        name: Some("kubernetes".into()),
-        sub: None,
-    };
+    let target = api_object("endpoints")?;
     let opts = objects::WriteOptions::system();
     match objects::create(state, &target, endpoints.clone(), &opts).await {
         Ok(_) => Ok(()),
@@ -111,4 +103,21 @@ async fn reconcile(state: &AppState) -> Result<(), ApiError> {
         }
         Err(e) => Err(e),
     }
+}
+
+/// The `kubernetes` object of core `plural` (`services`, `endpoints`) in `default`.
+pub(super) fn api_object(plural: &str) -> Result<objects::Target, ApiError> {
+    let res =
+        registry::by_plural("", "v1", plural).ok_or_else(|| ApiError::Internal(format!("{plural} not served")))?;
+    Ok(objects::Target {
+        res,
+        namespace: Some("default".into()),
+        name: Some("kubernetes".into()),
+        sub: None,
+    })
+}
+
+/// The labels kube-apiserver puts on the `kubernetes` Service and Endpoints.
+pub(super) fn labels() -> Value {
+    json!({"component": "apiserver", "provider": "kubernetes"})
 }

@@ -366,16 +366,8 @@ pub async fn publish_api_service(
     addr: std::net::SocketAddr,
 ) -> Result<endpoints::Registration, ApiError> {
     let opts = objects::WriteOptions::system();
-    let res =
-        registry::by_plural("", "v1", "services").ok_or_else(|| ApiError::Internal("services not served".into()))?;
-    let target = objects::Target {
-        res,
-        namespace: Some("default".into()),
-        name: Some("kubernetes".into()),
-        sub: None,
-    };
-    let labels = json!({"component": "apiserver", "provider": "kubernetes"});
-    let svc = json!({"metadata": {"name": "kubernetes", "namespace": "default", "labels": labels},
+    let target = endpoints::api_object("services")?;
+    let svc = json!({"metadata": {"name": "kubernetes", "namespace": "default", "labels": endpoints::labels()},
         "spec": {"type": "ClusterIP", "clusterIP": resources::service::API_SERVICE_IP,
             "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": addr.port()}]}});
     match objects::create(state, &target, svc, &opts).await {

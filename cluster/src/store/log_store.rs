@@ -402,29 +402,26 @@ impl Wal {
 
 /// Parses the record at `offset`: the entry and the length of its framed bytes.
 fn parse(bytes: &[u8], offset: u64) -> Result<(Entry<TypeConfig>, u32), String> {
-    let start = offset as usize;
-    let header = bytes
-        .get(start..start + HEADER as usize)
-        .ok_or("a record's length is cut short")?;
-    let len = u32::from_be_bytes(header.try_into().map_err(|_| "bad length")?);
+    let len = record_len(bytes, offset).ok_or("a record's length is cut short")?;
+    let start = (offset + HEADER) as usize;
     let body = bytes
-        .get(start + HEADER as usize..start + HEADER as usize + len as usize)
+        .get(start..start + len as usize)
         .ok_or_else(|| format!("a record of {len} bytes is cut short"))?;
     let entry = codec::decode_framed(body).map_err(|e| format!("a record is damaged: {e}"))?;
     Ok((entry, len))
 }
 
+/// The length the record at `offset` declares, if its header is whole.
+fn record_len(bytes: &[u8], offset: u64) -> Option<u32> {
+    let start = offset as usize;
+    let header = bytes.get(start..start + HEADER as usize)?;
+    header.try_into().ok().map(u32::from_be_bytes)
+}
+
 /// Whether a whole, valid record follows the damaged one at `offset`: then the damage
 /// is not a torn last write but lost data in the middle.
 fn valid_record_after(bytes: &[u8], offset: u64) -> bool {
-    let start = offset as usize;
-    let Some(header) = bytes.get(start..start + HEADER as usize) else {
-        return false;
-    };
-    let Ok(len) = header.try_into().map(u32::from_be_bytes) else {
-        return false;
-    };
-    parse(bytes, offset + HEADER + u64::from(len)).is_ok()
+    record_len(bytes, offset).is_some_and(|len| parse(bytes, offset + HEADER + u64::from(len)).is_ok())
 }
 
 /// Makes a directory's entries (created, renamed or removed files) durable.

@@ -28,7 +28,7 @@ enum Command {
     /// Run a control-plane member (store, API server, scheduler, controllers, reconciler).
     Server(commands::server::ServerArgs),
     /// Run a scheduler apart from the API servers (one of several elects itself active).
-    Scheduler(commands::components::StandaloneArgs),
+    Scheduler(commands::components::SchedulerArgs),
     /// Run a controller manager apart from the API servers (one elects itself active).
     ControllerManager(commands::components::StandaloneArgs),
     /// Run a GitOps reconciler apart from the API servers (one elects itself active).
@@ -76,16 +76,25 @@ fn main() -> ExitCode {
             Command::Up(args) => commands::up::run(args).await,
             Command::Server(args) => commands::server::run(args).await,
             Command::Scheduler(args) => {
-                commands::components::run_standalone(commands::components::Component::Scheduler, args, None).await
+                let config = args.config();
+                commands::components::run_standalone(
+                    commands::components::Component::Scheduler,
+                    args.standalone,
+                    None,
+                    Some(config),
+                )
+                .await
             }
             Command::ControllerManager(args) => {
-                commands::components::run_standalone(commands::components::Component::Controllers, args, None).await
+                commands::components::run_standalone(commands::components::Component::Controllers, args, None, None)
+                    .await
             }
             Command::Reconciler(args) => {
                 commands::components::run_standalone(
                     commands::components::Component::Reconciler,
                     args.standalone,
                     Some(args.data_dir),
+                    None,
                 )
                 .await
             }

@@ -119,27 +119,62 @@ impl LeaderElectArgs {
     }
 }
 
+/// What components need beyond a client: the reconciler's data directory and the
+/// scheduler's settings.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Where the reconciler keeps its Git mirrors.
+    pub data_dir: PathBuf,
+    /// The scheduler's name and tuning.
+    pub scheduler: kairn_cluster::scheduler::Config,
+}
+
+impl Options {
+    /// Defaults with `data_dir`.
+    pub fn new(data_dir: PathBuf) -> Options {
+        Options {
+            data_dir,
+            scheduler: kairn_cluster::scheduler::Config::default(),
+        }
+    }
+}
+
 /// Starts `component` (not `Api`) on `client`, under leader election unless turned off.
 pub fn spawn(
     component: Component,
     client: kube::Client,
     election: &LeaderElectArgs,
     host: &str,
-    data_dir: PathBuf,
+    options: Options,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<Option<JoinHandle<()>>> {
     let Some(identity) = component.identity() else {
         return Ok(None);
     };
+    // A scheduler with its own name elects its leader apart from the default one's, as
+    // a second kube-scheduler profile with its own lease name does.
+    let lease = match component {
+        Component::Scheduler if options.scheduler.name != kairn_cluster::scheduler::DEFAULT_SCHEDULER => {
+            options.scheduler.name.clone()
+        }
+        _ => identity.lease.to_string(),
+    };
     let run = move |client: kube::Client, stop: watch::Receiver<bool>| {
-        let data_dir = data_dir.clone();
+        let options = options.clone();
         async move {
             match component {
                 Component::Api => {}
-                Component::Scheduler => kairn_cluster::scheduler::run(client, stop).await,
+                Component::Scheduler => kairn_cluster::scheduler::run_with(client, options.scheduler, stop).await,
                 Component::Controllers => kairn_cluster::controllers::run(client, stop).await,
                 Component::Reconciler => {
-                    kairn_reconciler::run(client, kairn_reconciler::Config { data_dir }, stop).await
+                    kairn_reconciler::run(
+                        client,
+                        kairn_reconciler::Config {
+                            data_dir: options.data_dir,
+                        },
+                        stop,
+                    )
+                    .await
                 }
             }
         }
@@ -147,7 +182,7 @@ pub fn spawn(
     if !election.leader_elect {
         return Ok(Some(tokio::spawn(run(client, shutdown))));
     }
-    let config = election.config(identity.lease, host)?;
+    let config = election.config(&lease, host)?;
     Ok(Some(tokio::spawn(election::run_elected(client, config, shutdown, run))))
 }
 
@@ -170,11 +205,41 @@ pub struct ReconcilerArgs {
     pub data_dir: PathBuf,
 }
 
+/// `kairn scheduler` flags.
+#[derive(Debug, clap::Args)]
+pub struct SchedulerArgs {
+    #[command(flatten)]
+    pub standalone: StandaloneArgs,
+    /// The scheduler's name: it places the pods whose `spec.schedulerName` says so (a
+    /// name of its own also elects its leader through a Lease of that name).
+    #[arg(long, default_value = kairn_cluster::scheduler::DEFAULT_SCHEDULER)]
+    pub name: String,
+    /// Percentage of nodes to find fitting before choosing among them (0: adaptive, as
+    /// kube-scheduler's `percentageOfNodesToScore`).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub percentage_of_nodes_to_score: u32,
+    /// Bindings written at once.
+    #[arg(long, default_value_t = 128)]
+    pub parallel_binds: usize,
+}
+
+impl SchedulerArgs {
+    /// The scheduler's configuration.
+    pub fn config(&self) -> kairn_cluster::scheduler::Config {
+        kairn_cluster::scheduler::Config {
+            name: self.name.clone(),
+            percentage_of_nodes_to_score: self.percentage_of_nodes_to_score,
+            parallel_binds: self.parallel_binds,
+        }
+    }
+}
+
 /// Runs one component apart from the API servers until a signal.
 pub async fn run_standalone(
     component: Component,
     args: StandaloneArgs,
     data_dir: Option<PathBuf>,
+    scheduler: Option<kairn_cluster::scheduler::Config>,
 ) -> anyhow::Result<ExitCode> {
     let client = args.client.connect().await?;
     let stop = shutdown::on_signal();
@@ -186,7 +251,11 @@ pub async fn run_standalone(
         }
         None => PathBuf::from("."),
     };
-    let task = spawn(component, client, &args.election, &client::hostname(), data_dir, stop)?;
+    let mut options = Options::new(data_dir);
+    if let Some(scheduler) = scheduler {
+        options.scheduler = scheduler;
+    }
+    let task = spawn(component, client, &args.election, &client::hostname(), options, stop)?;
     if let Some(task) = task {
         task.await?;
     }

@@ -239,7 +239,7 @@ pub async fn start(
             member.client_as(identity.user)?,
             &args.election,
             &host,
-            data_dir.clone(),
+            components::Options::new(data_dir.clone()),
             shutdown.clone(),
         )?;
         components.extend(task);

@@ -134,6 +134,11 @@ pub async fn apply(
                     .map_err(|e| at(i, e))?
                     .object;
                 patch::track(res, None, &submitted, &mut obj, Some(manager), false);
+                if objects::is_pod(res) {
+                    super::priority::admit_pod(state, &mut obj)
+                        .await
+                        .map_err(|e| at(i, e))?;
+                }
                 if res.kind == "Namespace" {
                     new_namespaces.insert(name.clone());
                 }

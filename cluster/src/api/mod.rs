@@ -21,6 +21,7 @@ mod members;
 mod objects;
 mod openapi;
 pub mod patch;
+mod priority;
 mod protobuf;
 pub mod registry;
 pub mod resources;

@@ -507,6 +507,11 @@ async fn list(state: &AppState, target: &Target, params: &Params, shape: Shape) 
     }
 }
 
+/// Whether `res` is core/v1 pods (whose creation also passes priority admission).
+pub fn is_pod(res: &ResourceInfo) -> bool {
+    res.group.is_empty() && res.plural == "pods"
+}
+
 /// Creates an object; returns it as stored, with the warnings of its admission.
 pub async fn create(state: &AppState, target: &Target, obj: Value, opts: &WriteOptions) -> Result<Admitted, ApiError> {
     let submitted = obj.clone();
@@ -522,6 +527,9 @@ pub async fn create(state: &AppState, target: &Target, obj: Value, opts: &WriteO
     let (name, ns) = object_name(&admitted.object);
     if let Some(ns) = &ns {
         check_namespace_open(state, target.res, ns, &name).await?;
+    }
+    if is_pod(target.res) {
+        super::priority::admit_pod(state, &mut admitted.object).await?;
     }
     if opts.dry_run {
         return Ok(admitted);

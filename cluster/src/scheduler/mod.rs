@@ -1,284 +1,449 @@
-//! The scheduler: binds each pending pod to a node that can run it.
+//! The scheduler: places each pending pod on a node, as kube-scheduler does.
 //!
-//! Filter, then score, per the Kubernetes model: a node must be Ready, schedulable,
-//! match the pod's `nodeSelector`, and have room for its cpu/memory requests and one
-//! more pod; among those the least allocated wins. A pod that fits nowhere keeps a
-//! `PodScheduled=False` condition saying why, and is retried.
+//! One task owns the state: a [`cache::Cache`] of nodes and pods fed by watches (no
+//! LIST per pod), the [`queue::Queue`] of pending pods, and the nominations made by
+//! [`preemption`]. Watch events, and the outcomes of bindings, reach it through one
+//! channel, so the cache is never locked and always reflects what the loop has decided:
+//! a pod is assumed on its node the moment it is chosen, before its binding is written,
+//! and bindings run concurrently in their own tasks ([`binder`]). Each decision is a
+//! [`cycle`]: the [`plugins`]' filters, then their scores.
+//!
+//! Pods name their scheduler in `spec.schedulerName`; a scheduler places only its own
+//! and counts everybody's, so several can run side by side.
 
+pub mod binder;
+pub mod cache;
+pub mod cycle;
+pub mod node_info;
+pub mod plugins;
+pub mod pod_info;
+pub mod preemption;
 pub mod quantity;
+pub mod queue;
 
-use std::collections::BTreeMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Binding, Node, ObjectReference, Pod};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{ListParams, Patch, PatchParams, PostParams};
-use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, ResourceExt};
-use serde_json::json;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
+
+use binder::Binder;
+use cache::Cache;
+use cycle::{Cycles, Diagnosis};
+use pod_info::{PodInfo, PodRef};
+use queue::Queue;
 
 /// The scheduler name pods ask for by default.
 pub const DEFAULT_SCHEDULER: &str = "default-scheduler";
 
-/// Errors of one scheduling attempt.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// An API call failed.
-    #[error("api: {0}")]
-    Api(#[from] kube::Error),
+/// How a scheduler runs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Its name: it places the pods whose `spec.schedulerName` says so.
+    pub name: String,
+    /// Percentage of nodes to find fitting before choosing (0: adaptive, as Kubernetes).
+    pub percentage_of_nodes_to_score: u32,
+    /// Bindings written at once.
+    pub parallel_binds: usize,
 }
 
-/// Runs the scheduler until shutdown.
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            name: DEFAULT_SCHEDULER.to_string(),
+            percentage_of_nodes_to_score: 0,
+            parallel_binds: 128,
+        }
+    }
+}
+
+/// Pods scheduled between two yields to the runtime (the loop is otherwise CPU-bound).
+const YIELD_EVERY: u32 = 64;
+/// How often parked pods are checked for having waited too long.
+const FLUSH_EVERY: Duration = Duration::from_secs(30);
+
+/// What reaches the scheduling loop.
+enum Input {
+    Pod(Box<watcher::Event<Pod>>),
+    Node(Box<watcher::Event<Node>>),
+    Namespace(Box<watcher::Event<Namespace>>),
+    /// A binding finished.
+    Bound {
+        pod: PodRef,
+        node: String,
+        result: Result<(), kube::Error>,
+    },
+}
+
+/// Runs the default scheduler until shutdown.
 pub async fn run(client: kube::Client, shutdown: watch::Receiver<bool>) {
-    let pods: Api<Pod> = Api::all(client.clone());
-    let pending = watcher::Config::default().fields("spec.nodeName=");
-    let controller = Controller::new(pods, pending);
-    // A node that appears, becomes ready or frees room may fit any pending pod: retry
-    // them all (the cache holds only unbound pods, so this stays small).
-    let waiting = controller.store();
-    let nodes: Api<Node> = Api::all(client.clone());
-    controller
-        .watches(nodes, watcher::Config::default(), move |_node: Node| {
-            waiting
-                .state()
-                .iter()
-                .map(|pod| ObjectRef::from_obj(pod.as_ref()))
-                .collect::<Vec<_>>()
-        })
-        .graceful_shutdown_on(crate::controllers::stopped(shutdown))
-        .run(
-            schedule,
-            |_, _, _| Action::requeue(Duration::from_secs(2)),
-            Arc::new(client),
-        )
-        .for_each(|_| async {})
-        .await;
+    run_with(client, Config::default(), shutdown).await
 }
 
-/// Requests of a pod: (cpu cores, memory bytes).
-fn requests(pod: &Pod) -> (f64, f64) {
-    let mut cpu = 0.0;
-    let mut mem = 0.0;
-    for c in pod.spec.iter().flat_map(|s| s.containers.iter()) {
-        let reqs = c.resources.as_ref().and_then(|r| r.requests.as_ref());
-        if let Some(reqs) = reqs {
-            cpu += reqs.get("cpu").and_then(|q| quantity::parse(&q.0)).unwrap_or(0.0);
-            mem += reqs.get("memory").and_then(|q| quantity::parse(&q.0)).unwrap_or(0.0);
-        }
+/// Runs a scheduler configured by `config` until shutdown.
+pub async fn run_with(client: kube::Client, config: Config, shutdown: watch::Receiver<bool>) {
+    let (tx, rx) = mpsc::channel(4096);
+    let feeds = [
+        tokio::spawn(feed(watch_all::<Pod>(&client), tx.clone(), |e| Input::Pod(Box::new(e)))),
+        tokio::spawn(feed(watch_all::<Node>(&client), tx.clone(), |e| {
+            Input::Node(Box::new(e))
+        })),
+        tokio::spawn(feed(watch_all::<Namespace>(&client), tx.clone(), |e| {
+            Input::Namespace(Box::new(e))
+        })),
+    ];
+    tracing::info!(scheduler = %config.name, "scheduler started");
+    let binder = Binder::new(client, &config.name, config.parallel_binds);
+    let mut scheduler = Scheduler::new(config, binder, tx);
+    scheduler.run(rx, shutdown).await;
+    for f in feeds {
+        f.abort();
     }
-    (cpu, mem)
 }
 
-/// A node's allocatable (cpu, memory, pods).
-fn allocatable(node: &Node) -> (f64, f64, f64) {
-    let alloc = node
-        .status
-        .as_ref()
-        .and_then(|s| s.allocatable.as_ref().or(s.capacity.as_ref()));
-    let get = |k: &str| {
-        alloc
-            .and_then(|a| a.get(k))
-            .and_then(|q| quantity::parse(&q.0))
-            .unwrap_or(0.0)
-    };
-    (get("cpu"), get("memory"), get("pods"))
+fn watch_all<K>(client: &kube::Client) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    watcher(Api::<K>::all(client.clone()), watcher::Config::default()).default_backoff()
 }
 
-fn is_ready(node: &Node) -> bool {
-    let conditions = node.status.as_ref().and_then(|s| s.conditions.as_ref());
-    conditions
-        .into_iter()
-        .flatten()
-        .any(|c| c.type_ == "Ready" && c.status == "True")
-}
-
-/// Why one node was filtered out, or its score if it fits.
-fn evaluate(pod: &Pod, node: &Node, on_node: &[&Pod]) -> Result<f64, &'static str> {
-    if !is_ready(node) {
-        return Err("node(s) were not ready");
-    }
-    if node.spec.as_ref().and_then(|s| s.unschedulable) == Some(true) {
-        return Err("node(s) were unschedulable");
-    }
-    let selector: BTreeMap<String, String> = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.node_selector.clone())
-        .unwrap_or_default();
-    let labels = node.labels();
-    if !selector.iter().all(|(k, v)| labels.get(k) == Some(v)) {
-        return Err("node(s) didn't match Pod's node affinity/selector");
-    }
-    let (cpu, mem, max_pods) = allocatable(node);
-    let (want_cpu, want_mem) = requests(pod);
-    let (used_cpu, used_mem) = on_node
-        .iter()
-        .map(|p| requests(p))
-        .fold((0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1));
-    if on_node.len() as f64 + 1.0 > max_pods {
-        return Err("Too many pods");
-    }
-    if used_cpu + want_cpu > cpu {
-        return Err("Insufficient cpu");
-    }
-    if used_mem + want_mem > mem {
-        return Err("Insufficient memory");
-    }
-    // Least allocated: the share of cpu and memory left free after placing the pod.
-    let free = |used: f64, total: f64| if total > 0.0 { (total - used) / total } else { 0.0 };
-    Ok((free(used_cpu + want_cpu, cpu) + free(used_mem + want_mem, mem)) / 2.0)
-}
-
-async fn schedule(pod: Arc<Pod>, client: Arc<kube::Client>) -> Result<Action, Error> {
-    let spec = pod.spec.as_ref();
-    let bound = spec.and_then(|s| s.node_name.as_ref()).is_some_and(|n| !n.is_empty());
-    let ours = spec
-        .and_then(|s| s.scheduler_name.as_deref())
-        .unwrap_or(DEFAULT_SCHEDULER)
-        == DEFAULT_SCHEDULER;
-    let phase = pod
-        .status
-        .as_ref()
-        .and_then(|s| s.phase.as_deref())
-        .unwrap_or("Pending");
-    if bound || !ours || matches!(phase, "Succeeded" | "Failed") {
-        return Ok(Action::await_change());
-    }
-    let ns = pod.namespace().unwrap_or_else(|| "default".into());
-    let name = pod.name_any();
-    let nodes = Api::<Node>::all((*client).clone())
-        .list(&ListParams::default())
-        .await?
-        .items;
-    let all_pods = Api::<Pod>::all((*client).clone())
-        .list(&ListParams::default())
-        .await?
-        .items;
-    let mut reasons: BTreeMap<&str, usize> = BTreeMap::new();
-    let mut best: Option<(f64, &Node)> = None;
-    for node in &nodes {
-        let node_name = node.name_any();
-        let on_node: Vec<&Pod> = all_pods
-            .iter()
-            .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node_name.as_str()))
-            .filter(|p| {
-                !matches!(
-                    p.status.as_ref().and_then(|s| s.phase.as_deref()),
-                    Some("Succeeded" | "Failed")
-                )
-            })
-            .collect();
-        match evaluate(&pod, node, &on_node) {
-            Ok(score) if best.is_none_or(|(s, _)| score > s) => best = Some((score, node)),
-            Ok(_) => {}
-            Err(reason) => *reasons.entry(reason).or_default() += 1,
-        }
-    }
-    let pods: Api<Pod> = Api::namespaced((*client).clone(), &ns);
-    match best {
-        Some((_, node)) => {
-            let binding = Binding {
-                metadata: ObjectMeta {
-                    name: Some(name.clone()),
-                    namespace: Some(ns.clone()),
-                    ..Default::default()
-                },
-                target: ObjectReference {
-                    kind: Some("Node".into()),
-                    name: Some(node.name_any()),
-                    ..Default::default()
-                },
-            };
-            let body = serde_json::to_vec(&binding).map_err(kube::Error::SerdeError)?;
-            let request = kube::core::Request::new(format!("/api/v1/namespaces/{ns}/pods"))
-                .create_subresource("binding", &name, &PostParams::default(), body)
-                .map_err(kube::Error::BuildRequest)?;
-            client.request::<serde_json::Value>(request).await?;
-            tracing::info!(object = %format!("{ns}/{name}"), node = %node.name_any(), "bound pod");
-            Ok(Action::await_change())
-        }
-        None => {
-            let detail = reasons
-                .iter()
-                .map(|(r, n)| format!("{n} {r}"))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let message = format!(
-                "0/{} nodes are available: {}.",
-                nodes.len(),
-                if detail.is_empty() {
-                    "no nodes registered".to_string()
-                } else {
-                    detail
+async fn feed<K>(
+    stream: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
+    tx: mpsc::Sender<Input>,
+    wrap: fn(watcher::Event<K>) -> Input,
+) {
+    let mut stream = std::pin::pin!(stream);
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(event) => {
+                if tx.send(wrap(event)).await.is_err() {
+                    return;
                 }
-            );
-            let already = pod
-                .status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .into_iter()
-                .flatten()
-                .any(|c| c.type_ == "PodScheduled" && c.message.as_deref() == Some(message.as_str()));
-            if !already {
-                tracing::info!(object = %format!("{ns}/{name}"), reason = %message, "pod is unschedulable");
-                let condition = json!({"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-                    "message": message, "lastTransitionTime": crate::kinds::now()});
-                let mut conditions: Vec<serde_json::Value> = pod
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.conditions.as_ref())
-                    .into_iter()
-                    .flatten()
-                    .filter(|c| c.type_ != "PodScheduled")
-                    .filter_map(|c| serde_json::to_value(c).ok())
-                    .collect();
-                conditions.push(condition);
-                let patch = json!({"status": {"phase": "Pending", "conditions": conditions}});
-                pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))
-                    .await?;
             }
-            // Node changes retrigger scheduling; the requeue is a safety net.
-            Ok(Action::requeue(Duration::from_secs(10)))
+            Err(e) => tracing::debug!(error = %e, "scheduler watch error; retrying"),
         }
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// The scheduling loop's state.
+struct Scheduler {
+    config: Config,
+    binder: Binder,
+    tx: mpsc::Sender<Input>,
+    cache: Cache,
+    queue: Queue,
+    cycles: Cycles,
+    /// Node -> pods preemption is making room for there.
+    nominated: HashMap<String, Vec<PodRef>>,
+    /// Uids seen during a relist in progress, per kind.
+    relist_pods: Option<HashSet<String>>,
+    relist_nodes: Option<HashSet<String>>,
+    pods_synced: bool,
+    nodes_synced: bool,
+}
 
-    fn node(cpu: &str, mem: &str, labels: serde_json::Value) -> Node {
-        serde_json::from_value(json!({"metadata": {"name": "n", "labels": labels},
-            "status": {"allocatable": {"cpu": cpu, "memory": mem, "pods": "10"},
-                "conditions": [{"type": "Ready", "status": "True"}]}}))
-        .unwrap()
+impl Scheduler {
+    fn new(config: Config, binder: Binder, tx: mpsc::Sender<Input>) -> Scheduler {
+        Scheduler {
+            cycles: Cycles::new(config.percentage_of_nodes_to_score),
+            config,
+            binder,
+            tx,
+            cache: Cache::default(),
+            queue: Queue::default(),
+            nominated: HashMap::new(),
+            relist_pods: None,
+            relist_nodes: None,
+            pods_synced: false,
+            nodes_synced: false,
+        }
     }
 
-    fn pod(cpu: &str, selector: serde_json::Value) -> Pod {
-        serde_json::from_value(json!({"metadata": {"name": "p"}, "spec": {"nodeSelector": selector,
-            "containers": [{"name": "c", "resources": {"requests": {"cpu": cpu, "memory": "1Mi"}}}]}}))
-        .unwrap()
+    async fn run(&mut self, mut rx: mpsc::Receiver<Input>, shutdown: watch::Receiver<bool>) {
+        let mut stop = std::pin::pin!(crate::controllers::stopped(shutdown));
+        let mut next_flush = Instant::now() + FLUSH_EVERY;
+        let mut since_yield = 0;
+        loop {
+            // Every waiting input first: decisions see the freshest cache.
+            while let Ok(input) = rx.try_recv() {
+                self.handle(input);
+            }
+            let now = Instant::now();
+            if now >= next_flush {
+                self.queue.flush_parked(now);
+                next_flush = now + FLUSH_EVERY;
+            }
+            if self.pods_synced && self.nodes_synced {
+                if let Some(pod) = self.queue.pop(now) {
+                    self.schedule_one(pod, now);
+                    since_yield += 1;
+                    if since_yield >= YIELD_EVERY {
+                        since_yield = 0;
+                        tokio::task::yield_now().await;
+                    }
+                    continue;
+                }
+            }
+            let wake = self.queue.next_wakeup().map_or(next_flush, |w| w.min(next_flush));
+            tokio::select! {
+                _ = &mut stop => break,
+                input = rx.recv() => match input {
+                    Some(input) => self.handle(input),
+                    None => break,
+                },
+                _ = tokio::time::sleep_until(wake.into()) => {}
+            }
+        }
+        tracing::info!(scheduler = %self.config.name, "scheduler stopped");
     }
 
-    #[test]
-    fn filters_by_fit_and_selector() {
-        let n = node("2", "1Gi", json!({"disk": "ssd"}));
-        assert!(evaluate(&pod("500m", json!({})), &n, &[]).is_ok());
-        assert!(evaluate(&pod("500m", json!({"disk": "ssd"})), &n, &[]).is_ok());
-        assert_eq!(evaluate(&pod("3", json!({})), &n, &[]), Err("Insufficient cpu"));
-        let busy = pod("1800m", json!({}));
-        assert_eq!(evaluate(&pod("500m", json!({})), &n, &[&busy]), Err("Insufficient cpu"));
-        assert_eq!(
-            evaluate(&pod("1", json!({"disk": "hdd"})), &n, &[]),
-            Err("node(s) didn't match Pod's node affinity/selector")
-        );
-        let fuller = evaluate(&pod("1", json!({})), &n, &[]).unwrap();
-        let emptier = evaluate(&pod("100m", json!({})), &n, &[]).unwrap();
-        assert!(emptier > fuller, "least allocated scores higher");
+    fn handle(&mut self, input: Input) {
+        let now = Instant::now();
+        match input {
+            Input::Pod(event) => self.pod_event(*event, now),
+            Input::Node(event) => self.node_event(*event, now),
+            Input::Namespace(event) => match *event {
+                watcher::Event::Apply(ns) | watcher::Event::InitApply(ns) => {
+                    self.cache.set_namespace(&ns.name_any(), ns.labels().clone());
+                }
+                watcher::Event::Delete(ns) => self.cache.remove_namespace(&ns.name_any()),
+                watcher::Event::Init | watcher::Event::InitDone => {}
+            },
+            Input::Bound { pod, node, result } => self.bound(pod, node, result, now),
+        }
+    }
+
+    fn pod_event(&mut self, event: watcher::Event<Pod>, now: Instant) {
+        match event {
+            watcher::Event::Init => self.relist_pods = Some(HashSet::new()),
+            watcher::Event::InitApply(pod) => {
+                let info = Arc::new(PodInfo::new(&pod));
+                if let Some(seen) = self.relist_pods.as_mut() {
+                    seen.insert(info.uid.clone());
+                }
+                self.pod_changed(info, now);
+            }
+            watcher::Event::Apply(pod) => self.pod_changed(Arc::new(PodInfo::new(&pod)), now),
+            watcher::Event::Delete(pod) => {
+                if let Some(uid) = pod.uid() {
+                    self.pod_gone(&uid, now);
+                }
+            }
+            watcher::Event::InitDone => {
+                if let Some(seen) = self.relist_pods.take() {
+                    let known = self.cache.placed_uids().into_iter().chain(self.queue.uids());
+                    let vanished: HashSet<String> = known.filter(|uid| !seen.contains(uid)).collect();
+                    for uid in vanished {
+                        self.pod_gone(&uid, now);
+                    }
+                }
+                self.pods_synced = true;
+            }
+        }
+    }
+
+    fn pod_changed(&mut self, info: PodRef, now: Instant) {
+        let uid = info.uid.clone();
+        let was_placed = self.cache.is_placed(&uid);
+        self.cache.set_pod(info.clone());
+        if was_placed && !self.cache.is_placed(&uid) {
+            // It finished: its room is free.
+            self.queue.cluster_changed(now);
+        }
+        if info.node_name.is_some() || !info.is_pending_for(&self.config.name) {
+            self.queue.remove(&uid);
+            self.unnominate(&uid);
+            return;
+        }
+        if self.cache.is_placed(&uid) {
+            // Assumed: its binding is in flight.
+            return;
+        }
+        if let Some(node) = info.nominated_node.as_ref() {
+            self.nominate(info.clone(), node);
+        }
+        self.queue.upsert(info);
+    }
+
+    fn pod_gone(&mut self, uid: &str, now: Instant) {
+        self.queue.remove(uid);
+        self.unnominate(uid);
+        if self.cache.remove_pod(uid).is_some() {
+            self.queue.cluster_changed(now);
+        }
+    }
+
+    fn node_event(&mut self, event: watcher::Event<Node>, now: Instant) {
+        match event {
+            watcher::Event::Init => self.relist_nodes = Some(HashSet::new()),
+            watcher::Event::InitApply(node) | watcher::Event::Apply(node) => {
+                if let Some(seen) = self.relist_nodes.as_mut() {
+                    seen.insert(node.name_any());
+                }
+                if self.cache.set_node(&node) {
+                    self.queue.cluster_changed(now);
+                }
+            }
+            watcher::Event::Delete(node) => self.cache.remove_node(&node.name_any()),
+            watcher::Event::InitDone => {
+                if let Some(seen) = self.relist_nodes.take() {
+                    for name in self.cache.node_names() {
+                        if !seen.contains(&name) {
+                            self.cache.remove_node(&name);
+                        }
+                    }
+                }
+                self.nodes_synced = true;
+                self.queue.cluster_changed(now);
+            }
+        }
+    }
+
+    fn nominate(&mut self, pod: PodRef, node: &str) {
+        self.unnominate(&pod.uid);
+        self.nominated.entry(node.to_string()).or_default().push(pod);
+    }
+
+    fn unnominate(&mut self, uid: &str) {
+        self.nominated.retain(|_, pods| {
+            pods.retain(|p| p.uid != uid);
+            !pods.is_empty()
+        });
+    }
+
+    fn schedule_one(&mut self, pod: PodRef, now: Instant) {
+        match self.cycles.schedule(&pod, &self.cache, &self.nominated) {
+            Ok(placement) => {
+                tracing::debug!(object = %pod.key(), node = %placement.node, evaluated = placement.evaluated,
+                    feasible = placement.feasible, "assumed pod");
+                self.cache.assume(&pod, &placement.node);
+                self.unnominate(&pod.uid);
+                let binder = self.binder.clone();
+                let tx = self.tx.clone();
+                tokio::spawn(async move {
+                    let result = binder.bind(&pod, &placement.node).await;
+                    let _ = tx
+                        .send(Input::Bound {
+                            pod,
+                            node: placement.node,
+                            result,
+                        })
+                        .await;
+                });
+            }
+            Err(diagnosis) => self.unschedulable(pod, diagnosis, now),
+        }
+    }
+
+    /// The pod fits nowhere: try preemption, then park it and say why.
+    fn unschedulable(&mut self, pod: PodRef, diagnosis: Diagnosis, now: Instant) {
+        let mut message = diagnosis.message();
+        // Victims evicted for this pod earlier are still terminating: wait for them
+        // rather than evicting more elsewhere.
+        let waiting = self.nominated.iter().any(|(node, pods)| {
+            pods.iter().any(|p| p.uid == pod.uid)
+                && self
+                    .cache
+                    .pods_on(node)
+                    .any(|p| p.deleting && p.priority < pod.priority)
+        });
+        if diagnosis.invalid.is_none() && diagnosis.nodes > 0 && !waiting {
+            match preemption::find(&pod, &self.cache, &diagnosis.resolvable) {
+                Some(p) => {
+                    self.preempt(&pod, p);
+                }
+                None => {
+                    let helpless = diagnosis.nodes - diagnosis.resolvable.len();
+                    let mut parts = Vec::new();
+                    if !diagnosis.resolvable.is_empty() {
+                        parts.push(format!(
+                            "{} No preemption victims found for incoming pod",
+                            diagnosis.resolvable.len()
+                        ));
+                    }
+                    if helpless > 0 {
+                        parts.push(format!("{helpless} Preemption is not helpful for scheduling"));
+                    }
+                    parts.sort();
+                    message = format!(
+                        "{message} preemption: 0/{} nodes are available: {}.",
+                        diagnosis.nodes,
+                        parts.join(", ")
+                    );
+                }
+            }
+        }
+        self.queue.park(&pod.uid, now);
+        if pod.unschedulable_message.as_deref() == Some(message.as_str()) {
+            return;
+        }
+        tracing::info!(object = %pod.key(), reason = %message, "pod is unschedulable");
+        self.binder.event(&pod, "Warning", "FailedScheduling", message.clone());
+        let binder = self.binder.clone();
+        tokio::spawn(async move {
+            if let Err(e) = binder.mark_unschedulable(&pod, &message).await {
+                tracing::debug!(object = %pod.key(), error = %e, "recording unschedulable failed");
+            }
+        });
+    }
+
+    fn preempt(&mut self, pod: &PodRef, p: preemption::Preemption) {
+        tracing::info!(object = %pod.key(), node = %p.node, victims = p.victims.len(), "preempting");
+        self.nominate(pod.clone(), &p.node);
+        for victim in &p.victims {
+            self.binder.event(
+                victim,
+                "Normal",
+                "Preempted",
+                format!("Preempted by pod {} on node {}", pod.uid, p.node),
+            );
+        }
+        let binder = self.binder.clone();
+        let pod = pod.clone();
+        tokio::spawn(async move {
+            if let Err(e) = binder.nominate(&pod, Some(&p.node)).await {
+                tracing::debug!(object = %pod.key(), error = %e, "nominating failed");
+            }
+            for victim in &p.victims {
+                if let Err(e) = binder.evict(victim).await {
+                    tracing::warn!(object = %victim.key(), error = %e, "evicting a preemption victim failed");
+                }
+            }
+        });
+    }
+
+    fn bound(&mut self, pod: PodRef, node: String, result: Result<(), kube::Error>, now: Instant) {
+        match result {
+            Ok(()) => {
+                tracing::info!(object = %pod.key(), node = %node, "bound pod");
+                self.queue.done(&pod.uid);
+                self.binder.event(
+                    &pod,
+                    "Normal",
+                    "Scheduled",
+                    format!("Successfully assigned {} to {node}", pod.key()),
+                );
+            }
+            Err(e) => {
+                if self.cache.forget(&pod.uid) {
+                    self.queue.cluster_changed(now);
+                }
+                match &e {
+                    kube::Error::Api(s) if s.code == 404 => {
+                        tracing::debug!(object = %pod.key(), "pod gone before its binding");
+                        self.queue.remove(&pod.uid);
+                    }
+                    _ => {
+                        tracing::warn!(object = %pod.key(), node = %node, error = %e, "binding failed; retrying");
+                        self.queue.retry_later(&pod.uid, now);
+                    }
+                }
+            }
+        }
     }
 }

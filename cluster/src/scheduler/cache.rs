@@ -1,0 +1,372 @@
+//! The scheduler's view of the cluster, fed by watches and kept up to date incrementally.
+//!
+//! Besides each node's running totals ([`NodeInfo`]) it keeps the indexes that make pod
+//! affinity and spreading cheap at thousands of nodes: pods grouped by (namespace,
+//! labels) with how many of each group sit on each node, the required anti-affinity
+//! terms of placed pods grouped the same way, and per controlling owner the nodes its
+//! pods are on. A rule then looks at a few groups instead of every pod.
+//!
+//! A pod chosen for a node is *assumed* there at once, before its binding is written,
+//! so the next decision already sees it; the watch event of the bound pod replaces the
+//! assumption, and a failed binding forgets it.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Node;
+
+use super::node_info::NodeInfo;
+use super::pod_info::{AffinityTerm, Labels, PodInfo, PodRef};
+
+/// Pods with the same namespace and labels, and how many sit on each node.
+#[derive(Debug, Default)]
+pub struct LabelGroup {
+    /// Their namespace.
+    pub namespace: String,
+    /// Their labels.
+    pub labels: Labels,
+    /// Node name -> pods of the group on it.
+    pub nodes: HashMap<String, u32>,
+}
+
+/// Placed pods sharing one required anti-affinity term, and their nodes.
+#[derive(Debug)]
+pub struct TermGroup {
+    /// The term (resolved in its pod's namespace).
+    pub term: AffinityTerm,
+    /// Weight for preferred terms (positive: affinity, negative: anti-affinity); zero
+    /// for a required anti-affinity term.
+    pub weight: i64,
+    /// Node name -> pods with this term on it.
+    pub nodes: HashMap<String, u32>,
+}
+
+type GroupKey = (String, Vec<(String, String)>);
+
+/// Where a cached pod stands.
+#[derive(Debug, Clone)]
+struct Placed {
+    pod: PodRef,
+    node: String,
+    /// Chosen by this scheduler, binding not yet seen by the watch.
+    assumed: bool,
+}
+
+/// The cluster as the scheduler sees it.
+#[derive(Debug, Default)]
+pub struct Cache {
+    nodes: HashMap<String, NodeInfo>,
+    /// Names of nodes with a Node object, in a stable order for round-robin search.
+    order: Vec<String>,
+    placed: HashMap<String, Placed>,
+    groups: HashMap<GroupKey, LabelGroup>,
+    terms: HashMap<String, TermGroup>,
+    owners: HashMap<String, HashMap<String, u32>>,
+    namespaces: HashMap<String, Labels>,
+}
+
+fn group_key(pod: &PodInfo) -> GroupKey {
+    let labels = pod.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    (pod.namespace.clone(), labels)
+}
+
+/// The terms of a placed pod that other pods must respect or may be drawn to, keyed by
+/// their content so identical terms share one group.
+fn terms_of(pod: &PodInfo) -> Vec<(String, i64, &AffinityTerm)> {
+    let key = |kind: &str, weight: i64, t: &AffinityTerm| {
+        format!(
+            "{kind}|{weight}|{}|{:?}|{:?}|{:?}",
+            t.topology_key, t.namespaces, t.selector, t.namespace_selector
+        )
+    };
+    let mut out: Vec<(String, i64, &AffinityTerm)> =
+        pod.anti_affinity.iter().map(|t| (key("anti", 0, t), 0, t)).collect();
+    out.extend(
+        pod.preferred_affinity
+            .iter()
+            .map(|w| (key("pref", w.weight, &w.term), w.weight, &w.term)),
+    );
+    out.extend(
+        pod.preferred_anti_affinity
+            .iter()
+            .map(|w| (key("pref", -w.weight, &w.term), -w.weight, &w.term)),
+    );
+    out
+}
+
+fn bump(map: &mut HashMap<String, u32>, node: &str, up: bool) -> bool {
+    if up {
+        *map.entry(node.to_string()).or_default() += 1;
+    } else if let Some(n) = map.get_mut(node) {
+        *n -= 1;
+        if *n == 0 {
+            map.remove(node);
+        }
+    }
+    map.is_empty()
+}
+
+impl Cache {
+    /// Adds or updates a Node; returns whether pending pods should look again.
+    pub fn set_node(&mut self, node: &Node) -> bool {
+        let Some(name) = node.metadata.name.clone() else {
+            return false;
+        };
+        let info = self
+            .nodes
+            .entry(name.clone())
+            .or_insert_with(|| NodeInfo::placeholder(&name));
+        let new = !info.exists;
+        let changed = info.set_node(node);
+        if new {
+            self.order.push(name);
+        }
+        changed
+    }
+
+    /// Removes a Node (its pods stay counted until their own deletion is seen).
+    pub fn remove_node(&mut self, name: &str) {
+        if let Some(info) = self.nodes.get_mut(name) {
+            info.exists = false;
+            if info.pods.is_empty() {
+                self.nodes.remove(name);
+            }
+            self.order.retain(|n| n != name);
+        }
+    }
+
+    /// Node names known to exist, for a relist to drop those that vanished.
+    pub fn node_names(&self) -> Vec<String> {
+        self.order.clone()
+    }
+
+    /// Records a namespace's labels (for namespace selectors in affinity terms).
+    pub fn set_namespace(&mut self, name: &str, labels: Labels) {
+        self.namespaces.insert(name.to_string(), labels);
+    }
+
+    /// Forgets a namespace.
+    pub fn remove_namespace(&mut self, name: &str) {
+        self.namespaces.remove(name);
+    }
+
+    /// The labels of namespace `name`.
+    pub fn namespace_labels(&self, name: &str) -> Option<&Labels> {
+        self.namespaces.get(name)
+    }
+
+    /// Takes note of a pod as the watch shows it: a bound, unfinished pod is counted on
+    /// its node (replacing an assumption for it); any other is not counted. Returns
+    /// whether the pod had been assumed and is now confirmed or gone.
+    pub fn set_pod(&mut self, pod: PodRef) -> bool {
+        let was_assumed = self.placed.get(&pod.uid).is_some_and(|p| p.assumed);
+        if was_assumed && pod.node_name.is_none() && !pod.terminal {
+            // The watch is still behind our binding: keep the assumption.
+            return false;
+        }
+        self.remove_pod(&pod.uid);
+        if pod.occupies_node() {
+            let node = pod.node_name.clone().unwrap_or_default();
+            self.place(pod, node, false);
+        }
+        was_assumed
+    }
+
+    /// Counts `pod` on `node` before its binding is written.
+    pub fn assume(&mut self, pod: &PodRef, node: &str) {
+        let mut bound = (**pod).clone();
+        bound.node_name = Some(node.to_string());
+        self.remove_pod(&pod.uid);
+        self.place(Arc::new(bound), node.to_string(), true);
+    }
+
+    /// Drops an assumption whose binding failed; true if there was one.
+    pub fn forget(&mut self, uid: &str) -> bool {
+        if self.placed.get(uid).is_some_and(|p| p.assumed) {
+            self.remove_pod(uid);
+            return true;
+        }
+        false
+    }
+
+    /// Whether the pod with `uid` is assumed or bound.
+    pub fn is_placed(&self, uid: &str) -> bool {
+        self.placed.contains_key(uid)
+    }
+
+    /// Uids of every counted pod, for a relist to drop those that vanished.
+    pub fn placed_uids(&self) -> HashSet<String> {
+        self.placed.keys().cloned().collect()
+    }
+
+    fn place(&mut self, pod: PodRef, node: String, assumed: bool) {
+        self.index(&pod, &node, true);
+        self.nodes
+            .entry(node.clone())
+            .or_insert_with(|| NodeInfo::placeholder(&node))
+            .add_pod(pod.clone());
+        self.placed.insert(pod.uid.clone(), Placed { pod, node, assumed });
+    }
+
+    /// Stops counting the pod with `uid`.
+    pub fn remove_pod(&mut self, uid: &str) -> Option<PodRef> {
+        let placed = self.placed.remove(uid)?;
+        self.index(&placed.pod, &placed.node, false);
+        if let Some(info) = self.nodes.get_mut(&placed.node) {
+            info.remove_pod(uid);
+            if !info.exists && info.pods.is_empty() {
+                self.nodes.remove(&placed.node);
+            }
+        }
+        Some(placed.pod)
+    }
+
+    fn index(&mut self, pod: &PodInfo, node: &str, up: bool) {
+        let key = group_key(pod);
+        let group = self.groups.entry(key.clone()).or_insert_with(|| LabelGroup {
+            namespace: pod.namespace.clone(),
+            labels: pod.labels.clone(),
+            nodes: HashMap::new(),
+        });
+        if bump(&mut group.nodes, node, up) {
+            self.groups.remove(&key);
+        }
+        for (key, weight, term) in terms_of(pod) {
+            let group = self.terms.entry(key.clone()).or_insert_with(|| TermGroup {
+                term: term.clone(),
+                weight,
+                nodes: HashMap::new(),
+            });
+            if bump(&mut group.nodes, node, up) {
+                self.terms.remove(&key);
+            }
+        }
+        if let Some(owner) = &pod.owner_uid {
+            let nodes = self.owners.entry(owner.clone()).or_default();
+            if bump(nodes, node, up) {
+                self.owners.remove(owner);
+            }
+        }
+    }
+
+    /// The node named `name`, if it exists.
+    pub fn node(&self, name: &str) -> Option<&NodeInfo> {
+        self.nodes.get(name).filter(|n| n.exists)
+    }
+
+    /// How many nodes exist.
+    pub fn node_count(&self) -> usize {
+        self.order.len()
+    }
+
+    /// The `i`th existing node in the round-robin order.
+    pub fn node_at(&self, i: usize) -> Option<&NodeInfo> {
+        self.order.get(i).and_then(|n| self.nodes.get(n))
+    }
+
+    /// Every existing node.
+    pub fn nodes(&self) -> impl Iterator<Item = &NodeInfo> {
+        self.order.iter().filter_map(|n| self.nodes.get(n))
+    }
+
+    /// Groups of placed pods by (namespace, labels).
+    pub fn label_groups(&self) -> impl Iterator<Item = &LabelGroup> {
+        self.groups.values()
+    }
+
+    /// Terms of placed pods (required anti-affinity, preferred affinity and anti-affinity).
+    pub fn term_groups(&self) -> impl Iterator<Item = &TermGroup> {
+        self.terms.values()
+    }
+
+    /// Node name -> how many pods of controlling owner `uid` are on it.
+    pub fn owner_nodes(&self, uid: &str) -> Option<&HashMap<String, u32>> {
+        self.owners.get(uid)
+    }
+
+    /// Pods on node `name` (bound and assumed).
+    pub fn pods_on(&self, name: &str) -> impl Iterator<Item = &PodRef> {
+        self.nodes.get(name).into_iter().flat_map(|n| n.pods.values())
+    }
+
+    /// For each topology domain of `key` (among existing nodes), the pods in it that a
+    /// group filter accepts, summed from the label groups.
+    pub fn domain_counts(
+        &self,
+        key: &str,
+        mut accept: impl FnMut(&LabelGroup) -> bool,
+        mut node_ok: impl FnMut(&NodeInfo) -> bool,
+    ) -> BTreeMap<String, i64> {
+        let mut counts = BTreeMap::new();
+        for group in self.groups.values().filter(|g| accept(g)) {
+            for (node, n) in &group.nodes {
+                let Some(info) = self.node(node) else { continue };
+                if !node_ok(info) {
+                    continue;
+                }
+                if let Some(domain) = info.domain(key) {
+                    *counts.entry(domain.to_string()).or_default() += i64::from(*n);
+                }
+            }
+        }
+        counts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn node(name: &str) -> Node {
+        serde_json::from_value(json!({"metadata": {"name": name, "labels": {"zone": "a"}},
+            "status": {"allocatable": {"cpu": "1", "memory": "1Gi", "pods": "10"},
+                "conditions": [{"type": "Ready", "status": "True"}]}}))
+        .expect("node")
+    }
+
+    fn pod(uid: &str, node: Option<&str>, cpu: &str) -> PodRef {
+        let p: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
+            "metadata": {"name": uid, "namespace": "default", "uid": uid, "labels": {"app": "web"}},
+            "spec": {"nodeName": node, "containers": [{"name": "c", "resources": {"requests": {"cpu": cpu}}}]}}))
+        .expect("pod");
+        Arc::new(PodInfo::new(&p))
+    }
+
+    #[test]
+    fn totals_follow_binds_assumptions_and_deletes() {
+        let mut cache = Cache::default();
+        assert!(cache.set_node(&node("n1")));
+        assert!(!cache.set_node(&node("n1")), "an unchanged node is not news");
+        cache.set_pod(pod("a", Some("n1"), "100m"));
+        cache.assume(&pod("b", None, "200m"), "n1");
+        assert_eq!(cache.node("n1").map(|n| n.requested.milli_cpu), Some(300));
+        // An update of b from before its binding keeps the assumption.
+        assert!(!cache.set_pod(pod("b", None, "200m")));
+        assert_eq!(cache.node("n1").map(|n| n.requested.milli_cpu), Some(300));
+        // The bound b replaces the assumption instead of counting twice.
+        assert!(cache.set_pod(pod("b", Some("n1"), "200m")));
+        assert_eq!(cache.node("n1").map(|n| n.requested.milli_cpu), Some(300));
+        assert!(!cache.forget("b"), "a confirmed pod is not forgotten");
+        cache.assume(&pod("c", None, "300m"), "n1");
+        assert!(cache.forget("c"));
+        cache.remove_pod("a");
+        assert_eq!(cache.node("n1").map(|n| n.requested.milli_cpu), Some(200));
+        let groups: Vec<_> = cache.label_groups().map(|g| g.nodes.clone()).collect();
+        assert_eq!(groups, [HashMap::from([("n1".to_string(), 1)])]);
+    }
+
+    #[test]
+    fn pods_on_an_unseen_node_wait_for_it() {
+        let mut cache = Cache::default();
+        cache.set_pod(pod("a", Some("late"), "500m"));
+        assert!(cache.node("late").is_none());
+        assert_eq!(cache.node_count(), 0);
+        cache.set_node(&node("late"));
+        assert_eq!(cache.node("late").map(|n| n.requested.milli_cpu), Some(500));
+        cache.remove_node("late");
+        assert!(cache.node("late").is_none());
+        cache.remove_pod("a");
+        assert!(cache.nodes.is_empty());
+    }
+}

@@ -1,10 +1,12 @@
 //! Kairn's node agent: registers a Node, keeps its Lease, and runs the pods bound to it
-//! through a [`runtime::Runtime`] (host processes by default), reporting their status.
+//! through a [`runtime::Runtime`] (host processes by default), reporting their status;
+//! or, with [`simulate`], stands in for thousands of hollow nodes that run nothing.
 
 pub mod logs;
 mod node_status;
 pub mod pod;
 pub mod runtime;
+pub mod simulate;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;

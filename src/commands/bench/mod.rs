@@ -16,8 +16,11 @@
 //! `kairn bench store`: the store against etcd 3.4, side by side (`store.rs`).
 //!
 //! `kairn bench gitops`: the reconciler on repos of 1,000 and 10,000 objects (`gitops.rs`).
+//!
+//! `kairn bench scheduler`: scheduling throughput over hollow nodes (`scheduler.rs`).
 
 mod gitops;
+mod scheduler;
 mod store;
 
 use std::collections::BTreeMap;
@@ -54,6 +57,8 @@ pub enum Which {
     /// Puts, linearizable reads and watch fan-out on a 3-member Kairn store and a
     /// 3-member etcd, with the same etcd-protocol client.
     Store(store::StoreArgs),
+    /// Pods scheduled per second over thousands of hollow nodes, per placement workload.
+    Scheduler(scheduler::SchedulerArgs),
 }
 
 /// `kairn bench writes` flags.
@@ -99,6 +104,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         Which::Writes(w) => writes(w).await,
         Which::Gitops(g) => gitops::run(g).await,
         Which::Store(s) => store::run(s).await,
+        Which::Scheduler(s) => scheduler::run(s).await,
     }
 }
 
@@ -114,7 +120,7 @@ fn now_micros() -> u128 {
 struct Server {
     child: std::process::Child,
     pub(super) client: kube::Client,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Server {
@@ -185,11 +191,17 @@ impl Server {
         };
         let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
         let client = kube::Client::try_from(config)?;
-        Ok(Server {
-            child,
-            client,
-            _dir: dir,
-        })
+        Ok(Server { child, client, dir })
+    }
+
+    /// The server's data directory (its kubeconfigs are there).
+    fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// The server's process id.
+    fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// The server process's resident memory, in KiB.

@@ -2,14 +2,18 @@
 //!
 //! Besides each node's running totals ([`NodeInfo`]) it keeps the indexes that make pod
 //! affinity and spreading cheap at thousands of nodes: pods grouped by (namespace,
-//! labels) with how many of each group sit on each node, the required anti-affinity
-//! terms of placed pods grouped the same way, and per controlling owner the nodes its
-//! pods are on. A rule then looks at a few groups instead of every pod.
+//! labels) with how many of each group sit on each node, the (anti-)affinity terms of
+//! placed pods grouped the same way, and per controlling owner the nodes its pods are
+//! on. For every topology key a pending pod's rules name (a *tracked* key), each group
+//! also keeps its pods per domain, and the cache the nodes per domain, all updated as
+//! pods and nodes come and go. A rule then looks at a few groups' domain counts instead
+//! of every pod or every node.
 //!
 //! A pod chosen for a node is *assumed* there at once, before its binding is written,
 //! so the next decision already sees it; the watch event of the bound pod replaces the
 //! assumption, and a failed binding forgets it.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
@@ -17,6 +21,9 @@ use k8s_openapi::api::core::v1::Node;
 
 use super::node_info::NodeInfo;
 use super::pod_info::{AffinityTerm, Labels, PodInfo, PodRef};
+
+/// Topology domain -> how many pods (of one group) are in it.
+pub type DomainCounts = HashMap<String, i64>;
 
 /// Pods with the same namespace and labels, and how many sit on each node.
 #[derive(Debug, Default)]
@@ -27,6 +34,8 @@ pub struct LabelGroup {
     pub labels: Labels,
     /// Node name -> pods of the group on it.
     pub nodes: HashMap<String, u32>,
+    /// Tracked topology key -> the group's pods per domain.
+    domains: HashMap<String, DomainCounts>,
 }
 
 /// Placed pods sharing one required anti-affinity term, and their nodes.
@@ -39,6 +48,8 @@ pub struct TermGroup {
     pub weight: i64,
     /// Node name -> pods with this term on it.
     pub nodes: HashMap<String, u32>,
+    /// Those pods per domain of the term's topology key.
+    domains: DomainCounts,
 }
 
 type GroupKey = (String, Vec<(String, String)>);
@@ -63,6 +74,8 @@ pub struct Cache {
     terms: HashMap<String, TermGroup>,
     owners: HashMap<String, HashMap<String, u32>>,
     namespaces: HashMap<String, Labels>,
+    /// Tracked topology key -> domain -> existing nodes in it.
+    key_domains: HashMap<String, DomainCounts>,
 }
 
 fn group_key(pod: &PodInfo) -> GroupKey {
@@ -94,6 +107,33 @@ fn terms_of(pod: &PodInfo) -> Vec<(String, i64, &AffinityTerm)> {
     out
 }
 
+/// Adds `delta` to `domain`'s count, dropping it at zero.
+fn adjust(map: &mut DomainCounts, domain: &str, delta: i64) {
+    match map.get_mut(domain) {
+        Some(n) => {
+            *n += delta;
+            if *n <= 0 {
+                map.remove(domain);
+            }
+        }
+        None if delta > 0 => {
+            map.insert(domain.to_string(), delta);
+        }
+        None => {}
+    }
+}
+
+/// The pods per domain of `key` of a group on `nodes`.
+fn count_domains(all: &HashMap<String, NodeInfo>, nodes: &HashMap<String, u32>, key: &str) -> DomainCounts {
+    let mut out = DomainCounts::new();
+    for (node, n) in nodes {
+        if let Some(d) = all.get(node).filter(|i| i.exists).and_then(|i| i.domain(key)) {
+            *out.entry(d.to_string()).or_default() += i64::from(*n);
+        }
+    }
+    out
+}
+
 fn bump(map: &mut HashMap<String, u32>, node: &str, up: bool) -> bool {
     if up {
         *map.entry(node.to_string()).or_default() += 1;
@@ -117,21 +157,106 @@ impl Cache {
             .entry(name.clone())
             .or_insert_with(|| NodeInfo::placeholder(&name));
         let new = !info.exists;
+        let old_labels = std::mem::take(&mut info.labels);
+        info.labels = old_labels.clone();
         let changed = info.set_node(node);
+        let relabelled = new || info.labels != old_labels;
+        let has_pods = !info.pods.is_empty();
         if new {
-            self.order.push(name);
+            self.order.push(name.clone());
+        }
+        if relabelled {
+            let new_labels = info.labels.clone();
+            for (key, domains) in &mut self.key_domains {
+                if let Some(d) = old_labels.get(key).filter(|_| !new) {
+                    adjust(domains, d, -1);
+                }
+                if let Some(d) = new_labels.get(key) {
+                    adjust(domains, d, 1);
+                }
+            }
+            if has_pods {
+                // Its pods now count in other domains (or at all): rare, so recount whole.
+                self.recount();
+            }
         }
         changed
     }
 
     /// Removes a Node (its pods stay counted until their own deletion is seen).
     pub fn remove_node(&mut self, name: &str) {
-        if let Some(info) = self.nodes.get_mut(name) {
-            info.exists = false;
-            if info.pods.is_empty() {
-                self.nodes.remove(name);
+        let Some(info) = self.nodes.get_mut(name) else { return };
+        if !info.exists {
+            return;
+        }
+        info.exists = false;
+        let has_pods = !info.pods.is_empty();
+        for (key, domains) in &mut self.key_domains {
+            if let Some(d) = info.labels.get(key) {
+                adjust(domains, d, -1);
             }
-            self.order.retain(|n| n != name);
+        }
+        if !has_pods {
+            self.nodes.remove(name);
+        }
+        self.order.retain(|n| n != name);
+        if has_pods {
+            self.recount();
+        }
+    }
+
+    /// Keeps per-domain counts for `key` from now on.
+    pub fn track_key(&mut self, key: &str) {
+        if self.key_domains.contains_key(key) {
+            return;
+        }
+        let mut domains = HashMap::new();
+        for info in self.nodes.values().filter(|n| n.exists) {
+            if let Some(d) = info.domain(key) {
+                adjust(&mut domains, d, 1);
+            }
+        }
+        self.key_domains.insert(key.to_string(), domains);
+        for group in self.groups.values_mut() {
+            group
+                .domains
+                .insert(key.to_string(), count_domains(&self.nodes, &group.nodes, key));
+        }
+    }
+
+    /// Tracks every topology key the rules of `pod` name.
+    pub fn track_pod_keys(&mut self, pod: &PodInfo) {
+        let keys: Vec<String> = pod
+            .affinity
+            .iter()
+            .chain(&pod.anti_affinity)
+            .map(|t| t.topology_key.clone())
+            .chain(
+                pod.preferred_affinity
+                    .iter()
+                    .chain(&pod.preferred_anti_affinity)
+                    .map(|w| w.term.topology_key.clone()),
+            )
+            .chain(pod.spread.iter().map(|c| c.topology_key.clone()))
+            .collect();
+        for key in keys {
+            self.track_key(&key);
+        }
+    }
+
+    /// Recomputes every per-domain count (after a node holding pods changed labels,
+    /// appeared or went).
+    fn recount(&mut self) {
+        let keys: Vec<String> = self.key_domains.keys().cloned().collect();
+        self.key_domains.clear();
+        for group in self.groups.values_mut() {
+            group.domains.clear();
+        }
+        for key in keys {
+            self.track_key(&key);
+        }
+        for tg in self.terms.values_mut() {
+            tg.domains = count_domains(&self.nodes, &tg.nodes, &tg.term.topology_key);
         }
     }
 
@@ -189,6 +314,11 @@ impl Cache {
         false
     }
 
+    /// The node the pod with `uid` is counted on, if any.
+    pub fn node_of(&self, uid: &str) -> Option<&str> {
+        self.placed.get(uid).map(|p| p.node.as_str())
+    }
+
     /// Whether the pod with `uid` is assumed or bound.
     pub fn is_placed(&self, uid: &str) -> bool {
         self.placed.contains_key(uid)
@@ -222,12 +352,23 @@ impl Cache {
     }
 
     fn index(&mut self, pod: &PodInfo, node: &str, up: bool) {
+        for (_, _, term) in terms_of(pod) {
+            self.track_key(&term.topology_key);
+        }
+        let delta = if up { 1 } else { -1 };
+        let node_labels = self.nodes.get(node).filter(|n| n.exists).map(|n| &n.labels);
         let key = group_key(pod);
         let group = self.groups.entry(key.clone()).or_insert_with(|| LabelGroup {
             namespace: pod.namespace.clone(),
             labels: pod.labels.clone(),
-            nodes: HashMap::new(),
+            ..Default::default()
         });
+        for tracked in self.key_domains.keys() {
+            let domains = group.domains.entry(tracked.clone()).or_default();
+            if let Some(d) = node_labels.and_then(|l| l.get(tracked)) {
+                adjust(domains, d, delta);
+            }
+        }
         if bump(&mut group.nodes, node, up) {
             self.groups.remove(&key);
         }
@@ -236,7 +377,11 @@ impl Cache {
                 term: term.clone(),
                 weight,
                 nodes: HashMap::new(),
+                domains: DomainCounts::new(),
             });
+            if let Some(d) = node_labels.and_then(|l| l.get(&term.topology_key)) {
+                adjust(&mut group.domains, d, delta);
+            }
             if bump(&mut group.nodes, node, up) {
                 self.terms.remove(&key);
             }
@@ -245,6 +390,37 @@ impl Cache {
             let nodes = self.owners.entry(owner.clone()).or_default();
             if bump(nodes, node, up) {
                 self.owners.remove(owner);
+            }
+        }
+    }
+
+    /// The pods of `group` per domain of `key` (counted on the spot if `key` is not
+    /// tracked).
+    pub fn group_domains<'a>(&'a self, group: &'a LabelGroup, key: &str) -> Cow<'a, DomainCounts> {
+        match group.domains.get(key) {
+            Some(d) if self.key_domains.contains_key(key) => Cow::Borrowed(d),
+            _ => Cow::Owned(count_domains(&self.nodes, &group.nodes, key)),
+        }
+    }
+
+    /// The pods of a term group per domain of its topology key.
+    pub fn term_domains<'a>(&'a self, group: &'a TermGroup) -> &'a DomainCounts {
+        &group.domains
+    }
+
+    /// Domain of `key` -> how many existing nodes are in it (counted on the spot if
+    /// `key` is not tracked).
+    pub fn key_domains(&self, key: &str) -> Cow<'_, DomainCounts> {
+        match self.key_domains.get(key) {
+            Some(d) => Cow::Borrowed(d),
+            None => {
+                let mut out = HashMap::new();
+                for info in self.nodes() {
+                    if let Some(d) = info.domain(key) {
+                        adjust(&mut out, d, 1);
+                    }
+                }
+                Cow::Owned(out)
             }
         }
     }
@@ -354,6 +530,33 @@ mod tests {
         assert_eq!(cache.node("n1").map(|n| n.requested.milli_cpu), Some(200));
         let groups: Vec<_> = cache.label_groups().map(|g| g.nodes.clone()).collect();
         assert_eq!(groups, [HashMap::from([("n1".to_string(), 1)])]);
+    }
+
+    #[test]
+    fn tracked_domain_counts_follow_pods_and_relabelled_nodes() {
+        let mut cache = Cache::default();
+        cache.set_node(&node("n1"));
+        cache.set_pod(pod("a", Some("n1"), "1m"));
+        cache.track_key("zone");
+        let web = |c: &Cache| {
+            let g = c.label_groups().next().map(|g| c.group_domains(g, "zone").into_owned());
+            g.unwrap_or_default()
+        };
+        assert_eq!(web(&cache), HashMap::from([("a".to_string(), 1)]));
+        cache.set_pod(pod("b", Some("n1"), "1m"));
+        assert_eq!(web(&cache), HashMap::from([("a".to_string(), 2)]));
+        assert_eq!(*cache.key_domains("zone"), HashMap::from([("a".to_string(), 1)]));
+        // n1 moves to zone b: its pods move with it.
+        let mut moved = node("n1");
+        moved.metadata.labels = Some([("zone".to_string(), "b".to_string())].into());
+        cache.set_node(&moved);
+        assert_eq!(web(&cache), HashMap::from([("b".to_string(), 2)]));
+        assert_eq!(*cache.key_domains("zone"), HashMap::from([("b".to_string(), 1)]));
+        cache.remove_pod("a");
+        cache.remove_pod("b");
+        assert!(cache.label_groups().next().is_none());
+        cache.remove_node("n1");
+        assert!(cache.key_domains("zone").is_empty());
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use super::cache::Cache;
 use super::node_info::NodeInfo;
-use super::plugins::{run_filters, score_nodes, CycleState};
+use super::plugins::{run_filters, score_nodes, CycleState, Unfit};
 use super::pod_info::PodRef;
 
 /// Below this many nodes every node is examined.
@@ -74,6 +74,32 @@ pub fn feasible_nodes_to_find(nodes: usize, percentage: u32) -> usize {
     (nodes * pct / 100).max(MIN_FEASIBLE_NODES)
 }
 
+/// Runs the filters on `node`, counting the pods nominated there that are at least as
+/// important as the pod (their room is kept for them).
+fn check(state: &CycleState, node: &NodeInfo, nominated: &HashMap<String, Vec<PodRef>>) -> Result<(), Unfit> {
+    let pod = &state.pod;
+    let reserved: Vec<&PodRef> = nominated
+        .get(&node.name)
+        .into_iter()
+        .flatten()
+        .filter(|n| n.uid != pod.uid && n.priority >= pod.priority)
+        .collect();
+    if reserved.is_empty() {
+        return run_filters(state, node);
+    }
+    let mut with = node.without_pods();
+    for n in reserved {
+        with.add_share(n);
+    }
+    run_filters(state, &with)
+}
+
+/// Whether `pod` fits on the node named `node` now.
+pub fn fits_on(pod: &PodRef, cache: &Cache, nominated: &HashMap<String, Vec<PodRef>>, node: &str) -> bool {
+    let Some(info) = cache.node(node) else { return false };
+    check(&CycleState::new(pod.clone(), cache), info, nominated).is_ok()
+}
+
 /// The state kept between cycles: where the next search starts, and a random source to
 /// break ties between equally good nodes.
 #[derive(Debug)]
@@ -123,6 +149,20 @@ impl Cycles {
             });
         }
         let state = CycleState::new(pod.clone(), cache);
+        // Where preemption made room for it is tried first, as Kubernetes does.
+        let nominated_here = nominated
+            .iter()
+            .find(|(_, pods)| pods.iter().any(|p| p.uid == pod.uid))
+            .map(|(node, _)| node.as_str());
+        if let Some(node) = nominated_here.and_then(|n| cache.node(n)) {
+            if check(&state, node, nominated).is_ok() {
+                return Ok(Placement {
+                    node: node.name.clone(),
+                    evaluated: 1,
+                    feasible: 1,
+                });
+            }
+        }
         let want = feasible_nodes_to_find(total, self.percentage);
         let mut feasible: Vec<&NodeInfo> = Vec::with_capacity(want.min(total));
         let mut diagnosis = Diagnosis {
@@ -136,22 +176,7 @@ impl Cycles {
                 continue;
             };
             evaluated += 1;
-            let reserved: Vec<&PodRef> = nominated
-                .get(&node.name)
-                .into_iter()
-                .flatten()
-                .filter(|n| n.uid != pod.uid && n.priority >= pod.priority)
-                .collect();
-            let verdict = if reserved.is_empty() {
-                run_filters(&state, node)
-            } else {
-                let mut with = node.clone();
-                for n in reserved {
-                    with.add_pod(n.clone());
-                }
-                run_filters(&state, &with)
-            };
-            match verdict {
+            match check(&state, node, nominated) {
                 Ok(()) => {
                     feasible.push(node);
                     if feasible.len() >= want {

@@ -140,6 +140,8 @@ struct Scheduler {
     cycles: Cycles,
     /// Node -> pods preemption is making room for there.
     nominated: HashMap<String, Vec<PodRef>>,
+    /// Preemptor uid -> the uids of its victims not yet gone.
+    victims: HashMap<String, HashSet<String>>,
     /// Uids seen during a relist in progress, per kind.
     relist_pods: Option<HashSet<String>>,
     relist_nodes: Option<HashSet<String>>,
@@ -157,6 +159,7 @@ impl Scheduler {
             cache: Cache::default(),
             queue: Queue::default(),
             nominated: HashMap::new(),
+            victims: HashMap::new(),
             relist_pods: None,
             relist_nodes: None,
             pods_synced: false,
@@ -249,11 +252,11 @@ impl Scheduler {
 
     fn pod_changed(&mut self, info: PodRef, now: Instant) {
         let uid = info.uid.clone();
-        let was_placed = self.cache.is_placed(&uid);
+        let was_on = self.cache.node_of(&uid).map(String::from);
         self.cache.set_pod(info.clone());
-        if was_placed && !self.cache.is_placed(&uid) {
+        if let (Some(node), false) = (was_on, self.cache.is_placed(&uid)) {
             // It finished: its room is free.
-            self.queue.cluster_changed(now);
+            self.room_freed(&node, now);
         }
         if info.node_name.is_some() || !info.is_pending_for(&self.config.name) {
             self.queue.remove(&uid);
@@ -267,15 +270,60 @@ impl Scheduler {
         if let Some(node) = info.nominated_node.as_ref() {
             self.nominate(info.clone(), node);
         }
+        self.cache.track_pod_keys(&info);
         self.queue.upsert(info);
     }
 
     fn pod_gone(&mut self, uid: &str, now: Instant) {
         self.queue.remove(uid);
         self.unnominate(uid);
-        if self.cache.remove_pod(uid).is_some() {
-            self.queue.cluster_changed(now);
+        let node = self.cache.node_of(uid).map(String::from);
+        if let (Some(node), Some(_)) = (node, self.cache.remove_pod(uid)) {
+            self.room_freed(&node, now);
         }
+    }
+
+    /// A pod left `node`: pods nominated there (waiting for their victims) try again at
+    /// once, the other parked pods after their back-off.
+    fn room_freed(&mut self, node: &str, now: Instant) {
+        let waiting: Vec<String> = self
+            .nominated
+            .get(node)
+            .into_iter()
+            .flatten()
+            .map(|p| p.uid.clone())
+            .collect();
+        for uid in waiting {
+            self.queue.wake(&uid);
+        }
+        self.queue.cluster_changed(now);
+    }
+
+    /// The node `pod` was nominated to, if victims evicted for it are still leaving
+    /// (evicted by this scheduler and still counted, or seen terminating there).
+    fn awaiting_victims(&mut self, pod: &PodInfo) -> Option<String> {
+        let node = self
+            .nominated
+            .iter()
+            .find(|(_, pods)| pods.iter().any(|p| p.uid == pod.uid))
+            .map(|(node, _)| node.clone())?;
+        if let Some(victims) = self.victims.get_mut(&pod.uid) {
+            victims.retain(|v| self.cache.is_placed(v));
+            if victims.is_empty() {
+                self.victims.remove(&pod.uid);
+            } else {
+                return Some(node);
+            }
+        }
+        self.cache
+            .pods_on(&node)
+            .any(|p| p.deleting && p.priority < pod.priority)
+            .then_some(node)
+    }
+
+    /// Every victim still leaving, of every preemption in progress.
+    fn leaving(&self) -> HashSet<String> {
+        self.victims.values().flatten().cloned().collect()
     }
 
     fn node_event(&mut self, event: watcher::Event<Node>, now: Instant) {
@@ -304,56 +352,64 @@ impl Scheduler {
         }
     }
 
+    /// Keeps room on `node` for `pod` (replacing any earlier nomination).
     fn nominate(&mut self, pod: PodRef, node: &str) {
-        self.unnominate(&pod.uid);
+        self.drop_nomination(&pod.uid);
         self.nominated.entry(node.to_string()).or_default().push(pod);
     }
 
-    fn unnominate(&mut self, uid: &str) {
+    fn drop_nomination(&mut self, uid: &str) {
         self.nominated.retain(|_, pods| {
             pods.retain(|p| p.uid != uid);
             !pods.is_empty()
         });
     }
 
+    /// The pod was placed or is gone: it needs no room and waits for no victims.
+    fn unnominate(&mut self, uid: &str) {
+        self.victims.remove(uid);
+        self.drop_nomination(uid);
+    }
+
     fn schedule_one(&mut self, pod: PodRef, now: Instant) {
+        if let Some(node) = self.awaiting_victims(&pod) {
+            // Only its nominated node is worth a look until the victims are gone: no
+            // full search, no second preemption elsewhere.
+            if cycle::fits_on(&pod, &self.cache, &self.nominated, &node) {
+                self.assume_and_bind(pod, node);
+            } else {
+                self.queue.park(&pod.uid, now);
+            }
+            return;
+        }
         match self.cycles.schedule(&pod, &self.cache, &self.nominated) {
             Ok(placement) => {
                 tracing::debug!(object = %pod.key(), node = %placement.node, evaluated = placement.evaluated,
                     feasible = placement.feasible, "assumed pod");
-                self.cache.assume(&pod, &placement.node);
-                self.unnominate(&pod.uid);
-                let binder = self.binder.clone();
-                let tx = self.tx.clone();
-                tokio::spawn(async move {
-                    let result = binder.bind(&pod, &placement.node).await;
-                    let _ = tx
-                        .send(Input::Bound {
-                            pod,
-                            node: placement.node,
-                            result,
-                        })
-                        .await;
-                });
+                self.assume_and_bind(pod, placement.node);
             }
             Err(diagnosis) => self.unschedulable(pod, diagnosis, now),
         }
     }
 
+    /// Counts `pod` on `node` at once and writes its binding in the background.
+    fn assume_and_bind(&mut self, pod: PodRef, node: String) {
+        self.cache.assume(&pod, &node);
+        self.unnominate(&pod.uid);
+        let binder = self.binder.clone();
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let result = binder.bind(&pod, &node).await;
+            let _ = tx.send(Input::Bound { pod, node, result }).await;
+        });
+    }
+
     /// The pod fits nowhere: try preemption, then park it and say why.
     fn unschedulable(&mut self, pod: PodRef, diagnosis: Diagnosis, now: Instant) {
         let mut message = diagnosis.message();
-        // Victims evicted for this pod earlier are still terminating: wait for them
-        // rather than evicting more elsewhere.
-        let waiting = self.nominated.iter().any(|(node, pods)| {
-            pods.iter().any(|p| p.uid == pod.uid)
-                && self
-                    .cache
-                    .pods_on(node)
-                    .any(|p| p.deleting && p.priority < pod.priority)
-        });
-        if diagnosis.invalid.is_none() && diagnosis.nodes > 0 && !waiting {
-            match preemption::find(&pod, &self.cache, &diagnosis.resolvable) {
+        if diagnosis.invalid.is_none() && diagnosis.nodes > 0 {
+            let leaving = self.leaving();
+            match preemption::find(&pod, &self.cache, &diagnosis.resolvable, &self.nominated, &leaving) {
                 Some(p) => {
                     self.preempt(&pod, p);
                 }
@@ -395,6 +451,8 @@ impl Scheduler {
     fn preempt(&mut self, pod: &PodRef, p: preemption::Preemption) {
         tracing::info!(object = %pod.key(), node = %p.node, victims = p.victims.len(), "preempting");
         self.nominate(pod.clone(), &p.node);
+        self.victims
+            .insert(pod.uid.clone(), p.victims.iter().map(|v| v.uid.clone()).collect());
         for victim in &p.victims {
             self.binder.event(
                 victim,

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use k8s_openapi::api::core::v1::{Node, Taint};
 use kube::ResourceExt;
 
-use super::pod_info::{HostPort, Labels, PodRef, Resources};
+use super::pod_info::{HostPort, Labels, PodInfo, PodRef, Resources};
 
 /// Taints Kubernetes' node lifecycle controller puts on a node for its conditions
 /// (`TaintNodesByCondition`): (condition, status that taints, taint key).
@@ -42,6 +42,8 @@ pub struct NodeInfo {
     pub non_zero_requested: (i64, i64),
     /// Its pods by uid.
     pub pods: HashMap<String, PodRef>,
+    /// How many pods it holds (also in copies made without [`NodeInfo::pods`]).
+    pub pod_count: usize,
     /// Host ports in use, with how many pods claim each.
     pub used_ports: HashMap<HostPort, u32>,
 }
@@ -103,12 +105,7 @@ impl NodeInfo {
 
     /// Counts `pod` against this node.
     pub fn add_pod(&mut self, pod: PodRef) {
-        self.requested.add(&pod.requests);
-        self.non_zero_requested.0 += pod.non_zero.0;
-        self.non_zero_requested.1 += pod.non_zero.1;
-        for p in &pod.host_ports {
-            *self.used_ports.entry(p.clone()).or_default() += 1;
-        }
+        self.add_share(&pod);
         if let Some(old) = self.pods.insert(pod.uid.clone(), pod) {
             // Re-adding the same uid replaces it: undo the old record's share.
             self.take_share(&old);
@@ -122,7 +119,38 @@ impl NodeInfo {
         Some(pod)
     }
 
-    fn take_share(&mut self, pod: &PodRef) {
+    /// A copy with the same totals but no pod list: cheap to try changes on.
+    pub fn without_pods(&self) -> NodeInfo {
+        NodeInfo {
+            name: self.name.clone(),
+            exists: self.exists,
+            labels: self.labels.clone(),
+            taints: self.taints.clone(),
+            unschedulable: self.unschedulable,
+            allocatable: self.allocatable.clone(),
+            allowed_pods: self.allowed_pods,
+            requested: self.requested.clone(),
+            non_zero_requested: self.non_zero_requested,
+            pods: HashMap::new(),
+            pod_count: self.pod_count,
+            used_ports: self.used_ports.clone(),
+        }
+    }
+
+    /// Adds `pod`'s requests, ports and one to the count (not to the pod list).
+    pub fn add_share(&mut self, pod: &PodInfo) {
+        self.pod_count += 1;
+        self.requested.add(&pod.requests);
+        self.non_zero_requested.0 += pod.non_zero.0;
+        self.non_zero_requested.1 += pod.non_zero.1;
+        for p in &pod.host_ports {
+            *self.used_ports.entry(p.clone()).or_default() += 1;
+        }
+    }
+
+    /// Takes `pod`'s requests, ports and one from the count (not from the pod list).
+    pub fn take_share(&mut self, pod: &PodInfo) {
+        self.pod_count = self.pod_count.saturating_sub(1);
         self.requested.sub(&pod.requests);
         self.non_zero_requested.0 -= pod.non_zero.0;
         self.non_zero_requested.1 -= pod.non_zero.1;

@@ -8,6 +8,8 @@
 //! their priorities. Like Kubernetes, the search stops after a share of the nodes
 //! (10%, at least 100) has yielded candidates.
 
+use std::collections::{HashMap, HashSet};
+
 use super::cache::Cache;
 use super::plugins::{run_filters, CycleState};
 use super::pod_info::PodRef;
@@ -36,8 +38,16 @@ impl Preemption {
 }
 
 /// The best preemption for `pod` among `candidates` (nodes whose failures eviction could
-/// resolve), or `None` if no eviction makes it fit.
-pub fn find(pod: &PodRef, cache: &Cache, candidates: &[String]) -> Option<Preemption> {
+/// resolve), or `None` if no eviction makes it fit. Pods in `leaving` (victims of earlier
+/// preemptions) are not chosen again but still take room until gone, and so do the pods
+/// `nominated` to a node that are at least as important as `pod`.
+pub fn find(
+    pod: &PodRef,
+    cache: &Cache,
+    candidates: &[String],
+    nominated: &HashMap<String, Vec<PodRef>>,
+    leaving: &HashSet<String>,
+) -> Option<Preemption> {
     if pod.never_preempts {
         return None;
     }
@@ -49,15 +59,23 @@ pub fn find(pod: &PodRef, cache: &Cache, candidates: &[String]) -> Option<Preemp
         let mut lower: Vec<PodRef> = node
             .pods
             .values()
-            .filter(|p| p.priority < pod.priority && !p.deleting)
+            .filter(|p| p.priority < pod.priority && !p.deleting && !leaving.contains(&p.uid))
             .cloned()
             .collect();
         if lower.is_empty() {
             continue;
         }
-        let mut trial = node.clone();
+        let mut trial = node.without_pods();
+        let reserved = nominated
+            .get(name)
+            .into_iter()
+            .flatten()
+            .filter(|n| n.uid != pod.uid && n.priority >= pod.priority);
+        for n in reserved {
+            trial.add_share(n);
+        }
         for p in &lower {
-            trial.remove_pod(&p.uid);
+            trial.take_share(p);
         }
         if run_filters(&state, &trial).is_err() {
             continue;
@@ -66,9 +84,9 @@ pub fn find(pod: &PodRef, cache: &Cache, candidates: &[String]) -> Option<Preemp
         lower.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.created.cmp(&b.created)));
         let mut victims = Vec::new();
         for p in lower {
-            trial.add_pod(p.clone());
+            trial.add_share(&p);
             if run_filters(&state, &trial).is_err() {
-                trial.remove_pod(&p.uid);
+                trial.take_share(&p);
                 victims.push(p);
             }
         }
@@ -127,6 +145,7 @@ mod tests {
         ];
         let c = cache(&nodes, &placed);
         let all = vec!["a".to_string(), "b".to_string()];
+        let find = |p: &PodRef, c: &Cache, all: &[String]| find(p, c, all, &HashMap::new(), &HashSet::new());
         let p = find(&prio("p", "600m", 100), &c, &all).expect("a preemption");
         assert_eq!(p.node, "a", "priority-1 victims beat a priority-50 one");
         assert_eq!(names(&p), ["a-low1", "a-low2"], "a-mid is reprieved");

@@ -220,6 +220,18 @@ impl Queue {
         }
     }
 
+    /// Something happened that the pod with `uid` waits for (its preemption victims are
+    /// gone): it goes back to the heap at once, back-off or not.
+    pub fn wake(&mut self, uid: &str) {
+        let waiting = self
+            .pods
+            .get(uid)
+            .is_some_and(|q| matches!(q.place, Place::Parked(_) | Place::Backoff(_)));
+        if waiting {
+            self.activate(uid);
+        }
+    }
+
     /// Parked pods that waited [`PARKED_LIMIT`] go back to the heap.
     pub fn flush_parked(&mut self, now: Instant) {
         let stale: Vec<String> = self

@@ -119,16 +119,27 @@ struct Process {
 }
 
 impl Process {
+    /// Starts `kairn <args>` logging warnings to `log`; with `$KAIRN_BENCH_LOG` set, it
+    /// logs at info to `$KAIRN_BENCH_LOG.<command>` instead, to see inside a run.
     fn start(args: &[&str], log: &Path) -> anyhow::Result<Process> {
         let exe = std::env::current_exe().context("finding the kairn binary")?;
-        let file = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let command = args.first().copied().unwrap_or_default();
+        let (log, level) = match std::env::var_os("KAIRN_BENCH_LOG") {
+            Some(base) => {
+                let mut path = base;
+                path.push(format!(".{command}"));
+                (std::path::PathBuf::from(path), "info,openraft=warn")
+            }
+            None => (log.to_path_buf(), "warn"),
+        };
+        let file = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let child = std::process::Command::new(exe)
             .args(args)
-            .env("KAIRN_LOG", "warn")
+            .env("KAIRN_LOG", level)
             .stdout(std::process::Stdio::null())
             .stderr(file)
             .spawn()
-            .with_context(|| format!("starting kairn {}", args.first().copied().unwrap_or_default()))?;
+            .with_context(|| format!("starting kairn {command}"))?;
         Ok(Process { child })
     }
 

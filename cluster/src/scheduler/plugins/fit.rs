@@ -10,7 +10,7 @@ pub fn filter(state: &CycleState, node: &NodeInfo) -> Result<(), Unfit> {
     let want = &state.pod.requests;
     let (alloc, used) = (&node.allocatable, &node.requested);
     let mut reasons: Vec<Cow<'static, str>> = Vec::new();
-    if node.pods.len() as i64 + 1 > node.allowed_pods {
+    if node.pod_count as i64 + 1 > node.allowed_pods {
         reasons.push("Too many pods".into());
     }
     // A zero request is never refused, even on a node that is already over-committed.

@@ -2,27 +2,29 @@
 //! anti-affinity of pods already placed (it binds both ways), and preferred terms as a
 //! score.
 //!
-//! The domains are worked out once per pod from the cache's label groups: a term is
-//! matched against each distinct (namespace, labels) group, not against every pod, and
-//! only the nodes holding a matching group are visited.
+//! The domains come from the cache's label groups, which keep their pods counted per
+//! domain of every tracked topology key: a term is matched against each distinct
+//! (namespace, labels) group, not against every pod, and a node is then checked with a
+//! lookup of its domain, not a walk over the pods.
 
-use std::collections::{HashMap, HashSet};
+use std::borrow::Cow;
+use std::collections::HashMap;
 
-use super::super::cache::Cache;
+use super::super::cache::{Cache, DomainCounts};
 use super::super::pod_info::{AffinityTerm, PodInfo};
 use super::{CycleState, NodeInfo, Unfit};
 
 /// The pod's affinity rules resolved to topology domains.
 #[derive(Debug, Default)]
-pub struct State {
-    /// Per required anti-affinity term: its topology key and the domains holding a pod
-    /// the term selects.
-    anti: Vec<(String, HashSet<String>)>,
-    /// Per placed pods' anti-affinity term that selects this pod: the key and the
-    /// domains those pods are in.
-    existing_anti: Vec<(String, HashSet<String>)>,
-    /// Per required affinity term: the key and the domains holding a pod it selects.
-    affinity: Vec<(String, HashSet<String>)>,
+pub struct State<'a> {
+    /// Per required anti-affinity term: its topology key and the per-domain counts of
+    /// the groups the term selects.
+    anti: Vec<(String, Vec<Cow<'a, DomainCounts>>)>,
+    /// Per placed pods' required anti-affinity term that selects this pod: its key and
+    /// where those pods are.
+    existing_anti: Vec<(String, &'a DomainCounts)>,
+    /// Per required affinity term: its key and the counts of the groups it selects.
+    affinity: Vec<(String, Vec<Cow<'a, DomainCounts>>)>,
     /// No pod matches the affinity terms yet but the pod matches them itself: the first
     /// of a group that wants to be together may go to any node with the keys.
     first_of_group: bool,
@@ -30,65 +32,38 @@ pub struct State {
     preferred: Vec<(String, HashMap<String, i64>)>,
 }
 
-/// The domains (values of the term's topology key) of the nodes in `nodes`.
-fn domains<'a>(cache: &Cache, key: &str, nodes: impl Iterator<Item = (&'a String, &'a u32)>) -> HashSet<String> {
-    nodes
-        .filter_map(|(n, _)| cache.node(n).and_then(|n| n.domain(key)))
-        .map(String::from)
+/// Per-domain counts of the groups `term` selects (only those with pods somewhere).
+fn selected<'a>(cache: &'a Cache, term: &AffinityTerm) -> Vec<Cow<'a, DomainCounts>> {
+    cache
+        .label_groups()
+        .filter(|g| term.matches(&g.namespace, &g.labels, cache.namespace_labels(&g.namespace)))
+        .map(|g| cache.group_domains(g, &term.topology_key))
+        .filter(|d| !d.is_empty())
         .collect()
 }
 
-/// Domains of the nodes holding pods that `term` selects.
-fn term_domains(cache: &Cache, term: &AffinityTerm) -> HashSet<String> {
-    let mut out = HashSet::new();
-    for group in cache.label_groups() {
-        if term.matches(
-            &group.namespace,
-            &group.labels,
-            cache.namespace_labels(&group.namespace),
-        ) {
-            out.extend(domains(cache, &term.topology_key, group.nodes.iter()));
-        }
-    }
-    out
+/// Whether any of `groups` has a pod in `domain`.
+fn present(groups: &[Cow<DomainCounts>], domain: &str) -> bool {
+    groups.iter().any(|g| g.contains_key(domain))
 }
 
-/// Adds `weight` times the matching pods per domain of `term` to `scores`.
-fn weigh(cache: &Cache, term: &AffinityTerm, weight: i64, scores: &mut HashMap<String, i64>) {
-    for group in cache.label_groups() {
-        if term.matches(
-            &group.namespace,
-            &group.labels,
-            cache.namespace_labels(&group.namespace),
-        ) {
-            for (node, n) in &group.nodes {
-                if let Some(d) = cache.node(node).and_then(|i| i.domain(&term.topology_key)) {
-                    *scores.entry(d.to_string()).or_default() += weight * i64::from(*n);
-                }
-            }
-        }
-    }
-}
-
-impl State {
+impl<'a> State<'a> {
     /// Resolves `pod`'s terms, and placed pods' terms about it, against `cache`.
-    pub fn new(pod: &PodInfo, cache: &Cache) -> State {
+    pub fn new(pod: &PodInfo, cache: &'a Cache) -> State<'a> {
         let own_ns = cache.namespace_labels(&pod.namespace);
+        let resolve = |terms: &[AffinityTerm]| -> Vec<(String, Vec<Cow<'a, DomainCounts>>)> {
+            terms
+                .iter()
+                .map(|t| (t.topology_key.clone(), selected(cache, t)))
+                .collect()
+        };
         let mut state = State {
-            anti: pod
-                .anti_affinity
-                .iter()
-                .map(|t| (t.topology_key.clone(), term_domains(cache, t)))
-                .collect(),
-            affinity: pod
-                .affinity
-                .iter()
-                .map(|t| (t.topology_key.clone(), term_domains(cache, t)))
-                .collect(),
+            anti: resolve(&pod.anti_affinity),
+            affinity: resolve(&pod.affinity),
             ..Default::default()
         };
         state.first_of_group = !state.affinity.is_empty()
-            && state.affinity.iter().all(|(_, d)| d.is_empty())
+            && state.affinity.iter().all(|(_, groups)| groups.is_empty())
             && pod
                 .affinity
                 .iter()
@@ -99,34 +74,28 @@ impl State {
                 continue;
             }
             let key = &group.term.topology_key;
+            let domains = cache.term_domains(group);
             if group.weight == 0 {
-                state
-                    .existing_anti
-                    .push((key.clone(), domains(cache, key, group.nodes.iter())));
+                state.existing_anti.push((key.clone(), domains));
             } else {
                 let scores = preferred.entry(key.clone()).or_default();
-                for (node, n) in &group.nodes {
-                    if let Some(d) = cache.node(node).and_then(|i| i.domain(key)) {
-                        *scores.entry(d.to_string()).or_default() += group.weight * i64::from(*n);
-                    }
+                for (d, n) in domains {
+                    *scores.entry(d.clone()).or_default() += group.weight * n;
                 }
             }
         }
-        for w in &pod.preferred_affinity {
-            weigh(
-                cache,
-                &w.term,
-                w.weight,
-                preferred.entry(w.term.topology_key.clone()).or_default(),
-            );
-        }
-        for w in &pod.preferred_anti_affinity {
-            weigh(
-                cache,
-                &w.term,
-                -w.weight,
-                preferred.entry(w.term.topology_key.clone()).or_default(),
-            );
+        let weighted = pod
+            .preferred_affinity
+            .iter()
+            .map(|w| (w, w.weight))
+            .chain(pod.preferred_anti_affinity.iter().map(|w| (w, -w.weight)));
+        for (w, weight) in weighted {
+            let scores = preferred.entry(w.term.topology_key.clone()).or_default();
+            for domains in selected(cache, &w.term) {
+                for (d, n) in domains.iter() {
+                    *scores.entry(d.clone()).or_default() += weight * n;
+                }
+            }
         }
         state.preferred = preferred.into_iter().collect();
         state
@@ -137,23 +106,23 @@ impl State {
 /// node's domain, or where a required affinity term finds none of its pods.
 pub fn filter(state: &CycleState, node: &NodeInfo) -> Result<(), Unfit> {
     let s = &state.affinity;
-    let hit = |rules: &[(String, HashSet<String>)]| {
-        rules
-            .iter()
-            .any(|(key, forbidden)| node.domain(key).is_some_and(|d| forbidden.contains(d)))
-    };
-    if hit(&s.anti) {
+    let in_domain = |key: &str, groups: &[Cow<DomainCounts>]| node.domain(key).is_some_and(|d| present(groups, d));
+    if s.anti.iter().any(|(key, groups)| in_domain(key, groups)) {
         return Err(Unfit::resolvable("node(s) didn't match pod anti-affinity rules"));
     }
-    if hit(&s.existing_anti) {
+    let existing = s
+        .existing_anti
+        .iter()
+        .any(|(key, domains)| node.domain(key).is_some_and(|d| domains.contains_key(d)));
+    if existing {
         return Err(Unfit::resolvable(
             "node(s) didn't satisfy existing pods anti-affinity rules",
         ));
     }
-    for (key, allowed) in &s.affinity {
+    for (key, groups) in &s.affinity {
         let ok = match node.domain(key) {
             None => false,
-            Some(d) => s.first_of_group || allowed.contains(d),
+            Some(d) => s.first_of_group || present(groups, d),
         };
         if !ok {
             return Err(Unfit::unresolvable("node(s) didn't match pod affinity rules"));

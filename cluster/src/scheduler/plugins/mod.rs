@@ -55,7 +55,7 @@ pub struct CycleState<'a> {
     /// The cluster as cached.
     pub cache: &'a Cache,
     /// Pod affinity and anti-affinity, resolved to topology domains.
-    pub affinity: inter_pod_affinity::State,
+    pub affinity: inter_pod_affinity::State<'a>,
     /// Topology spread counts.
     pub spread: topology_spread::State,
 }
@@ -200,9 +200,13 @@ pub(crate) mod testing {
         )
     }
 
-    /// A cache holding `nodes` and, bound to them, `pods` as (pod, node name).
+    /// A cache holding `nodes` and, bound to them, `pods` as (pod, node name). The keys
+    /// `zone` and `kubernetes.io/hostname` are tracked from the start (counted as pods
+    /// arrive, as the scheduler does); any other key is counted on the spot.
     pub fn cache(nodes: &[Node], pods: &[(PodRef, &str)]) -> Cache {
         let mut cache = Cache::default();
+        cache.track_key("zone");
+        cache.track_key("kubernetes.io/hostname");
         for n in nodes {
             cache.set_node(n);
         }

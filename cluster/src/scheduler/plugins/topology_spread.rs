@@ -49,34 +49,25 @@ impl State {
     /// Counts `pod`'s constraints over `cache`.
     pub fn new(pod: &PodInfo, cache: &Cache) -> State {
         let mut state = State::default();
+        // With every node eligible, the counts come straight from the cache's per-domain
+        // indexes; otherwise the eligible nodes are walked.
+        let one_key = pod.spread.windows(2).all(|w| w[0].topology_key == w[1].topology_key);
+        let no_affinity = pod.node_selector.is_empty() && pod.required_node_affinity.is_none();
         for c in &pod.spread {
-            let mut counts: HashMap<String, i64> = HashMap::new();
-            for node in cache.nodes().filter(|n| counts_node(pod, c, n)) {
-                if let Some(d) = node.domain(&c.topology_key) {
-                    counts.entry(d.to_string()).or_insert(0);
-                }
-            }
-            let matched = cache.domain_counts(
-                &c.topology_key,
-                |g| g.namespace == pod.namespace && c.selector.matches(&g.labels),
-                |n| counts_node(pod, c, n),
-            );
-            for (d, n) in matched {
-                *counts.entry(d).or_default() += n;
-            }
-            let too_few = c.min_domains.is_some_and(|m| (counts.len() as i64) < m);
-            let min = if too_few {
-                0
+            let indexed = one_key && (no_affinity || !c.honor_node_affinity) && !c.honor_taints;
+            let (counts, domains, min) = if indexed {
+                Self::indexed_counts(pod, c, cache)
             } else {
-                counts.values().copied().min().unwrap_or(0)
+                Self::walked_counts(pod, c, cache)
             };
+            let too_few = c.min_domains.is_some_and(|m| (domains as i64) < m);
             state.constraints.push(Counted {
                 key: c.topology_key.clone(),
                 max_skew: c.max_skew,
                 hard: c.hard,
                 self_match: i64::from(c.selector.matches(&pod.labels)),
                 counts,
-                min,
+                min: if too_few { 0 } else { min },
             });
         }
         if pod.spread.is_empty() {
@@ -90,6 +81,55 @@ impl State {
             }
         }
         state
+    }
+
+    /// Matching pods per domain, the number of domains and the smallest count, from the
+    /// cache's indexes (every node with the key is eligible).
+    fn indexed_counts(pod: &PodInfo, c: &SpreadConstraint, cache: &Cache) -> (HashMap<String, i64>, usize, i64) {
+        let universe = cache.key_domains(&c.topology_key);
+        let mut counts: HashMap<String, i64> = HashMap::new();
+        let groups = cache
+            .label_groups()
+            .filter(|g| g.namespace == pod.namespace && c.selector.matches(&g.labels));
+        for g in groups {
+            for (d, n) in cache.group_domains(g, &c.topology_key).iter() {
+                *counts.entry(d.clone()).or_default() += n;
+            }
+        }
+        let min = if universe.keys().any(|d| !counts.contains_key(d)) {
+            0
+        } else {
+            universe
+                .keys()
+                .filter_map(|d| counts.get(d))
+                .copied()
+                .min()
+                .unwrap_or(0)
+        };
+        (counts, universe.len(), min)
+    }
+
+    /// The same over the nodes the constraint counts, walked one by one.
+    fn walked_counts(pod: &PodInfo, c: &SpreadConstraint, cache: &Cache) -> (HashMap<String, i64>, usize, i64) {
+        let mut counts: HashMap<String, i64> = HashMap::new();
+        for node in cache.nodes().filter(|n| counts_node(pod, c, n)) {
+            if let Some(d) = node.domain(&c.topology_key) {
+                if !counts.contains_key(d) {
+                    counts.insert(d.to_string(), 0);
+                }
+            }
+        }
+        let matched = cache.domain_counts(
+            &c.topology_key,
+            |g| g.namespace == pod.namespace && c.selector.matches(&g.labels),
+            |n| counts_node(pod, c, n),
+        );
+        for (d, n) in matched {
+            *counts.entry(d).or_default() += n;
+        }
+        let min = counts.values().copied().min().unwrap_or(0);
+        let domains = counts.len();
+        (counts, domains, min)
     }
 }
 

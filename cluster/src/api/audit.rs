@@ -3,6 +3,11 @@
 //! change), read back by `GET /apis/kairn.dev/v1/auditrecords`, and bounded by a
 //! retention task.
 //!
+//! Heartbeats are not recorded, as Kubernetes' default audit policies leave them out:
+//! Leases (renewed by every node every 10 s, by every elected component every 2 s) and
+//! Events. At 5,000 nodes they would be 500 records a second, pushing every change a
+//! person or a commit made out of the bounded trail within minutes.
+//!
 //! Records are store appends (`/kairn/audit/<revision>.<n>`): ordered by revision, and
 //! the revision in the key is the object's new resourceVersion. Secret values never
 //! reach a record: they are replaced by a hash of the value.
@@ -27,6 +32,14 @@ pub const MAX_RECORDS: usize = 200_000;
 pub const MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 /// How often retention runs.
 const RETENTION_EVERY: Duration = Duration::from_secs(300);
+
+/// Whether writes of `res` get audit records (not Leases, not Events).
+pub fn audited(res: &super::registry::ResourceInfo) -> bool {
+    !matches!(
+        (res.group, res.plural),
+        ("coordination.k8s.io", "leases") | ("", "events") | ("events.k8s.io", "events")
+    )
+}
 
 /// Where a write comes from when Git is its source.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -293,6 +306,21 @@ pub async fn prune(store: &Store, max_records: usize, max_age: Duration) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn heartbeats_are_not_audited() {
+        let by = |group: &str, plural: &str| {
+            super::super::registry::RESOURCES
+                .iter()
+                .find(|r| r.group == group && r.plural == plural)
+                .map(audited)
+        };
+        assert_eq!(by("coordination.k8s.io", "leases"), Some(false));
+        assert_eq!(by("", "events"), Some(false));
+        assert_eq!(by("", "pods"), Some(true));
+        assert_eq!(by("apps", "deployments"), Some(true));
+        assert_eq!(by("", "configmaps"), Some(true));
+    }
 
     #[test]
     fn secret_values_become_hashes() {

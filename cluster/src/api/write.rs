@@ -121,7 +121,10 @@ impl WriteSet {
         self.txn.ops.push(op);
     }
 
-    fn audit(&mut self, before: Option<(&Value, u64)>, after: Option<&Value>) {
+    fn audit(&mut self, res: &ResourceInfo, before: Option<(&Value, u64)>, after: Option<&Value>) {
+        if !audit::audited(res) {
+            return;
+        }
         let op = audit::append(&self.user.name, &self.verb, before, after, self.provenance.as_ref());
         self.txn.ops.push(op);
     }
@@ -185,7 +188,7 @@ impl WriteSet {
             value: encode(obj)?,
             lease: None,
         });
-        self.audit(None, Some(obj));
+        self.audit(res, None, Some(obj));
         Ok(())
     }
 
@@ -205,7 +208,7 @@ impl WriteSet {
                 self.release(service::held(old));
             }
             self.txn.ops.push(Op::Delete { key });
-            self.audit(Some((old, rev)), None);
+            self.audit(res, Some((old, rev)), None);
             return Ok(Outcome::Deleted);
         }
         if res.kind == "Service" {
@@ -223,7 +226,7 @@ impl WriteSet {
             value: encode(new)?,
             lease: None,
         });
-        self.audit(Some((old, rev)), Some(new));
+        self.audit(res, Some((old, rev)), Some(new));
         Ok(Outcome::Stored)
     }
 
@@ -234,7 +237,7 @@ impl WriteSet {
             self.release(service::held(old));
         }
         self.txn.ops.push(Op::Delete { key });
-        self.audit(Some((old, rev)), None);
+        self.audit(res, Some((old, rev)), None);
     }
 
     /// Marks the put about to be added as one that expires, if `res` is Events.

@@ -459,7 +459,7 @@ impl PodInfo {
             || self.requests != old.requests
             || self.node_selector != old.node_selector
             || self.tolerations != old.tolerations
-            || format!("{:?}", self.required_node_affinity) != format!("{:?}", old.required_node_affinity)
+            || self.required_node_affinity != old.required_node_affinity
     }
 }
 

@@ -7,11 +7,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::cluster::{Members, Process};
+use common::cluster::{start_agent, Members, Process};
 use common::{running_pods, wait_for};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::Api;
 
@@ -66,39 +66,6 @@ async fn wait_running(client: &kube::Client, app: &str, n: usize, timeout: Durat
     .await;
 }
 
-/// Starts a node agent on every API in `servers`, and waits for its Node.
-async fn start_agent(
-    dir: &std::path::Path,
-    kubeconfig: &std::path::Path,
-    servers: &str,
-    client: &kube::Client,
-) -> Process {
-    let agent_dir = dir.join("agent");
-    let agent = Process::start(
-        &agent_dir,
-        "agent",
-        &[
-            "agent",
-            "--kubeconfig",
-            kubeconfig.to_str().unwrap(),
-            "--server",
-            servers,
-            "--node-name",
-            "n1",
-            "--data-dir",
-            agent_dir.to_str().unwrap(),
-            "--log-addr",
-            "127.0.0.1:0",
-        ],
-    );
-    let nodes: Api<Node> = Api::all(client.clone());
-    wait_for("the agent's Node", Duration::from_secs(60), || async {
-        nodes.get_opt("n1").await.ok().flatten().map(|_| ())
-    })
-    .await;
-    agent
-}
-
 /// The one process of `group` that logged taking the lease last, by index.
 fn acting(group: &[Process]) -> Vec<usize> {
     group
@@ -117,7 +84,14 @@ async fn standalone_components_elect_one_leader_and_take_over() {
     members.start_all();
     let client = members.client(1).await;
     let member_dir = members.node(1).dir.clone();
-    let _agent = start_agent(dir.path(), &member_dir.join("kubeconfig"), &members.api_urls(), &client).await;
+    let _agent = start_agent(
+        dir.path(),
+        &member_dir.join("kubeconfig"),
+        &members.api_urls(),
+        "n1",
+        &client,
+    )
+    .await;
 
     println!("no controller manager: a new Deployment gets no ReplicaSet and no pods");
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
@@ -208,7 +182,14 @@ async fn killing_the_member_that_holds_a_lease_moves_the_work_to_another() {
     let urls_list: Vec<String> = urls.split(',').map(String::from).collect();
     // A client that fails over between the members, as the agent does.
     let client = kairn_cluster::failover::client(kairn_cluster::failover::configs(&base, &urls_list).unwrap()).unwrap();
-    let _agent = start_agent(dir.path(), &members.node(1).dir.join("kubeconfig"), &urls, &client).await;
+    let _agent = start_agent(
+        dir.path(),
+        &members.node(1).dir.join("kubeconfig"),
+        &urls,
+        "n1",
+        &client,
+    )
+    .await;
 
     let scheduler_member = wait_for("a scheduler leader", Duration::from_secs(60), || async {
         member_of(&holder(&client, "kube-scheduler").await?)

@@ -5,43 +5,14 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::Duration;
 
-use common::cluster::{Members, Process};
+use common::cluster::{start_agent, Members, Process};
 use common::wait_for;
 use k8s_openapi::api::core::v1::{Event, Node, Pod};
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::Api;
 use serde_json::{json, Value};
-
-/// Starts a node agent named `name` and waits for its Node.
-async fn start_agent(dir: &Path, kubeconfig: &Path, servers: &str, name: &str, client: &kube::Client) -> Process {
-    let agent_dir = dir.join(name);
-    let agent = Process::start(
-        &agent_dir,
-        "agent",
-        &[
-            "agent",
-            "--kubeconfig",
-            kubeconfig.to_str().unwrap(),
-            "--server",
-            servers,
-            "--node-name",
-            name,
-            "--data-dir",
-            agent_dir.to_str().unwrap(),
-            "--log-addr",
-            "127.0.0.1:0",
-        ],
-    );
-    let nodes: Api<Node> = Api::all(client.clone());
-    wait_for(&format!("node {name}"), Duration::from_secs(60), || async {
-        nodes.get_opt(name).await.ok().flatten().map(|_| ())
-    })
-    .await;
-    agent
-}
 
 /// A pod running `sleep`, with `extra` merged into its spec.
 fn pod(name: &str, labels: Value, extra: Value) -> Pod {

@@ -369,3 +369,32 @@ impl Drop for Process {
         }
     }
 }
+
+/// Starts a node agent named `name` (data in `dir/<name>`) on every API in `servers`, and
+/// waits for its Node.
+pub async fn start_agent(dir: &Path, kubeconfig: &Path, servers: &str, name: &str, client: &kube::Client) -> Process {
+    let agent_dir = dir.join(name);
+    let agent = Process::start(
+        &agent_dir,
+        "agent",
+        &[
+            "agent",
+            "--kubeconfig",
+            kubeconfig.to_str().expect("a UTF-8 path"),
+            "--server",
+            servers,
+            "--node-name",
+            name,
+            "--data-dir",
+            agent_dir.to_str().expect("a UTF-8 path"),
+            "--log-addr",
+            "127.0.0.1:0",
+        ],
+    );
+    let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client.clone());
+    super::wait_for(&format!("node {name}"), Duration::from_secs(60), || async {
+        nodes.get_opt(name).await.ok().flatten().map(|_| ())
+    })
+    .await;
+    agent
+}

@@ -131,14 +131,16 @@ impl Cycles {
         self.rng
     }
 
-    /// Chooses a node for `pod`, or says why none fits. `nominated` holds, per node, pods
-    /// that preemption is making room for there: they count against the node for pods
-    /// of no higher priority, so the room is not taken by someone less important.
+    /// Chooses a node for `pod`, or says why none fits; `nominated_to` is where preemption
+    /// made room for it, if anywhere. `nominated` holds, per node, the pods preemption is
+    /// making room for there: they count against the node for pods of no higher
+    /// priority, so the room is not taken by someone less important.
     pub fn schedule(
         &mut self,
         pod: &PodRef,
         cache: &Cache,
         nominated: &HashMap<String, Vec<PodRef>>,
+        nominated_to: Option<&str>,
     ) -> Result<Placement, Diagnosis> {
         let total = cache.node_count();
         if let Some(invalid) = &pod.invalid {
@@ -150,11 +152,7 @@ impl Cycles {
         }
         let state = CycleState::new(pod.clone(), cache);
         // Where preemption made room for it is tried first, as Kubernetes does.
-        let nominated_here = nominated
-            .iter()
-            .find(|(_, pods)| pods.iter().any(|p| p.uid == pod.uid))
-            .map(|(node, _)| node.as_str());
-        if let Some(node) = nominated_here.and_then(|n| cache.node(n)) {
+        if let Some(node) = nominated_to.and_then(|n| cache.node(n)) {
             if check(&state, node, nominated).is_ok() {
                 return Ok(Placement {
                     node: node.name.clone(),
@@ -261,7 +259,7 @@ mod tests {
         ];
         let c = cache(&nodes, &[]);
         let err = Cycles::new(0)
-            .schedule(&pod_cpu("p", "1"), &c, &HashMap::new())
+            .schedule(&pod_cpu("p", "1"), &c, &HashMap::new(), None)
             .expect_err("fits nowhere");
         assert_eq!(
             err.message(),
@@ -269,7 +267,7 @@ mod tests {
         );
         assert_eq!(err.resolvable.len(), 2, "only the small nodes could be freed up");
         let none = Cycles::new(0)
-            .schedule(&pod_cpu("p", "1"), &cache(&[], &[]), &HashMap::new())
+            .schedule(&pod_cpu("p", "1"), &cache(&[], &[]), &HashMap::new(), None)
             .expect_err("no nodes");
         assert_eq!(none.message(), "no nodes available to schedule pods");
     }
@@ -285,13 +283,15 @@ mod tests {
         let mut chosen = Vec::new();
         for i in 0..2 {
             let p = pod_cpu(&format!("p{i}"), "600m");
-            let placed = cycles.schedule(&p, &c, &HashMap::new()).expect("fits");
+            let placed = cycles.schedule(&p, &c, &HashMap::new(), None).expect("fits");
             c.assume(&p, &placed.node);
             chosen.push(placed.node);
         }
         chosen.sort();
         assert_eq!(chosen, ["a", "b"], "the second pod saw the first before any binding");
-        assert!(cycles.schedule(&pod_cpu("p2", "600m"), &c, &HashMap::new()).is_err());
+        assert!(cycles
+            .schedule(&pod_cpu("p2", "600m"), &c, &HashMap::new(), None)
+            .is_err());
     }
 
     #[test]
@@ -301,10 +301,12 @@ mod tests {
         important.priority = 100;
         let nominated = HashMap::from([("a".to_string(), vec![std::sync::Arc::new(important)])]);
         let mut cycles = Cycles::new(0);
-        assert!(cycles.schedule(&pod_cpu("low", "500m"), &c, &nominated).is_err());
+        assert!(cycles.schedule(&pod_cpu("low", "500m"), &c, &nominated, None).is_err());
         let mut higher = (*pod_cpu("higher", "500m")).clone();
         higher.priority = 200;
-        assert!(cycles.schedule(&std::sync::Arc::new(higher), &c, &nominated).is_ok());
+        assert!(cycles
+            .schedule(&std::sync::Arc::new(higher), &c, &nominated, None)
+            .is_ok());
     }
 
     #[test]
@@ -313,7 +315,7 @@ mod tests {
         let mut bad = (*pod("p", json!({}), json!({}))).clone();
         bad.invalid = Some("spec.affinity.podAffinity: Invalid expression operator".into());
         let err = Cycles::new(0)
-            .schedule(&std::sync::Arc::new(bad), &c, &HashMap::new())
+            .schedule(&std::sync::Arc::new(bad), &c, &HashMap::new(), None)
             .expect_err("invalid");
         assert!(err.message().contains("Invalid expression operator"));
     }

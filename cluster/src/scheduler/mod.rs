@@ -140,8 +140,12 @@ struct Scheduler {
     cycles: Cycles,
     /// Node -> pods preemption is making room for there.
     nominated: HashMap<String, Vec<PodRef>>,
+    /// Pod uid -> the node it is nominated to (the index of `nominated`).
+    nominee: HashMap<String, String>,
     /// Preemptor uid -> the uids of its victims not yet gone.
     victims: HashMap<String, HashSet<String>>,
+    /// Every victim not yet gone (the union of `victims`).
+    leaving: HashSet<String>,
     /// Uids seen during a relist in progress, per kind.
     relist_pods: Option<HashSet<String>>,
     relist_nodes: Option<HashSet<String>>,
@@ -159,7 +163,9 @@ impl Scheduler {
             cache: Cache::default(),
             queue: Queue::default(),
             nominated: HashMap::new(),
+            nominee: HashMap::new(),
             victims: HashMap::new(),
+            leaving: HashSet::new(),
             relist_pods: None,
             relist_nodes: None,
             pods_synced: false,
@@ -302,13 +308,17 @@ impl Scheduler {
     /// The node `pod` was nominated to, if victims evicted for it are still leaving
     /// (evicted by this scheduler and still counted, or seen terminating there).
     fn awaiting_victims(&mut self, pod: &PodInfo) -> Option<String> {
-        let node = self
-            .nominated
-            .iter()
-            .find(|(_, pods)| pods.iter().any(|p| p.uid == pod.uid))
-            .map(|(node, _)| node.clone())?;
+        let node = self.nominee.get(&pod.uid)?.clone();
         if let Some(victims) = self.victims.get_mut(&pod.uid) {
-            victims.retain(|v| self.cache.is_placed(v));
+            let cache = &self.cache;
+            let leaving = &mut self.leaving;
+            victims.retain(|v| {
+                let here = cache.is_placed(v);
+                if !here {
+                    leaving.remove(v);
+                }
+                here
+            });
             if victims.is_empty() {
                 self.victims.remove(&pod.uid);
             } else {
@@ -319,11 +329,6 @@ impl Scheduler {
             .pods_on(&node)
             .any(|p| p.deleting && p.priority < pod.priority)
             .then_some(node)
-    }
-
-    /// Every victim still leaving, of every preemption in progress.
-    fn leaving(&self) -> HashSet<String> {
-        self.victims.values().flatten().cloned().collect()
     }
 
     fn node_event(&mut self, event: watcher::Event<Node>, now: Instant) {
@@ -355,19 +360,27 @@ impl Scheduler {
     /// Keeps room on `node` for `pod` (replacing any earlier nomination).
     fn nominate(&mut self, pod: PodRef, node: &str) {
         self.drop_nomination(&pod.uid);
+        self.nominee.insert(pod.uid.clone(), node.to_string());
         self.nominated.entry(node.to_string()).or_default().push(pod);
     }
 
     fn drop_nomination(&mut self, uid: &str) {
-        self.nominated.retain(|_, pods| {
+        let Some(node) = self.nominee.remove(uid) else { return };
+        if let Some(pods) = self.nominated.get_mut(&node) {
             pods.retain(|p| p.uid != uid);
-            !pods.is_empty()
-        });
+            if pods.is_empty() {
+                self.nominated.remove(&node);
+            }
+        }
     }
 
     /// The pod was placed or is gone: it needs no room and waits for no victims.
     fn unnominate(&mut self, uid: &str) {
-        self.victims.remove(uid);
+        if let Some(victims) = self.victims.remove(uid) {
+            for v in victims {
+                self.leaving.remove(&v);
+            }
+        }
         self.drop_nomination(uid);
     }
 
@@ -382,7 +395,8 @@ impl Scheduler {
             }
             return;
         }
-        match self.cycles.schedule(&pod, &self.cache, &self.nominated) {
+        let nominated_to = self.nominee.get(&pod.uid).map(String::as_str);
+        match self.cycles.schedule(&pod, &self.cache, &self.nominated, nominated_to) {
             Ok(placement) => {
                 tracing::debug!(object = %pod.key(), node = %placement.node, evaluated = placement.evaluated,
                     feasible = placement.feasible, "assumed pod");
@@ -408,8 +422,7 @@ impl Scheduler {
     fn unschedulable(&mut self, pod: PodRef, diagnosis: Diagnosis, now: Instant) {
         let mut message = diagnosis.message();
         if diagnosis.invalid.is_none() && diagnosis.nodes > 0 {
-            let leaving = self.leaving();
-            match preemption::find(&pod, &self.cache, &diagnosis.resolvable, &self.nominated, &leaving) {
+            match preemption::find(&pod, &self.cache, &diagnosis.resolvable, &self.nominated, &self.leaving) {
                 Some(p) => {
                     self.preempt(&pod, p);
                 }
@@ -451,8 +464,9 @@ impl Scheduler {
     fn preempt(&mut self, pod: &PodRef, p: preemption::Preemption) {
         tracing::info!(object = %pod.key(), node = %p.node, victims = p.victims.len(), "preempting");
         self.nominate(pod.clone(), &p.node);
-        self.victims
-            .insert(pod.uid.clone(), p.victims.iter().map(|v| v.uid.clone()).collect());
+        let victims: HashSet<String> = p.victims.iter().map(|v| v.uid.clone()).collect();
+        self.leaving.extend(victims.iter().cloned());
+        self.victims.insert(pod.uid.clone(), victims);
         for victim in &p.victims {
             self.binder.event(
                 victim,

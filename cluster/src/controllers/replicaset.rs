@@ -5,6 +5,12 @@
 //!
 //! Pods are read from an [`OwnerIndex`] fed by one watch of all pods; creations and
 //! deletions not yet seen there are [`Expectations`].
+//!
+//! Missing pods are created one at a time, at most [`BURST_REPLICAS`] per reconcile, and
+//! each only while the controller's own store still shows the ReplicaSet alive: a
+//! reconcile works from a snapshot, and one that outlives its ReplicaSet (deleted by the
+//! garbage collector while thousands of creations were still to go) must not keep
+//! creating pods the garbage collector then deletes.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,6 +23,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, PostParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use tokio::sync::watch;
@@ -24,26 +31,34 @@ use tokio::sync::watch;
 use super::deployment::owner_ref;
 use super::{Error, Expectations, OwnerIndex};
 
-/// What every reconcile shares: the client and the pod cache.
+/// Pods created per reconcile at most (Kubernetes' `BurstReplicas`); the pods' watch
+/// events bring the next reconcile for the rest.
+const BURST_REPLICAS: usize = 500;
+
+/// What every reconcile shares: the client, the pod cache and the controller's own
+/// ReplicaSet store (newer than the snapshot a long reconcile started from).
 struct Context {
     client: kube::Client,
     pods: OwnerIndex<Pod>,
     expectations: Expectations,
+    replicasets: Store<ReplicaSet>,
 }
 
 /// Runs the controller until shutdown.
 pub async fn run(client: kube::Client, shutdown: watch::Receiver<bool>) {
     let replicasets: Api<ReplicaSet> = Api::all(client.clone());
+    let controller = Controller::new(replicasets, watcher::Config::default());
     let ctx = Arc::new(Context {
         client: client.clone(),
         pods: OwnerIndex::new(),
         expectations: Expectations::default(),
+        replicasets: controller.store(),
     });
     let observer = ctx.clone();
     let pods = super::indexed_watch(Api::<Pod>::all(client), ctx.pods.clone(), move |e| {
         observer.expectations.observe(e)
     });
-    Controller::new(replicasets, watcher::Config::default())
+    controller
         .owns_stream(pods)
         .graceful_shutdown_on(super::stopped(shutdown))
         .run(reconcile, super::retry_soon, ctx)
@@ -56,6 +71,13 @@ fn phase(pod: &Pod) -> &str {
         .as_ref()
         .and_then(|s| s.phase.as_deref())
         .unwrap_or("Pending")
+}
+
+/// Whether pods may still be created for the ReplicaSet with uid `uid`, given what the
+/// controller's store holds under its name now: not if it is gone, replaced by another
+/// of the same name, or being deleted.
+fn still_wanted(current: Option<&ReplicaSet>, uid: &str) -> bool {
+    current.is_some_and(|rs| rs.metadata.uid.as_deref() == Some(uid) && rs.metadata.deletion_timestamp.is_none())
 }
 
 /// Whether the pod counts toward a ReplicaSet: not finished and not being deleted.
@@ -211,7 +233,13 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action, Err
     if present < want {
         let template = spec.template.clone().unwrap_or_default();
         let meta = template.metadata.clone().unwrap_or_default();
-        for _ in present..want {
+        let missing = (want - present).min(BURST_REPLICAS);
+        for _ in 0..missing {
+            // The store moves on while this loop runs; the snapshot `rs` does not.
+            if !still_wanted(ctx.replicasets.get(&ObjectRef::from_obj(rs.as_ref())).as_deref(), &uid) {
+                tracing::info!(object = %format!("{ns}/{name}"), "replicaset gone or deleting; not creating more pods");
+                return Ok(Action::await_change());
+            }
             let pod = Pod {
                 metadata: ObjectMeta {
                     generate_name: Some(format!("{name}-")),
@@ -353,6 +381,20 @@ mod tests {
             assert_eq!(got, want, "minReady {min_ready}, now {now}");
             assert_eq!(s.observed_generation, Some(3));
         }
+    }
+
+    #[test]
+    fn creations_stop_once_the_store_shows_the_replicaset_gone_or_deleting() {
+        let mut live = rs(0);
+        live.metadata.uid = Some("rs-1".into());
+        assert!(still_wanted(Some(&live), "rs-1"));
+        // Deleted (the garbage collector's background deletion) while the loop ran.
+        assert!(!still_wanted(None, "rs-1"));
+        // Recreated under the same name: a different ReplicaSet.
+        assert!(!still_wanted(Some(&live), "rs-0"));
+        let mut deleting = live.clone();
+        deleting.metadata.deletion_timestamp = Some(Time(ts(5)));
+        assert!(!still_wanted(Some(&deleting), "rs-1"));
     }
 
     #[test]

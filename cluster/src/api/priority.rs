@@ -8,6 +8,7 @@
 
 use serde_json::{json, Value};
 
+use super::admission::object_name;
 use super::cache::{Filter, ReadAt};
 use super::{registry, ApiError, AppState};
 
@@ -29,11 +30,7 @@ pub async fn admit_pod(state: &AppState, pod: &mut Value) -> Result<(), ApiError
 /// Sets `spec.priority`, `spec.priorityClassName` and `spec.preemptionPolicy` of `pod`
 /// from `classes`.
 pub fn resolve(pod: &mut Value, classes: &[Value]) -> Result<(), ApiError> {
-    let name = pod
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string();
+    let (name, _) = object_name(pod);
     let wanted = pod
         .pointer("/spec/priorityClassName")
         .and_then(Value::as_str)

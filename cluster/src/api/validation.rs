@@ -317,63 +317,6 @@ pub fn object_meta(errs: &mut Errors, meta: &Value, rule: NameRule, namespaced: 
     }
 }
 
-/// A parsed quantity in thousandths of its unit (milli-units), or `None` if invalid.
-/// Integers, not floats: three 100m requests fit exactly in 300m.
-pub fn quantity_millis(q: &str) -> Option<i128> {
-    let q = q.trim();
-    if q.is_empty() {
-        return None;
-    }
-    let split = q
-        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-' || c == '+'))
-        .unwrap_or(q.len());
-    let (number, suffix) = q.split_at(split);
-    let (negative, number) = match number.as_bytes().first() {
-        Some(b'-') => (true, &number[1..]),
-        Some(b'+') => (false, &number[1..]),
-        _ => (false, number),
-    };
-    let (int, frac) = number.split_once('.').unwrap_or((number, ""));
-    if (int.is_empty() && frac.is_empty())
-        || !int.bytes().all(|b| b.is_ascii_digit())
-        || !frac.bytes().all(|b| b.is_ascii_digit())
-    {
-        return None;
-    }
-    // value = (int.frac) * 10^exp10 * 2^exp2, kept exact as a fraction over 10^frac.len().
-    let (exp10, exp2): (i32, u32) = match suffix {
-        "" => (0, 0),
-        "n" => (-9, 0),
-        "u" => (-6, 0),
-        "m" => (-3, 0),
-        "k" => (3, 0),
-        "M" => (6, 0),
-        "G" => (9, 0),
-        "T" => (12, 0),
-        "P" => (15, 0),
-        "E" => (18, 0),
-        "Ki" => (0, 10),
-        "Mi" => (0, 20),
-        "Gi" => (0, 30),
-        "Ti" => (0, 40),
-        "Pi" => (0, 50),
-        "Ei" => (0, 60),
-        s if s.starts_with(['e', 'E']) => (s[1..].parse().ok()?, 0),
-        _ => return None,
-    };
-    let digits: i128 = format!("{int}{frac}").trim_start_matches('0').parse().unwrap_or(0);
-    let scale = exp10 + 3 - frac.len() as i32;
-    let mut value = digits.checked_mul(1i128.checked_shl(exp2)?)?;
-    if scale >= 0 {
-        value = value.checked_mul(10i128.checked_pow(scale as u32)?)?;
-    } else {
-        // Round up as Kubernetes does when a quantity is finer than the unit asked for.
-        let div = 10i128.checked_pow((-scale) as u32)?;
-        value = (value + div - 1) / div;
-    }
-    Some(if negative { -value } else { value })
-}
-
 /// Checks a `ResourceList` (requests or limits) at `field`.
 pub fn resource_list(errs: &mut Errors, field: &str, list: Option<&Value>) {
     let Some(map) = list.and_then(Value::as_object) else {
@@ -384,7 +327,7 @@ pub fn resource_list(errs: &mut Errors, field: &str, list: Option<&Value>) {
         for m in qualified_name(name) {
             errs.invalid(&f, &Value::String(name.clone()), m);
         }
-        match q.as_str().and_then(quantity_millis) {
+        match q.as_str().and_then(crate::quantity::millis) {
             None => errs.invalid(
                 &f,
                 q,
@@ -493,22 +436,6 @@ mod tests {
         );
         let fields: Vec<&str> = errs.0.iter().map(|c| c.field.as_str()).collect();
         assert_eq!(fields, ["metadata.labels", "metadata.labels[k]"]);
-    }
-
-    #[test]
-    fn quantities_are_exact_integers() {
-        assert_eq!(quantity_millis("100m"), Some(100));
-        assert_eq!(quantity_millis("1"), Some(1000));
-        assert_eq!(quantity_millis("1.5"), Some(1500));
-        assert_eq!(quantity_millis("128Mi"), Some(128 * 1024 * 1024 * 1000));
-        assert_eq!(quantity_millis("1G"), Some(1_000_000_000_000));
-        assert_eq!(quantity_millis("1e3"), Some(1_000_000));
-        assert_eq!(quantity_millis("1n"), Some(1));
-        assert_eq!(quantity_millis("-2"), Some(-2000));
-        assert_eq!(quantity_millis("lots"), None);
-        assert_eq!(quantity_millis("1.2.3"), None);
-        assert_eq!(quantity_millis("12Qi"), None);
-        assert_eq!(quantity_millis("100m").map(|v| v * 3), quantity_millis("300m"));
     }
 
     #[test]

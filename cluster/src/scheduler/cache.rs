@@ -157,8 +157,7 @@ impl Cache {
             .entry(name.clone())
             .or_insert_with(|| NodeInfo::placeholder(&name));
         let new = !info.exists;
-        let old_labels = std::mem::take(&mut info.labels);
-        info.labels = old_labels.clone();
+        let old_labels = info.labels.clone();
         let changed = info.set_node(node);
         let relabelled = new || info.labels != old_labels;
         let has_pods = !info.pods.is_empty();

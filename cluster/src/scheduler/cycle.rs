@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use super::cache::Cache;
 use super::node_info::NodeInfo;
 use super::plugins::{run_filters, score_nodes, CycleState, Unfit};
-use super::pod_info::PodRef;
+use super::pod_info::{PodInfo, PodRef};
 
 /// Below this many nodes every node is examined.
 const MIN_FEASIBLE_NODES: usize = 100;
@@ -74,16 +74,24 @@ pub fn feasible_nodes_to_find(nodes: usize, percentage: u32) -> usize {
     (nodes * pct / 100).max(MIN_FEASIBLE_NODES)
 }
 
+/// The pods nominated to `node` whose room `pod` must leave them: others at least as
+/// important.
+pub fn reserved<'a>(
+    nominated: &'a HashMap<String, Vec<PodRef>>,
+    node: &str,
+    pod: &'a PodInfo,
+) -> impl Iterator<Item = &'a PodRef> {
+    nominated
+        .get(node)
+        .into_iter()
+        .flatten()
+        .filter(move |n| n.uid != pod.uid && n.priority >= pod.priority)
+}
+
 /// Runs the filters on `node`, counting the pods nominated there that are at least as
 /// important as the pod (their room is kept for them).
 fn check(state: &CycleState, node: &NodeInfo, nominated: &HashMap<String, Vec<PodRef>>) -> Result<(), Unfit> {
-    let pod = &state.pod;
-    let reserved: Vec<&PodRef> = nominated
-        .get(&node.name)
-        .into_iter()
-        .flatten()
-        .filter(|n| n.uid != pod.uid && n.priority >= pod.priority)
-        .collect();
+    let reserved: Vec<&PodRef> = reserved(nominated, &node.name, &state.pod).collect();
     if reserved.is_empty() {
         return run_filters(state, node);
     }

@@ -18,7 +18,6 @@ pub mod node_info;
 pub mod plugins;
 pub mod pod_info;
 pub mod preemption;
-pub mod quantity;
 pub mod queue;
 
 use std::collections::{HashMap, HashSet};

@@ -86,7 +86,7 @@ impl NodeInfo {
         let allocatable = Resources::from_list(list);
         let allowed_pods = list
             .and_then(|l| l.get("pods"))
-            .and_then(|q| super::quantity::value(&q.0))
+            .and_then(|q| crate::quantity::value(&q.0))
             .unwrap_or(110);
         let changed = !self.exists
             || labels != self.labels

@@ -14,7 +14,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::core::{Selector, SelectorExt};
 use kube::ResourceExt;
 
-use super::quantity;
+use crate::quantity;
 
 /// Labels of an object (also of namespaces).
 pub type Labels = BTreeMap<String, String>;

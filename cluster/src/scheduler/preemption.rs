@@ -66,12 +66,7 @@ pub fn find(
             continue;
         }
         let mut trial = node.without_pods();
-        let reserved = nominated
-            .get(name)
-            .into_iter()
-            .flatten()
-            .filter(|n| n.uid != pod.uid && n.priority >= pod.priority);
-        for n in reserved {
+        for n in super::cycle::reserved(nominated, name, pod) {
             trial.add_share(n);
         }
         for p in &lower {

@@ -109,12 +109,12 @@ fn qos_class(pod: &Value) -> &'static str {
             let limit = limits
                 .and_then(|l| l.get(r))
                 .and_then(Value::as_str)
-                .and_then(v::quantity_millis);
+                .and_then(crate::quantity::millis);
             // A request defaults to the limit when only the limit is set.
             let request = requests
                 .and_then(|q| q.get(r))
                 .and_then(Value::as_str)
-                .and_then(v::quantity_millis)
+                .and_then(crate::quantity::millis)
                 .or(limit);
             if limit.is_none() || request != limit {
                 guaranteed = false;
@@ -277,8 +277,8 @@ fn validate_container(
         let limit = limits
             .and_then(|l| l.get(r))
             .and_then(Value::as_str)
-            .and_then(v::quantity_millis);
-        let request = q.as_str().and_then(v::quantity_millis);
+            .and_then(crate::quantity::millis);
+        let request = q.as_str().and_then(crate::quantity::millis);
         if let (Some(l), Some(req)) = (limit, request) {
             if req > l {
                 let lq = limits

@@ -8,6 +8,6 @@ pub mod election;
 pub mod failover;
 pub mod kinds;
 pub mod member;
-pub mod quantity;
+pub use kairn_quantity as quantity;
 pub mod scheduler;
 pub mod store;

@@ -10,82 +10,11 @@ use std::time::Duration;
 use futures::{AsyncBufReadExt, StreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::Pod;
-use kairn_cluster::api::auth;
-use kairn_node::runtime::process::ProcessRuntime;
-use kairn_node::AgentConfig;
 use kube::api::{ListParams, LogParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
-use tokio::sync::watch;
 
-use common::{text, wait_for, Server};
-
-/// A member with everything that makes pods run, stopped by [`Cluster::stop`].
-struct Cluster {
-    s: Server,
-    stop: watch::Sender<bool>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-async fn cluster() -> Cluster {
-    let node = auth::node_user("n1");
-    let s = common::start_with(&[node.as_str()]).await;
-    let (stop, rx) = watch::channel(false);
-    let member = s.member();
-    let scheduler = member.client_as(auth::SCHEDULER).unwrap();
-    let controllers = member.client_as(auth::CONTROLLER_MANAGER).unwrap();
-    let agent = member.client_as(&node).unwrap();
-    let config = AgentConfig {
-        node_name: "n1".into(),
-        node_ip: "127.0.0.1".into(),
-        data_dir: s.dir.path().join("node"),
-        log_addr: "127.0.0.1:0".parse().unwrap(),
-    };
-    let agent_rx = rx.clone();
-    let tasks = vec![
-        tokio::spawn(kairn_cluster::scheduler::run(scheduler, rx.clone())),
-        tokio::spawn(kairn_cluster::controllers::run(controllers, rx)),
-        tokio::spawn(async move {
-            kairn_node::run(agent, config, ProcessRuntime, agent_rx).await.unwrap();
-        }),
-    ];
-    Cluster { s, stop, tasks }
-}
-
-impl Cluster {
-    /// Stops the agent (and with it every pod's processes), the controllers, the member.
-    async fn stop(self) {
-        self.stop.send(true).unwrap();
-        for t in self.tasks {
-            tokio::time::timeout(Duration::from_secs(60), t).await.unwrap().unwrap();
-        }
-        self.s.stop().await;
-    }
-}
-
-/// Polls `check` until it gives a value, failing after `deadline`.
-/// Runs kubectl; `None` when it is not installed. Panics on failure.
-async fn kubectl(s: &Server, args: &[&str]) -> Option<String> {
-    let out = s.kubectl(args).await?;
-    assert!(
-        out.status.success(),
-        "kubectl {args:?} failed: {}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    Some(text(&out.stdout))
-}
-
-/// Runs kubectl expecting it to fail; its stderr.
-async fn kubectl_fails(s: &Server, args: &[&str]) -> Option<String> {
-    let out = s.kubectl(args).await?;
-    assert!(
-        !out.status.success(),
-        "kubectl {args:?} should fail: {}",
-        text(&out.stdout)
-    );
-    Some(text(&out.stderr))
-}
+use common::{cluster, kubectl, kubectl_fails, text, wait_for, Cluster};
 
 fn deployment(name: &str, replicas: i32) -> Deployment {
     serde_json::from_value(json!({

@@ -2,6 +2,7 @@
 //! through a [`runtime::Runtime`] (host processes by default), reporting their status;
 //! or, with [`simulate`], stands in for thousands of hollow nodes that run nothing.
 
+pub mod events;
 pub mod logs;
 mod node_status;
 pub mod pod;
@@ -20,7 +21,7 @@ use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use tokio::sync::watch;
 
-use pod::PodWorker;
+use pod::{PodWorker, WorkerContext};
 use runtime::Runtime;
 
 /// How an agent runs.
@@ -114,7 +115,12 @@ async fn heartbeats(client: kube::Client, node: String, mut shutdown: watch::Rec
 /// the pod for good (grace period 0, only this very pod by its uid).
 async fn finish_deletion(client: kube::Client, pod: Pod, worker: Option<PodWorker>, dir: PathBuf) {
     if let Some(w) = worker {
-        w.stop().await;
+        // The grace period the deletion asked for, as a kubelet honours it.
+        let grace = pod
+            .metadata
+            .deletion_grace_period_seconds
+            .map(|s| Duration::from_secs(s.max(0) as u64));
+        w.stop(grace).await;
     }
     let _ = tokio::fs::remove_dir_all(&dir).await;
     let (Some(ns), Some(uid)) = (pod.namespace(), pod.uid()) else {
@@ -150,6 +156,11 @@ async fn run_pods<R: Runtime>(
     let pods: Api<Pod> = Api::all(client.clone());
     let bound_here = watcher::Config::default().fields(&format!("spec.nodeName={}", config.node_name));
     let mut events = watcher(pods, bound_here).boxed();
+    let ctx = WorkerContext {
+        client: client.clone(),
+        node_ip: config.node_ip.clone(),
+        events: crate::events::Recorder::new(client.clone(), &config.node_name),
+    };
     // By pod uid: the pod's namespace and name (for the log endpoint) and its worker.
     let mut workers: HashMap<String, (String, String, PodWorker)> = HashMap::new();
     // Pods seen during a relist; workers for pods missing from it are stopped after it.
@@ -188,19 +199,17 @@ async fn run_pods<R: Runtime>(
                     .as_ref()
                     .and_then(|s| s.phase.as_deref())
                     .unwrap_or("Pending");
-                if workers.contains_key(&uid) || matches!(phase, "Succeeded" | "Failed") {
+                if let Some((_, _, w)) = workers.get(&uid) {
+                    w.update(pod);
+                    continue;
+                }
+                if matches!(phase, "Succeeded" | "Failed") {
                     continue;
                 }
                 tracing::info!(object = %format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any()), node = %config.node_name, "starting pod");
                 let dir = config.data_dir.join("pods").join(&uid);
                 let (ns, name) = (pod.namespace().unwrap_or_default(), pod.name_any());
-                let worker = PodWorker::start(
-                    client.clone(),
-                    pod,
-                    runtime.clone(),
-                    dir.clone(),
-                    config.node_ip.clone(),
-                );
+                let worker = PodWorker::start(ctx.clone(), pod, runtime.clone(), dir.clone());
                 pod_dirs.insert(&ns, &name, dir, worker.liveness());
                 workers.insert(uid, (ns, name, worker));
             }
@@ -210,7 +219,7 @@ async fn run_pods<R: Runtime>(
                     for uid in gone {
                         if let Some((ns, name, w)) = workers.remove(&uid) {
                             pod_dirs.remove(&ns, &name);
-                            tokio::spawn(w.stop());
+                            tokio::spawn(w.stop(None));
                         }
                     }
                 }
@@ -225,7 +234,7 @@ async fn run_pods<R: Runtime>(
                     // Stopping may take the grace period: do not hold up other pods.
                     let dir = pod.uid().map(|uid| config.data_dir.join("pods").join(uid));
                     tokio::spawn(async move {
-                        w.stop().await;
+                        w.stop(Some(Duration::ZERO)).await;
                         if let Some(dir) = dir {
                             let _ = tokio::fs::remove_dir_all(dir).await;
                         }
@@ -239,5 +248,5 @@ async fn run_pods<R: Runtime>(
         }
     }
     // The agent is going away: its processes go with it, gracefully.
-    futures::future::join_all(workers.into_values().map(|(_, _, w)| w.stop())).await;
+    futures::future::join_all(workers.into_values().map(|(_, _, w)| w.stop(None))).await;
 }

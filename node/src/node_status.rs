@@ -28,7 +28,7 @@ fn micro_now() -> String {
 }
 
 /// Total memory of the host in KiB, from /proc/meminfo.
-fn memory_kib() -> u64 {
+pub(crate) fn memory_kib() -> u64 {
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     meminfo
         .lines()

@@ -201,25 +201,12 @@ impl Capacity {
 /// A non-negative resource quantity: a decimal number, then a binary (`Ki`..`Ei`) or
 /// decimal (`m`, `k`..`E`) suffix or an exponent (`e3`).
 fn check_quantity(q: &str) -> Result<(), String> {
-    let number_end = q.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(q.len());
-    let (number, suffix) = q.split_at(number_end);
-    let digits = number.bytes().filter(u8::is_ascii_digit).count();
-    if digits == 0 || number.matches('.').count() > 1 {
-        return Err("expected a quantity such as 4, 500m, 32Gi or 1e3".into());
-    }
-    let exponent = suffix
-        .strip_prefix(['e', 'E'])
-        .map(|e| e.strip_prefix(['+', '-']).unwrap_or(e))
-        .is_some_and(|e| !e.is_empty() && e.bytes().all(|b| b.is_ascii_digit()));
-    let units = [
-        "", "m", "k", "M", "G", "T", "P", "E", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei",
-    ];
-    if exponent || units.contains(&suffix) {
-        Ok(())
-    } else {
-        Err(format!(
-            "unknown suffix {suffix:?}: expected one of m, k, M, G, T, P, E, Ki, Mi, Gi, Ti, Pi, Ei"
-        ))
+    match kairn_quantity::millis(q) {
+        Some(m) if m >= 0 => Ok(()),
+        _ => Err(
+            "expected a quantity such as 4, 500m, 32Gi or 1e3 (suffixes m, k, M, G, T, P, E, Ki, Mi, Gi, Ti, Pi, Ei)"
+                .into(),
+        ),
     }
 }
 

@@ -13,6 +13,9 @@ use axum::http::{HeaderMap, Request, StatusCode};
 use http_body_util::BodyExt;
 use kairn_cluster::api::auth;
 use kairn_cluster::member::Member;
+use kairn_node::runtime::process::ProcessRuntime;
+use kairn_node::AgentConfig;
+use tokio::sync::watch;
 
 /// A running member and an admin client of its API.
 pub struct Server {
@@ -141,4 +144,72 @@ where
         async move { fut.await.then_some(()) }
     })
     .await
+}
+
+/// A member with everything that makes pods run, stopped by [`Cluster::stop`].
+pub struct Cluster {
+    pub s: Server,
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Starts a member, a scheduler, the controllers and node agent `n1` running pods as
+/// host processes.
+pub async fn cluster() -> Cluster {
+    let node = auth::node_user("n1");
+    let s = start_with(&[node.as_str()]).await;
+    let (stop, rx) = watch::channel(false);
+    let member = s.member();
+    let scheduler = member.client_as(auth::SCHEDULER).unwrap();
+    let controllers = member.client_as(auth::CONTROLLER_MANAGER).unwrap();
+    let agent = member.client_as(&node).unwrap();
+    let config = AgentConfig {
+        node_name: "n1".into(),
+        node_ip: "127.0.0.1".into(),
+        data_dir: s.dir.path().join("node"),
+        log_addr: "127.0.0.1:0".parse().unwrap(),
+    };
+    let agent_rx = rx.clone();
+    let tasks = vec![
+        tokio::spawn(kairn_cluster::scheduler::run(scheduler, rx.clone())),
+        tokio::spawn(kairn_cluster::controllers::run(controllers, rx)),
+        tokio::spawn(async move {
+            kairn_node::run(agent, config, ProcessRuntime, agent_rx).await.unwrap();
+        }),
+    ];
+    Cluster { s, stop, tasks }
+}
+
+impl Cluster {
+    /// Stops the agent (and with it every pod's processes), the controllers, the member.
+    pub async fn stop(self) {
+        self.stop.send(true).unwrap();
+        for t in self.tasks {
+            tokio::time::timeout(Duration::from_secs(60), t).await.unwrap().unwrap();
+        }
+        self.s.stop().await;
+    }
+}
+
+/// Runs kubectl; `None` when it is not installed. Panics on failure.
+pub async fn kubectl(s: &Server, args: &[&str]) -> Option<String> {
+    let out = s.kubectl(args).await?;
+    assert!(
+        out.status.success(),
+        "kubectl {args:?} failed: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    Some(text(&out.stdout))
+}
+
+/// Runs kubectl expecting it to fail; its stderr.
+pub async fn kubectl_fails(s: &Server, args: &[&str]) -> Option<String> {
+    let out = s.kubectl(args).await?;
+    assert!(
+        !out.status.success(),
+        "kubectl {args:?} should fail: {}",
+        text(&out.stdout)
+    );
+    Some(text(&out.stderr))
 }

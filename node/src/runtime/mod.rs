@@ -5,6 +5,7 @@ pub mod process;
 
 use std::future::Future;
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// What a runtime needs to start one container.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,6 +20,19 @@ pub struct ContainerConfig {
     pub working_dir: PathBuf,
     /// File that receives stdout and stderr (appended).
     pub log_path: PathBuf,
+    /// Host paths the container sees elsewhere (its volumes), in order.
+    pub mounts: Vec<Mount>,
+}
+
+/// A host path bound into the container's view of the file system.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    /// What is mounted (a volume's directory, or a file or directory in it).
+    pub source: PathBuf,
+    /// Where the container sees it (`mountPath`).
+    pub target: PathBuf,
+    /// Mounted read-only.
+    pub read_only: bool,
 }
 
 /// How a container ended.
@@ -53,10 +67,26 @@ pub trait Container: Send + 'static {
     fn kill(&self) -> Result<(), RuntimeError>;
 }
 
+/// What a command run beside a container (an exec probe, a lifecycle hook) did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecResult {
+    /// Its exit code, or `None` if it ran out of time and was killed.
+    pub code: Option<i32>,
+    /// The start of its stdout and stderr (for probe failure messages).
+    pub output: String,
+}
+
 /// Starts containers.
 pub trait Runtime: Send + Sync + 'static {
     /// The container handle type.
     type Container: Container;
     /// Starts a container.
     fn start(&self, config: &ContainerConfig) -> Result<Self::Container, RuntimeError>;
+    /// Runs `argv` in the container's environment and directory, for at most `timeout`.
+    fn exec(
+        &self,
+        config: &ContainerConfig,
+        argv: &[String],
+        timeout: Duration,
+    ) -> impl Future<Output = Result<ExecResult, RuntimeError>> + Send;
 }

@@ -12,7 +12,10 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use super::{Container, ContainerConfig, Exit, Runtime, RuntimeError};
+use super::{Container, ContainerConfig, ExecResult, Exit, Runtime, RuntimeError};
+
+/// How much of an exec's output is kept (kubelet keeps 10 KiB of a probe's output).
+const EXEC_OUTPUT: usize = 10 * 1024;
 
 /// Runs containers as host processes.
 #[derive(Debug, Clone, Default)]
@@ -77,6 +80,119 @@ fn signal_group(pid: u32, signal: i32) -> Result<(), RuntimeError> {
     })
 }
 
+/// The command for a container's process (or one run beside it): its environment and
+/// directory, its own process group, and with volumes its own mount namespace where
+/// each volume is bound at its `mountPath`.
+fn command(config: &ContainerConfig, program: &str, args: &[String]) -> Result<tokio::process::Command, RuntimeError> {
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args)
+        .env_clear()
+        .envs(config.env.iter().map(|(k, v)| (k, v)))
+        .current_dir(&config.working_dir)
+        .stdin(Stdio::null())
+        .process_group(0);
+    if !config.mounts.is_empty() {
+        let binds = mount_points(config)?;
+        let working_dir = cstring(&config.working_dir)?;
+        // SAFETY: the closure runs in the forked child before exec and only makes
+        // system calls on memory prepared before the fork (no allocation, no locks).
+        unsafe {
+            cmd.pre_exec(move || enter_mounts(&binds, &working_dir));
+        }
+    }
+    Ok(cmd)
+}
+
+/// A mount prepared for the child: source, target, read-only.
+type Bind = (std::ffi::CString, std::ffi::CString, bool);
+
+fn cstring(p: &std::path::Path) -> Result<std::ffi::CString, RuntimeError> {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| RuntimeError::Config(format!("path {} contains a NUL byte", p.display())))
+}
+
+/// Makes sure every mount point exists on the host (a directory, or an empty file for
+/// a file), as a bind mount needs one, and prepares the paths for the child.
+fn mount_points(config: &ContainerConfig) -> Result<Vec<Bind>, RuntimeError> {
+    let mut binds = Vec::new();
+    for (i, m) in config.mounts.iter().enumerate() {
+        let io = |source| RuntimeError::Io {
+            context: format!(
+                "preparing mount point {} of container {}",
+                m.target.display(),
+                config.name
+            ),
+            source,
+        };
+        // Inside an earlier mount, the mount point must exist in what that mount shows.
+        let point = config.mounts[..i]
+            .iter()
+            .filter_map(|outer| Some((outer, m.target.strip_prefix(&outer.target).ok()?)))
+            .max_by_key(|(outer, _)| outer.target.components().count())
+            .map(|(outer, rest)| outer.source.join(rest))
+            .unwrap_or_else(|| m.target.clone());
+        if m.source.is_dir() {
+            std::fs::create_dir_all(&point).map_err(io)?;
+        } else {
+            if let Some(parent) = point.parent() {
+                std::fs::create_dir_all(parent).map_err(io)?;
+            }
+            if !point.exists() {
+                File::create(&point).map_err(io)?;
+            }
+        }
+        binds.push((cstring(&m.source)?, cstring(&m.target)?, m.read_only));
+    }
+    Ok(binds)
+}
+
+/// In the child: a mount namespace of its own, private (nothing propagates back to
+/// the host), with each volume bound at its place.
+fn enter_mounts(binds: &[Bind], working_dir: &std::ffi::CStr) -> std::io::Result<()> {
+    let check = |rc: libc::c_int| {
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    };
+    let none = c"none".as_ptr();
+    // SAFETY: plain system calls on valid NUL-terminated strings.
+    unsafe {
+        check(libc::unshare(libc::CLONE_NEWNS))?;
+        check(libc::mount(
+            none,
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        ))?;
+        for (source, target, read_only) in binds {
+            check(libc::mount(
+                source.as_ptr(),
+                target.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND | libc::MS_REC,
+                std::ptr::null(),
+            ))?;
+            if *read_only {
+                let flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_REC;
+                check(libc::mount(
+                    none,
+                    target.as_ptr(),
+                    std::ptr::null(),
+                    flags,
+                    std::ptr::null(),
+                ))?;
+            }
+        }
+        // The directory may be inside a volume: enter it again, now that it is there.
+        check(libc::chdir(working_dir.as_ptr()))?;
+    }
+    Ok(())
+}
+
 impl Runtime for ProcessRuntime {
     type Container = Process;
 
@@ -93,17 +209,15 @@ impl Runtime for ProcessRuntime {
             .append(true)
             .open(&config.log_path)
             .map_err(io(format!("opening log {}", config.log_path.display())))?;
-        let mut child = tokio::process::Command::new(program)
-            .args(args)
-            .env_clear()
-            .envs(config.env.iter().map(|(k, v)| (k, v)))
-            .current_dir(&config.working_dir)
-            .stdin(Stdio::null())
+        let mut child = command(config, program, args)?
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .process_group(0)
             .spawn()
-            .map_err(io(format!("starting {program}")))?;
+            .map_err(io(if config.mounts.is_empty() {
+                format!("starting {program}")
+            } else {
+                format!("starting {program} with its volumes mounted")
+            }))?;
         let pid = child
             .id()
             .ok_or_else(|| RuntimeError::Config(format!("{program} exited before it started")))?;
@@ -117,6 +231,56 @@ impl Runtime for ProcessRuntime {
             copiers.push(tokio::spawn(copy_lines(err, "stderr", log, path)));
         }
         Ok(Process { child, pid, copiers })
+    }
+
+    async fn exec(
+        &self,
+        config: &ContainerConfig,
+        argv: &[String],
+        timeout: Duration,
+    ) -> Result<ExecResult, RuntimeError> {
+        let Some((program, args)) = argv.split_first() else {
+            return Err(RuntimeError::Config("exec with an empty command".into()));
+        };
+        let child = command(config, program, args)?
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|source| RuntimeError::Io {
+                context: format!("running {program}"),
+                source,
+            })?;
+        let pid = child.id();
+        match tokio::time::timeout(timeout, child.wait_with_output()).await {
+            Ok(Ok(out)) => {
+                let mut output = out.stdout;
+                output.extend_from_slice(&out.stderr);
+                output.truncate(EXEC_OUTPUT);
+                let code = out
+                    .status
+                    .code()
+                    .unwrap_or_else(|| 128 + out.status.signal().unwrap_or(0));
+                Ok(ExecResult {
+                    code: Some(code),
+                    output: String::from_utf8_lossy(&output).into_owned(),
+                })
+            }
+            Ok(Err(source)) => Err(RuntimeError::Io {
+                context: format!("waiting for {program}"),
+                source,
+            }),
+            Err(_) => {
+                // Whatever it spawned goes too.
+                if let Some(pid) = pid {
+                    let _ = signal_group(pid, libc::SIGKILL);
+                }
+                Ok(ExecResult {
+                    code: None,
+                    output: format!("command timed out after {}s", timeout.as_secs_f64()),
+                })
+            }
+        }
     }
 }
 
@@ -164,6 +328,7 @@ mod tests {
             ],
             working_dir: dir.to_path_buf(),
             log_path: dir.join("c.log"),
+            mounts: vec![],
         }
     }
 
@@ -234,6 +399,67 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(exit.signal, Some(libc::SIGTERM));
+    }
+
+    #[tokio::test]
+    async fn exec_reports_code_output_and_timeouts() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = config(dir.path(), &["true"]);
+        let argv = |s: &str| vec!["sh".to_string(), "-c".to_string(), s.to_string()];
+        let r = ProcessRuntime
+            .exec(&c, &argv("echo $GREETING; exit 4"), Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!((r.code, r.output.as_str()), (Some(4), "hi\n"));
+        let r = ProcessRuntime
+            .exec(&c, &argv("sleep 5"), Duration::from_millis(200))
+            .await
+            .unwrap();
+        assert_eq!(r.code, None, "{r:?}");
+    }
+
+    #[tokio::test]
+    async fn volumes_appear_at_their_mount_paths_and_only_inside() {
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipping: mount namespaces need root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let volume = dir.path().join("volume");
+        std::fs::create_dir(&volume).unwrap();
+        std::fs::write(volume.join("greeting"), "hello").unwrap();
+        let target = dir.path().join("mnt/config");
+        let mut c = config(
+            dir.path(),
+            &[
+                "sh",
+                "-c",
+                &format!("cat {}/greeting; touch {}/x", target.display(), target.display()),
+            ],
+        );
+        c.mounts = vec![super::super::Mount {
+            source: volume.clone(),
+            target: target.clone(),
+            read_only: true,
+        }];
+        let mut p = ProcessRuntime.start(&c).unwrap();
+        let exit = p.wait().await.unwrap();
+        let log = std::fs::read_to_string(dir.path().join("c.log")).unwrap();
+        assert!(log.contains(" hello"), "{log}");
+        assert!(log.contains("Read-only file system"), "{log}");
+        assert_ne!(exit.code, 0);
+        // The host sees an empty mount point, not the volume.
+        assert!(target.is_dir() && !target.join("greeting").exists());
+        // An exec beside it sees the volume too.
+        let r = ProcessRuntime
+            .exec(
+                &c,
+                &["cat".to_string(), target.join("greeting").display().to_string()],
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+        assert_eq!((r.code, r.output.as_str()), (Some(0), "hello"));
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! Kubernetes resource quantities ("100m", "1.5", "128Mi", "1e3") as exact integers.
 //!
-//! API validation checks them and the scheduler sums them, both in integers as
-//! Kubernetes does (`Quantity.MilliValue()` / `Quantity.Value()`, rounded up): with
-//! floating point, three pods of 100m would not fit on 300m.
+//! API validation checks them, the scheduler sums them and the node agent hands them to
+//! processes (`resourceFieldRef`), all in integers as Kubernetes does
+//! (`Quantity.MilliValue()` / `Quantity.Value()`, rounded up): with floating point, three
+//! pods of 100m would not fit on 300m.
 
 /// A parsed quantity in thousandths of its unit (milli-units), or `None` if invalid.
 pub fn millis(q: &str) -> Option<i128> {

@@ -2,8 +2,9 @@
 //! agent running pods as host processes. Probes (liveness restarts, readiness drives
 //! Ready), crash back-off (`CrashLoopBackOff` with growing delays, `logs --previous`),
 //! environment from ConfigMaps and the downward API (`CreateContainerConfigError` until
-//! the ConfigMap exists), events for `kubectl describe`, and a rolling update that never
-//! drops below `replicas - maxUnavailable` ready pods.
+//! the ConfigMap exists), a ConfigMap volume that follows its ConfigMap, events for
+//! `kubectl describe`, and a rolling update that never drops below
+//! `replicas - maxUnavailable` ready pods.
 
 mod common;
 
@@ -95,7 +96,20 @@ async fn probes_back_off_and_configuration_from_the_api() {
             ],
             "envFrom": [{"configMapRef": {"name": "settings"}}]}),
     );
-    for p in [&live, &crash, &ready, &config] {
+    // 5. The same ConfigMap as a mounted file, which follows the ConfigMap.
+    let mount = c.s.dir.path().join("mounted-settings");
+    let mounted: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "mounted"},
+        "spec": {
+            "terminationGracePeriodSeconds": 1,
+            "volumes": [{"name": "settings", "configMap": {"name": "settings"}}],
+            "containers": [{"name": "c", "image": "busybox",
+                "command": ["sh", "-c", format!("while true; do echo file=$(cat {}/greeting); sleep 0.2; done", mount.display())],
+                "volumeMounts": [{"name": "settings", "mountPath": mount.display().to_string(), "readOnly": true}]}],
+        },
+    }))
+    .unwrap();
+    for p in [&live, &crash, &ready, &config, &mounted] {
         pods.create(&pp, p).await.unwrap();
     }
 
@@ -119,6 +133,31 @@ async fn probes_back_off_and_configuration_from_the_api() {
         pods.logs("config", &LogParams::default())
             .await
             .is_ok_and(|l| l.contains("greeting=hello me=config color=blue"))
+    })
+    .await;
+    let file_says = |what: &'static str| {
+        let pods = pods.clone();
+        async move {
+            let tail = LogParams {
+                tail_lines: Some(1),
+                ..Default::default()
+            };
+            pods.logs("mounted", &tail)
+                .await
+                .is_ok_and(|l| l.trim() == format!("file={what}"))
+        }
+    };
+    wait_until("the mounted file", Duration::from_secs(30), || file_says("hello")).await;
+    Api::<ConfigMap>::namespaced(c.s.client.clone(), "default")
+        .patch(
+            "settings",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"greeting": "bonjour"}})),
+        )
+        .await
+        .unwrap();
+    wait_until("the mounted file to change", Duration::from_secs(30), || {
+        file_says("bonjour")
     })
     .await;
 

@@ -76,7 +76,7 @@ pub async fn run<R: Runtime>(
     // The API server may still be starting: retry registration for a while.
     let mut attempt = 0;
     loop {
-        match node_status::register(&client, &node, &config.node_ip, log_port).await {
+        match node_status::register(&client, &node, &config.node_ip, log_port, &config.data_dir).await {
             Ok(()) => break,
             Err(e) if attempt < 20 => {
                 attempt += 1;
@@ -86,27 +86,50 @@ pub async fn run<R: Runtime>(
             Err(source) => return Err(Error::Register { node, source }),
         }
     }
-    let beat = tokio::spawn(heartbeats(client.clone(), node.clone(), shutdown.clone()));
+    let beat = tokio::spawn(heartbeats(
+        client.clone(),
+        node.clone(),
+        config.data_dir.clone(),
+        shutdown.clone(),
+    ));
     run_pods(client.clone(), &config, Arc::new(runtime), pod_dirs, shutdown).await;
-    let _ = beat.await;
+    let mut since = beat.await.unwrap_or_default();
     let _ = log_task.await;
-    if let Err(e) = node_status::heartbeat(&client, &node, false).await {
+    let pressure = node_status::Pressure::measure(&config.data_dir);
+    if let Err(e) = node_status::heartbeat(&client, &node, false, pressure, &mut since).await {
         tracing::debug!(node = %node, error = %e, "could not mark the node not ready");
     }
     Ok(())
 }
 
-async fn heartbeats(client: kube::Client, node: String, mut shutdown: watch::Receiver<bool>) {
+/// Renews the node's Lease and writes its conditions when they change (or once in
+/// [`node_status::STATUS_REPORT`]); returns the conditions' transition times.
+async fn heartbeats(
+    client: kube::Client,
+    node: String,
+    data_dir: PathBuf,
+    mut shutdown: watch::Receiver<bool>,
+) -> node_status::Transitions {
+    let mut since = node_status::Transitions::new();
+    let mut last: Option<(node_status::Pressure, std::time::Instant)> = None;
     loop {
         if let Err(e) = node_status::renew_lease(&client, &node).await {
             tracing::warn!(node = %node, error = %e, "lease renewal failed");
         }
-        if let Err(e) = node_status::heartbeat(&client, &node, true).await {
-            tracing::warn!(node = %node, error = %e, "node heartbeat failed");
+        let pressure = node_status::Pressure::measure(&data_dir);
+        let due = last.is_none_or(|(p, at)| p != pressure || at.elapsed() >= node_status::STATUS_REPORT);
+        if due {
+            if pressure != node_status::Pressure::default() {
+                tracing::warn!(node = %node, memory = pressure.memory, disk = pressure.disk, pids = pressure.pids, "node under pressure");
+            }
+            match node_status::heartbeat(&client, &node, true, pressure, &mut since).await {
+                Ok(()) => last = Some((pressure, std::time::Instant::now())),
+                Err(e) => tracing::warn!(node = %node, error = %e, "node status update failed"),
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(node_status::HEARTBEAT) => {}
-            _ = shutdown.changed() => return,
+            _ = shutdown.changed() => return since,
         }
     }
 }

@@ -1,8 +1,12 @@
-//! The Node object: registration with the host's capacity, a status heartbeat, and the
-//! node Lease in `kube-node-lease` renewed every few seconds. The pieces a Node is made
+//! The Node object: registration with the host's capacity and allocatable, the node
+//! Lease in `kube-node-lease` renewed every few seconds, and the conditions (memory,
+//! disk and PID pressure measured on the host, Ready) written when they change or once
+//! a minute, as a kubelet with node leases does. The pieces a Node is made
 //! of (labels, conditions, node info, creation, the Lease) serve the hollow nodes of
 //! [`crate::simulate`] too.
 
+use std::collections::HashMap;
+use std::path::Path;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
@@ -13,8 +17,12 @@ use serde_json::{json, Map, Value};
 
 use crate::pod::now;
 
-/// How often the Lease is renewed and the Ready condition refreshed.
+/// How often the Lease is renewed and the conditions measured.
 pub const HEARTBEAT: Duration = Duration::from_secs(5);
+/// How often unchanged conditions are written anyway (kubelet: 5 min).
+pub const STATUS_REPORT: Duration = Duration::from_secs(60);
+/// Memory the node keeps for itself: kubelet's default hard eviction threshold.
+const EVICTION_MEMORY_KIB: u64 = 100 * 1024;
 /// How long a Lease is valid without renewal.
 pub const LEASE_SECONDS: i32 = 40;
 
@@ -29,52 +37,141 @@ fn micro_now() -> String {
 
 /// Total memory of the host in KiB, from /proc/meminfo.
 pub(crate) fn memory_kib() -> u64 {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    meminfo
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
+    meminfo_kib("MemTotal").unwrap_or(0)
 }
 
-/// The node conditions: no memory, disk or PID pressure, and Ready (or not, when
-/// stopping), their messages naming `agent`, the one posting them.
-pub(crate) fn conditions(ready: bool, agent: &str) -> Value {
+/// What the host is short of, measured now, by kubelet's default hard eviction
+/// signals: less than 100Mi of memory available, less than 10% of the disk or 5% of
+/// its inodes free where the agent keeps its data, or most process ids in use.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Pressure {
+    pub memory: bool,
+    pub disk: bool,
+    pub pids: bool,
+}
+
+/// A file system's (total, free) bytes and (total, free) inodes.
+fn statvfs(path: &Path) -> Option<((u64, u64), (u64, u64))> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid path and a zeroed struct the call fills.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    let block = st.f_frsize as u64;
+    Some((
+        (st.f_blocks as u64 * block, st.f_bavail as u64 * block),
+        (st.f_files as u64, st.f_favail as u64),
+    ))
+}
+
+/// A field of /proc/meminfo in KiB.
+fn meminfo_kib(field: &str) -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+impl Pressure {
+    /// Measures the host, with the agent's data in `data_dir`.
+    pub(crate) fn measure(data_dir: &Path) -> Pressure {
+        let memory = meminfo_kib("MemAvailable").is_some_and(|kib| kib < EVICTION_MEMORY_KIB);
+        let disk = statvfs(data_dir).is_some_and(|((total, free), (inodes, inodes_free))| {
+            (total > 0 && free * 10 < total) || (inodes > 0 && inodes_free * 20 < inodes)
+        });
+        // Threads in use (the 4th field of loadavg is "running/total") against pid_max.
+        let threads = std::fs::read_to_string("/proc/loadavg")
+            .ok()
+            .and_then(|l| l.split_whitespace().nth(3)?.split_once('/')?.1.parse::<u64>().ok());
+        let pid_max = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+            .ok()
+            .and_then(|m| m.trim().parse::<u64>().ok());
+        let pids = matches!((threads, pid_max), (Some(t), Some(m)) if t * 10 > m * 9);
+        Pressure { memory, disk, pids }
+    }
+}
+
+/// The conditions' last statuses and when they took them.
+pub(crate) type Transitions = HashMap<&'static str, (bool, String)>;
+
+/// The node conditions for `pressure` and Ready (or not, when stopping), their messages
+/// naming `agent`, the one posting them; transition times kept in `since`.
+pub(crate) fn conditions_at(ready: bool, pressure: Pressure, agent: &str, since: &mut Transitions) -> Value {
     let t = now();
-    let cond = |type_: &str, status: &str, reason: &str, message: &str| {
-        json!({"type": type_, "status": status, "reason": reason, "message": message,
-            "lastHeartbeatTime": t, "lastTransitionTime": t})
+    let mut cond = |type_: &'static str, status: bool, reason: &str, message: String| {
+        let entry = since.entry(type_).or_insert_with(|| (status, t.clone()));
+        if entry.0 != status {
+            *entry = (status, t.clone());
+        }
+        json!({"type": type_, "status": if status { "True" } else { "False" }, "reason": reason,
+            "message": message, "lastHeartbeatTime": t, "lastTransitionTime": entry.1})
     };
     json!([
-        cond(
-            "MemoryPressure",
-            "False",
-            "KubeletHasSufficientMemory",
-            &format!("{agent} has sufficient memory available")
-        ),
-        cond(
-            "DiskPressure",
-            "False",
-            "KubeletHasNoDiskPressure",
-            &format!("{agent} has no disk pressure")
-        ),
-        cond(
-            "PIDPressure",
-            "False",
-            "KubeletHasSufficientPID",
-            &format!("{agent} has sufficient PID available")
-        ),
+        if pressure.memory {
+            cond(
+                "MemoryPressure",
+                true,
+                "KubeletHasInsufficientMemory",
+                format!("{agent} has insufficient memory available"),
+            )
+        } else {
+            cond(
+                "MemoryPressure",
+                false,
+                "KubeletHasSufficientMemory",
+                format!("{agent} has sufficient memory available"),
+            )
+        },
+        if pressure.disk {
+            cond(
+                "DiskPressure",
+                true,
+                "KubeletHasDiskPressure",
+                format!("{agent} has disk pressure"),
+            )
+        } else {
+            cond(
+                "DiskPressure",
+                false,
+                "KubeletHasNoDiskPressure",
+                format!("{agent} has no disk pressure"),
+            )
+        },
+        if pressure.pids {
+            cond(
+                "PIDPressure",
+                true,
+                "KubeletHasInsufficientPID",
+                format!("{agent} has insufficient PID available"),
+            )
+        } else {
+            cond(
+                "PIDPressure",
+                false,
+                "KubeletHasSufficientPID",
+                format!("{agent} has sufficient PID available"),
+            )
+        },
         if ready {
             cond(
                 "Ready",
-                "True",
+                true,
                 "KubeletReady",
-                &format!("{agent} is posting ready status"),
+                format!("{agent} is posting ready status"),
             )
         } else {
-            cond("Ready", "False", "KubeletNotReady", &format!("{agent} is stopping"))
+            cond("Ready", false, "KubeletNotReady", format!("{agent} is stopping"))
         },
     ])
+}
+
+/// The node conditions of a healthy node: no pressure, and Ready (or not, when
+/// stopping).
+pub(crate) fn conditions(ready: bool, agent: &str) -> Value {
+    conditions_at(ready, Pressure::default(), agent, &mut Transitions::new())
 }
 
 /// The host's kernel release, from /proc ("" where it cannot be read).
@@ -123,13 +220,19 @@ pub(crate) fn node_labels(name: &str) -> Map<String, Value> {
     labels
 }
 
-/// The Node's status as the agent sees the host.
-fn status(node_ip: &str, name: &str, log_port: u16) -> Value {
+/// The Node's status as the agent sees the host, its data in `data_dir`. Allocatable
+/// keeps back kubelet's default hard eviction thresholds (100Mi of memory, 10% of disk).
+fn status(node_ip: &str, name: &str, log_port: u16, data_dir: &Path) -> Value {
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let capacity = json!({"cpu": cpus.to_string(), "memory": format!("{}Ki", memory_kib()), "pods": "110"});
+    let memory = memory_kib();
+    let disk = statvfs(data_dir).map(|((total, _), _)| total).unwrap_or(0);
+    let capacity = json!({"cpu": cpus.to_string(), "memory": format!("{memory}Ki"), "pods": "110",
+        "ephemeral-storage": disk.to_string()});
+    let allocatable = json!({"cpu": cpus.to_string(), "memory": format!("{}Ki", memory.saturating_sub(EVICTION_MEMORY_KIB)),
+        "pods": "110", "ephemeral-storage": (disk / 10 * 9).to_string()});
     json!({
         "capacity": capacity,
-        "allocatable": capacity,
+        "allocatable": allocatable,
         "conditions": conditions(true, AGENT),
         "addresses": [{"type": "InternalIP", "address": node_ip}, {"type": "Hostname", "address": name}],
         // Where the API server proxies `pods/<name>/log` to (the kubelet port, in Kubernetes).
@@ -178,20 +281,33 @@ pub(crate) async fn write_status(nodes: &Api<Node>, name: &str, status: Value) -
 }
 
 /// Creates the Node if absent and writes its status.
-pub async fn register(client: &kube::Client, name: &str, node_ip: &str, log_port: u16) -> Result<(), kube::Error> {
+pub async fn register(
+    client: &kube::Client,
+    name: &str,
+    node_ip: &str,
+    log_port: u16,
+    data_dir: &Path,
+) -> Result<(), kube::Error> {
     let nodes: Api<Node> = Api::all(client.clone());
     let node = json!({"metadata": {"name": name, "labels": node_labels(name)}, "spec": {}});
     match create_node(&nodes, node, None).await? {
         Created::New => tracing::info!(node = name, "registered node"),
         Created::Existed => tracing::info!(node = name, "node already registered"),
     }
-    write_status(&nodes, name, status(node_ip, name, log_port)).await
+    let _ = std::fs::create_dir_all(data_dir);
+    write_status(&nodes, name, status(node_ip, name, log_port, data_dir)).await
 }
 
-/// Refreshes the Ready condition (or marks the node not ready when stopping).
-pub async fn heartbeat(client: &kube::Client, name: &str, ready: bool) -> Result<(), kube::Error> {
+/// Writes the conditions: measured `pressure`, Ready (or not ready when stopping).
+pub(crate) async fn heartbeat(
+    client: &kube::Client,
+    name: &str,
+    ready: bool,
+    pressure: Pressure,
+    since: &mut Transitions,
+) -> Result<(), kube::Error> {
     let nodes: Api<Node> = Api::all(client.clone());
-    let patch = json!({"status": {"conditions": conditions(ready, AGENT)}});
+    let patch = json!({"status": {"conditions": conditions_at(ready, pressure, AGENT, since)}});
     nodes
         .patch_status(name, &PatchParams::default(), &Patch::Merge(patch))
         .await?;
@@ -215,5 +331,59 @@ pub async fn renew_lease(client: &kube::Client, name: &str) -> Result<(), kube::
             leases.create(&PostParams::default(), &lease).await.map(|_| ())
         }
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn find<'a>(conditions: &'a Value, type_: &str) -> &'a Value {
+        conditions
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["type"] == type_))
+            .unwrap_or(&Value::Null)
+    }
+
+    #[test]
+    fn pressure_flips_its_condition_and_only_a_flip_moves_the_transition_time() {
+        let mut since = Transitions::new();
+        since.insert("MemoryPressure", (false, "2020-01-01T00:00:00Z".into()));
+        since.insert("Ready", (true, "2020-01-01T00:00:00Z".into()));
+        let calm = conditions_at(true, Pressure::default(), "a", &mut since);
+        assert_eq!(
+            find(&calm, "MemoryPressure")["lastTransitionTime"],
+            "2020-01-01T00:00:00Z"
+        );
+        let tight = Pressure {
+            memory: true,
+            ..Default::default()
+        };
+        let pressed = conditions_at(true, tight, "a", &mut since);
+        let memory = find(&pressed, "MemoryPressure");
+        assert_eq!(memory["status"], "True");
+        assert_eq!(memory["reason"], "KubeletHasInsufficientMemory");
+        assert_ne!(memory["lastTransitionTime"], "2020-01-01T00:00:00Z");
+        assert_eq!(find(&pressed, "Ready")["lastTransitionTime"], "2020-01-01T00:00:00Z");
+        let stopping = conditions_at(false, tight, "a", &mut since);
+        assert_eq!(find(&stopping, "Ready")["status"], "False");
+    }
+
+    #[test]
+    fn the_host_is_measured() {
+        let dir = tempfile::tempdir().unwrap();
+        let ((total, free), (inodes, _)) = statvfs(dir.path()).unwrap();
+        assert!(total > 0 && free <= total && inodes > 0);
+        assert!(meminfo_kib("MemTotal").unwrap() > meminfo_kib("MemAvailable").unwrap());
+        let s = status("127.0.0.1", "n", 1, dir.path());
+        assert_eq!(s["allocatable"]["pods"], "110");
+        assert!(
+            s["allocatable"]["ephemeral-storage"]
+                .as_str()
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+                > 0
+        );
     }
 }

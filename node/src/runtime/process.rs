@@ -30,8 +30,48 @@ pub struct Process {
     copiers: Vec<tokio::task::JoinHandle<()>>,
 }
 
+/// A container log grows to this size before it is rotated (kubelet's
+/// `containerLogMaxSize` default).
+pub const LOG_MAX_BYTES: u64 = 10 * 1024 * 1024;
+
+/// A container's current log file, rotated when it reaches its cap: the full file
+/// becomes `<log>.1` (replacing the one before), and writing starts on a new file.
+#[derive(Debug)]
+struct LogFile {
+    file: File,
+    size: u64,
+    path: std::path::PathBuf,
+    max: u64,
+}
+
+impl LogFile {
+    fn open(path: &std::path::Path, max: u64) -> std::io::Result<LogFile> {
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let size = file.metadata()?.len();
+        Ok(LogFile {
+            file,
+            size,
+            path: path.to_path_buf(),
+            max,
+        })
+    }
+
+    /// Appends `out`, rotating first if it would pass the cap.
+    fn write(&mut self, out: &[u8]) -> std::io::Result<()> {
+        if self.size > 0 && self.size + out.len() as u64 > self.max {
+            let mut rotated = self.path.clone().into_os_string();
+            rotated.push(".1");
+            std::fs::rename(&self.path, &rotated)?;
+            *self = LogFile::open(&self.path, self.max)?;
+        }
+        self.file.write_all(out)?;
+        self.size += out.len() as u64;
+        Ok(())
+    }
+}
+
 /// Copies one output stream of a container into its log, as CRI log lines.
-async fn copy_lines(mut pipe: impl AsyncRead + Unpin, stream: &'static str, log: Arc<Mutex<File>>, path: String) {
+async fn copy_lines(mut pipe: impl AsyncRead + Unpin, stream: &'static str, log: Arc<Mutex<LogFile>>, path: String) {
     let mut buf: Vec<u8> = Vec::new();
     let mut chunk = vec![0u8; 8192];
     loop {
@@ -54,7 +94,7 @@ async fn copy_lines(mut pipe: impl AsyncRead + Unpin, stream: &'static str, log:
         }
         if !out.is_empty() {
             let mut file = log.lock().unwrap_or_else(|e| e.into_inner());
-            if let Err(e) = file.write_all(&out) {
+            if let Err(e) = file.write(&out) {
                 tracing::warn!(log = %path, error = %e, "cannot write the container log");
             }
         }
@@ -204,10 +244,7 @@ impl Runtime for ProcessRuntime {
             )));
         };
         let io = |context: String| move |source| RuntimeError::Io { context, source };
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&config.log_path)
+        let log = LogFile::open(&config.log_path, LOG_MAX_BYTES)
             .map_err(io(format!("opening log {}", config.log_path.display())))?;
         let mut child = command(config, program, args)?
             .stdout(Stdio::piped())
@@ -399,6 +436,27 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(exit.signal, Some(libc::SIGTERM));
+    }
+
+    #[test]
+    fn logs_rotate_at_their_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.log");
+        let mut log = LogFile::open(&path, 10).unwrap();
+        log.write(b"12345678\n").unwrap();
+        log.write(b"abc\n").unwrap();
+        log.write(b"def\n").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("c.log.1")).unwrap(),
+            "12345678\n"
+        );
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "abc\ndef\n");
+        log.write(b"ghi\n").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("c.log.1")).unwrap(),
+            "abc\ndef\n"
+        );
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "ghi\n");
     }
 
     #[tokio::test]

@@ -112,12 +112,31 @@ async fn heartbeats(
 ) -> node_status::Transitions {
     let mut since = node_status::Transitions::new();
     let mut last: Option<(node_status::Pressure, std::time::Instant)> = None;
+    // The Node as the API has it: when something else (the node lifecycle controller,
+    // after a lost Lease) changed our Ready condition, write ours again at once.
+    let (api_ready_tx, api_ready) = watch::channel(true);
+    let own = watcher::Config::default().fields(&format!("metadata.name={node}"));
+    let mut own_node = watcher(Api::<k8s_openapi::api::core::v1::Node>::all(client.clone()), own).boxed();
+    let follower = tokio::spawn(async move {
+        while let Some(e) = own_node.next().await {
+            if let Ok(watcher::Event::Apply(n) | watcher::Event::InitApply(n)) = e {
+                let ready = n
+                    .status
+                    .and_then(|s| s.conditions)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True");
+                api_ready_tx.send_replace(ready);
+            }
+        }
+    });
     loop {
         if let Err(e) = node_status::renew_lease(&client, &node).await {
             tracing::warn!(node = %node, error = %e, "lease renewal failed");
         }
         let pressure = node_status::Pressure::measure(&data_dir);
-        let due = last.is_none_or(|(p, at)| p != pressure || at.elapsed() >= node_status::STATUS_REPORT);
+        let due = !*api_ready.borrow()
+            || last.is_none_or(|(p, at)| p != pressure || at.elapsed() >= node_status::STATUS_REPORT);
         if due {
             if pressure != node_status::Pressure::default() {
                 tracing::warn!(node = %node, memory = pressure.memory, disk = pressure.disk, pids = pressure.pids, "node under pressure");
@@ -129,21 +148,34 @@ async fn heartbeats(
         }
         tokio::select! {
             _ = tokio::time::sleep(node_status::HEARTBEAT) => {}
-            _ = shutdown.changed() => return since,
+            _ = shutdown.changed() => {
+                follower.abort();
+                return since;
+            }
         }
     }
 }
 
 /// Ends a graceful deletion: stops the pod's containers (if they run here), then deletes
 /// the pod for good (grace period 0, only this very pod by its uid).
-async fn finish_deletion(client: kube::Client, pod: Pod, worker: Option<PodWorker>, dir: PathBuf) {
-    if let Some(w) = worker {
-        // The grace period the deletion asked for, as a kubelet honours it.
-        let grace = pod
-            .metadata
-            .deletion_grace_period_seconds
-            .map(|s| Duration::from_secs(s.max(0) as u64));
-        w.stop(grace).await;
+async fn finish_deletion<R: Runtime>(
+    client: kube::Client,
+    pod: Pod,
+    worker: Option<PodWorker>,
+    dir: PathBuf,
+    runtime: Arc<R>,
+) {
+    match worker {
+        Some(w) => {
+            // The grace period the deletion asked for, as a kubelet honours it.
+            let grace = pod
+                .metadata
+                .deletion_grace_period_seconds
+                .map(|s| Duration::from_secs(s.max(0) as u64));
+            w.stop(grace).await;
+        }
+        // Deleted while no agent ran here: what still runs of it goes now.
+        None => runtime.clean_up(&dir),
     }
     let _ = tokio::fs::remove_dir_all(&dir).await;
     let (Some(ns), Some(uid)) = (pod.namespace(), pod.uid()) else {
@@ -164,6 +196,24 @@ async fn finish_deletion(client: kube::Client, pod: Pod, worker: Option<PodWorke
         Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
         Err(e) => {
             tracing::warn!(object = %format!("{ns}/{}", pod.name_any()), error = %e, "could not finish deleting the pod")
+        }
+    }
+}
+
+/// Stops the processes and removes the directories of pods that an earlier agent ran
+/// and that are gone now (deleted while no agent was running here).
+fn clean_up_gone_pods<R: Runtime>(runtime: &R, pods_dir: &std::path::Path, listed: &HashSet<String>) {
+    let Ok(entries) = std::fs::read_dir(pods_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let uid = entry.file_name().to_string_lossy().into_owned();
+        if listed.contains(&uid) {
+            continue;
+        }
+        runtime.clean_up(&entry.path());
+        if let Err(e) = std::fs::remove_dir_all(entry.path()) {
+            tracing::debug!(dir = %entry.path().display(), error = %e, "cannot remove a gone pod's directory");
         }
     }
 }
@@ -190,6 +240,8 @@ async fn run_pods<R: Runtime>(
     let mut relisted: Option<HashSet<String>> = None;
     // Pods whose graceful deletion this agent is finishing.
     let mut terminating: HashSet<String> = HashSet::new();
+    // After the first list, what an earlier agent left of pods now gone is cleaned up.
+    let mut first_list = true;
     loop {
         let event = tokio::select! {
             e = events.next() => e,
@@ -214,7 +266,13 @@ async fn run_pods<R: Runtime>(
                         tracing::info!(object = %format!("{ns}/{name}"), "stopping terminating pod");
                     }
                     let dir = config.data_dir.join("pods").join(&uid);
-                    tokio::spawn(finish_deletion(client.clone(), pod, worker.map(|(_, _, w)| w), dir));
+                    tokio::spawn(finish_deletion(
+                        client.clone(),
+                        pod,
+                        worker.map(|(_, _, w)| w),
+                        dir,
+                        runtime.clone(),
+                    ));
                     continue;
                 }
                 let phase = pod
@@ -238,6 +296,9 @@ async fn run_pods<R: Runtime>(
             }
             Ok(watcher::Event::InitDone) => {
                 if let Some(seen) = relisted.take() {
+                    if std::mem::take(&mut first_list) {
+                        clean_up_gone_pods(&*runtime, &config.data_dir.join("pods"), &seen);
+                    }
                     let gone: Vec<String> = workers.keys().filter(|uid| !seen.contains(*uid)).cloned().collect();
                     for uid in gone {
                         if let Some((ns, name, w)) = workers.remove(&uid) {

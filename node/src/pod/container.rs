@@ -151,6 +151,8 @@ impl<R: Runtime> Run<R> {
     /// Runs the container until it is done for good or told to stop.
     pub(crate) async fn run(mut self) {
         let name = self.spec.name.clone();
+        // Only the first start may find the container still running from before.
+        let mut may_adopt = true;
         loop {
             if self.stopping() {
                 return;
@@ -194,7 +196,18 @@ impl<R: Runtime> Run<R> {
             config.mounts = mounts;
             let started_at = now();
             let started = Instant::now();
-            let mut container = match self.runtime.start(&config) {
+            let adopted = if std::mem::take(&mut may_adopt) {
+                self.runtime.adopt(&config)
+            } else {
+                None
+            };
+            if adopted.is_some() {
+                // Its restarts so far are the API's to tell.
+                let restarts = self.restarts_reported();
+                self.update(|c| c.restarts = restarts);
+            }
+            let started_fresh = adopted.is_none();
+            let mut container = match adopted.map(Ok).unwrap_or_else(|| self.runtime.start(&config)) {
                 Ok(c) => c,
                 Err(e) => {
                     let message = e.to_string();
@@ -219,9 +232,13 @@ impl<R: Runtime> Run<R> {
                 }
             };
             let id = container.id();
-            tracing::info!(object = %self.object(), container = %name, id = %id, "container started");
-            self.event(Type::Normal, "Created", format!("Created container {name}"));
-            self.event(Type::Normal, "Started", format!("Started container {name}"));
+            if started_fresh {
+                tracing::info!(object = %self.object(), container = %name, id = %id, "container started");
+                self.event(Type::Normal, "Created", format!("Created container {name}"));
+                self.event(Type::Normal, "Started", format!("Started container {name}"));
+            } else {
+                tracing::info!(object = %self.object(), container = %name, id = %id, "container adopted");
+            }
             let startup = self.spec.startup_probe.clone();
             let liveness = self.spec.liveness_probe.clone();
             let readiness = self.spec.readiness_probe.clone();
@@ -239,7 +256,12 @@ impl<R: Runtime> Run<R> {
                 ip: self.node_ip.clone(),
                 ports: self.spec.ports.clone().unwrap_or_default(),
             };
-            let end = match self.post_start(&target, &mut container).await {
+            let hook = if started_fresh {
+                self.post_start(&target, &mut container).await
+            } else {
+                None
+            };
+            let end = match hook {
                 Some(end) => end,
                 None => {
                     self.supervise(&mut container, target, [startup, liveness, readiness])
@@ -261,6 +283,22 @@ impl<R: Runtime> Run<R> {
                 return;
             }
         }
+    }
+
+    /// The container's restart count as the pod's status last said.
+    fn restarts_reported(&self) -> i32 {
+        let pod = self.pod.borrow();
+        let status = pod.status.as_ref();
+        let statuses = match self.slot {
+            Slot::Init(_) => status.and_then(|s| s.init_container_statuses.as_ref()),
+            Slot::App(_) => status.and_then(|s| s.container_statuses.as_ref()),
+        };
+        statuses
+            .into_iter()
+            .flatten()
+            .find(|c| c.name == self.spec.name)
+            .map(|c| c.restart_count)
+            .unwrap_or(0)
     }
 
     /// Runs the `postStart` hook; on failure the container is killed and the run ends.

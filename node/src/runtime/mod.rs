@@ -82,6 +82,12 @@ pub trait Runtime: Send + Sync + 'static {
     type Container: Container;
     /// Starts a container.
     fn start(&self, config: &ContainerConfig) -> Result<Self::Container, RuntimeError>;
+    /// The container `config` describes if it still runs from before the agent
+    /// restarted, to follow instead of starting another.
+    fn adopt(&self, config: &ContainerConfig) -> Option<Self::Container>;
+    /// Stops whatever still runs from the pod directory `pod_dir` of a pod that is gone
+    /// (it went while no agent was there to stop it).
+    fn clean_up(&self, pod_dir: &std::path::Path);
     /// Runs `argv` in the container's environment and directory, for at most `timeout`.
     fn exec(
         &self,

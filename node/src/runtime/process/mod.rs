@@ -1,107 +1,60 @@
 //! The process runtime: a container is its `command` + `args` run on the host, in its
-//! own process group so that stopping it also stops whatever it spawned. Its stdout and
-//! stderr are read through pipes and written to its log file a line at a time, each
-//! line stamped with its time (the CRI log format, see [`crate::logs`]).
+//! own process group so that stopping it also stops whatever it spawned, and with
+//! volumes in its own mount namespace ([`mounts`]). Its output goes to files that the
+//! agent turns into its log ([`output`]).
+//!
+//! A container outlives the agent that started it: each start records the process's
+//! pid and start time in `<name>.pid` in its pod directory, and a new agent adopts a
+//! process still running under that record instead of starting another. An adopted
+//! process is not the agent's child, so its exit status cannot be known: it is
+//! reported as 255.
 
-use std::fs::{File, OpenOptions};
-use std::io::Write;
+mod mounts;
+mod output;
+
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::unix::AsyncFd;
+use tokio::sync::watch;
+
+pub use output::LOG_MAX_BYTES;
 
 use super::{Container, ContainerConfig, ExecResult, Exit, Runtime, RuntimeError};
 
 /// How much of an exec's output is kept (kubelet keeps 10 KiB of a probe's output).
 const EXEC_OUTPUT: usize = 10 * 1024;
+/// The exit code reported for an adopted process (its real one cannot be read).
+const UNKNOWN_EXIT: i32 = 255;
 
 /// Runs containers as host processes.
 #[derive(Debug, Clone, Default)]
 pub struct ProcessRuntime;
 
+/// How the end of a container's process is awaited.
+#[derive(Debug)]
+enum Waiter {
+    /// Started by this agent: its child.
+    Child(tokio::process::Child),
+    /// Adopted: a pidfd, readable once the process has exited.
+    Adopted(AsyncFd<OwnedFd>),
+}
+
 /// A container running as a process group.
 #[derive(Debug)]
 pub struct Process {
-    child: tokio::process::Child,
     pid: u32,
-    /// The tasks copying stdout and stderr into the log.
-    copiers: Vec<tokio::task::JoinHandle<()>>,
-}
-
-/// A container log grows to this size before it is rotated (kubelet's
-/// `containerLogMaxSize` default).
-pub const LOG_MAX_BYTES: u64 = 10 * 1024 * 1024;
-
-/// A container's current log file, rotated when it reaches its cap: the full file
-/// becomes `<log>.1` (replacing the one before), and writing starts on a new file.
-#[derive(Debug)]
-struct LogFile {
-    file: File,
-    size: u64,
-    path: std::path::PathBuf,
-    max: u64,
-}
-
-impl LogFile {
-    fn open(path: &std::path::Path, max: u64) -> std::io::Result<LogFile> {
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
-        let size = file.metadata()?.len();
-        Ok(LogFile {
-            file,
-            size,
-            path: path.to_path_buf(),
-            max,
-        })
-    }
-
-    /// Appends `out`, rotating first if it would pass the cap.
-    fn write(&mut self, out: &[u8]) -> std::io::Result<()> {
-        if self.size > 0 && self.size + out.len() as u64 > self.max {
-            let mut rotated = self.path.clone().into_os_string();
-            rotated.push(".1");
-            std::fs::rename(&self.path, &rotated)?;
-            *self = LogFile::open(&self.path, self.max)?;
-        }
-        self.file.write_all(out)?;
-        self.size += out.len() as u64;
-        Ok(())
-    }
-}
-
-/// Copies one output stream of a container into its log, as CRI log lines.
-async fn copy_lines(mut pipe: impl AsyncRead + Unpin, stream: &'static str, log: Arc<Mutex<LogFile>>, path: String) {
-    let mut buf: Vec<u8> = Vec::new();
-    let mut chunk = vec![0u8; 8192];
-    loop {
-        let n = match pipe.read(&mut chunk).await {
-            Ok(0) | Err(_) => 0,
-            Ok(n) => n,
-        };
-        buf.extend_from_slice(&chunk[..n]);
-        let time = crate::logs::timestamp_now();
-        let mut out = Vec::new();
-        while let Some(end) = buf.iter().position(|b| *b == b'\n') {
-            crate::logs::push_line(&mut out, &time, stream, false, &buf[..end]);
-            buf.drain(..=end);
-        }
-        // Overlong lines, and what is left when the stream ends, go out as partial lines.
-        while buf.len() >= crate::logs::MAX_LINE || (n == 0 && !buf.is_empty()) {
-            let end = buf.len().min(crate::logs::MAX_LINE);
-            crate::logs::push_line(&mut out, &time, stream, true, &buf[..end]);
-            buf.drain(..end);
-        }
-        if !out.is_empty() {
-            let mut file = log.lock().unwrap_or_else(|e| e.into_inner());
-            if let Err(e) = file.write(&out) {
-                tracing::warn!(log = %path, error = %e, "cannot write the container log");
-            }
-        }
-        if n == 0 {
-            return;
-        }
-    }
+    waiter: Waiter,
+    /// The tasks turning its output into its log.
+    tailers: Vec<tokio::task::JoinHandle<()>>,
+    /// Tells the tailers the process has exited (read to the end, then stop).
+    exited: watch::Sender<bool>,
+    /// Its `<name>.pid` record, removed when it ends.
+    record: PathBuf,
 }
 
 fn signal_group(pid: u32, signal: i32) -> Result<(), RuntimeError> {
@@ -120,6 +73,39 @@ fn signal_group(pid: u32, signal: i32) -> Result<(), RuntimeError> {
     })
 }
 
+/// The record of the container whose log is `log_path`.
+fn record_path(log_path: &Path) -> PathBuf {
+    log_path.with_extension("pid")
+}
+
+/// A process's start time (clock ticks after boot, field 22 of `/proc/<pid>/stat`):
+/// with the pid, it names one process, whatever reuses the pid later.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces: count from after its ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Starts the tailers of both output streams.
+fn tail_output(
+    log_path: &Path,
+    exited: &watch::Sender<bool>,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, RuntimeError> {
+    let log = output::LogFile::open(log_path, output::LOG_MAX_BYTES).map_err(|source| RuntimeError::Io {
+        context: format!("opening log {}", log_path.display()),
+        source,
+    })?;
+    let log = Arc::new(Mutex::new(log));
+    Ok(["stdout", "stderr"]
+        .into_iter()
+        .map(|stream| {
+            let raw = output::raw_path(log_path, stream);
+            tokio::spawn(output::tail(raw, stream, log.clone(), exited.subscribe()))
+        })
+        .collect())
+}
+
 /// The command for a container's process (or one run beside it): its environment and
 /// directory, its own process group, and with volumes its own mount namespace where
 /// each volume is bound at its `mountPath`.
@@ -132,105 +118,15 @@ fn command(config: &ContainerConfig, program: &str, args: &[String]) -> Result<t
         .stdin(Stdio::null())
         .process_group(0);
     if !config.mounts.is_empty() {
-        let binds = mount_points(config)?;
-        let working_dir = cstring(&config.working_dir)?;
+        let binds = mounts::mount_points(config)?;
+        let working_dir = mounts::cstring(&config.working_dir)?;
         // SAFETY: the closure runs in the forked child before exec and only makes
         // system calls on memory prepared before the fork (no allocation, no locks).
         unsafe {
-            cmd.pre_exec(move || enter_mounts(&binds, &working_dir));
+            cmd.pre_exec(move || mounts::enter_mounts(&binds, &working_dir));
         }
     }
     Ok(cmd)
-}
-
-/// A mount prepared for the child: source, target, read-only.
-type Bind = (std::ffi::CString, std::ffi::CString, bool);
-
-fn cstring(p: &std::path::Path) -> Result<std::ffi::CString, RuntimeError> {
-    use std::os::unix::ffi::OsStrExt;
-    std::ffi::CString::new(p.as_os_str().as_bytes())
-        .map_err(|_| RuntimeError::Config(format!("path {} contains a NUL byte", p.display())))
-}
-
-/// Makes sure every mount point exists on the host (a directory, or an empty file for
-/// a file), as a bind mount needs one, and prepares the paths for the child.
-fn mount_points(config: &ContainerConfig) -> Result<Vec<Bind>, RuntimeError> {
-    let mut binds = Vec::new();
-    for (i, m) in config.mounts.iter().enumerate() {
-        let io = |source| RuntimeError::Io {
-            context: format!(
-                "preparing mount point {} of container {}",
-                m.target.display(),
-                config.name
-            ),
-            source,
-        };
-        // Inside an earlier mount, the mount point must exist in what that mount shows.
-        let point = config.mounts[..i]
-            .iter()
-            .filter_map(|outer| Some((outer, m.target.strip_prefix(&outer.target).ok()?)))
-            .max_by_key(|(outer, _)| outer.target.components().count())
-            .map(|(outer, rest)| outer.source.join(rest))
-            .unwrap_or_else(|| m.target.clone());
-        if m.source.is_dir() {
-            std::fs::create_dir_all(&point).map_err(io)?;
-        } else {
-            if let Some(parent) = point.parent() {
-                std::fs::create_dir_all(parent).map_err(io)?;
-            }
-            if !point.exists() {
-                File::create(&point).map_err(io)?;
-            }
-        }
-        binds.push((cstring(&m.source)?, cstring(&m.target)?, m.read_only));
-    }
-    Ok(binds)
-}
-
-/// In the child: a mount namespace of its own, private (nothing propagates back to
-/// the host), with each volume bound at its place.
-fn enter_mounts(binds: &[Bind], working_dir: &std::ffi::CStr) -> std::io::Result<()> {
-    let check = |rc: libc::c_int| {
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(std::io::Error::last_os_error())
-        }
-    };
-    let none = c"none".as_ptr();
-    // SAFETY: plain system calls on valid NUL-terminated strings.
-    unsafe {
-        check(libc::unshare(libc::CLONE_NEWNS))?;
-        check(libc::mount(
-            none,
-            c"/".as_ptr(),
-            std::ptr::null(),
-            libc::MS_REC | libc::MS_PRIVATE,
-            std::ptr::null(),
-        ))?;
-        for (source, target, read_only) in binds {
-            check(libc::mount(
-                source.as_ptr(),
-                target.as_ptr(),
-                std::ptr::null(),
-                libc::MS_BIND | libc::MS_REC,
-                std::ptr::null(),
-            ))?;
-            if *read_only {
-                let flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_REC;
-                check(libc::mount(
-                    none,
-                    target.as_ptr(),
-                    std::ptr::null(),
-                    flags,
-                    std::ptr::null(),
-                ))?;
-            }
-        }
-        // The directory may be inside a volume: enter it again, now that it is there.
-        check(libc::chdir(working_dir.as_ptr()))?;
-    }
-    Ok(())
 }
 
 impl Runtime for ProcessRuntime {
@@ -244,11 +140,13 @@ impl Runtime for ProcessRuntime {
             )));
         };
         let io = |context: String| move |source| RuntimeError::Io { context, source };
-        let log = LogFile::open(&config.log_path, LOG_MAX_BYTES)
-            .map_err(io(format!("opening log {}", config.log_path.display())))?;
-        let mut child = command(config, program, args)?
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+        let (stdout, stderr) = output::fresh(&config.log_path).map_err(io(format!(
+            "creating the output files of {}",
+            config.log_path.display()
+        )))?;
+        let child = command(config, program, args)?
+            .stdout(Stdio::from(stdout))
+            .stderr(Stdio::from(stderr))
             .spawn()
             .map_err(io(if config.mounts.is_empty() {
                 format!("starting {program}")
@@ -258,16 +156,61 @@ impl Runtime for ProcessRuntime {
         let pid = child
             .id()
             .ok_or_else(|| RuntimeError::Config(format!("{program} exited before it started")))?;
-        let log = Arc::new(Mutex::new(log));
-        let path = config.log_path.display().to_string();
-        let mut copiers = Vec::new();
-        if let Some(out) = child.stdout.take() {
-            copiers.push(tokio::spawn(copy_lines(out, "stdout", log.clone(), path.clone())));
+        let record = record_path(&config.log_path);
+        if let Some(started) = start_time(pid) {
+            if let Err(e) = std::fs::write(&record, format!("{pid} {started}\n")) {
+                tracing::warn!(file = %record.display(), error = %e, "cannot record the container's process; a restarted agent will not adopt it");
+            }
         }
-        if let Some(err) = child.stderr.take() {
-            copiers.push(tokio::spawn(copy_lines(err, "stderr", log, path)));
+        let (exited, _) = watch::channel(false);
+        let tailers = tail_output(&config.log_path, &exited)?;
+        Ok(Process {
+            pid,
+            waiter: Waiter::Child(child),
+            tailers,
+            exited,
+            record,
+        })
+    }
+
+    fn clean_up(&self, pod_dir: &Path) {
+        for (pid, record) in ProcessRuntime::recorded(pod_dir) {
+            tracing::info!(pid, dir = %pod_dir.display(), "stopping a container process of a pod that is gone");
+            let _ = signal_group(pid, libc::SIGKILL);
+            let _ = std::fs::remove_file(record);
         }
-        Ok(Process { child, pid, copiers })
+    }
+
+    fn adopt(&self, config: &ContainerConfig) -> Option<Process> {
+        let record = record_path(&config.log_path);
+        let text = std::fs::read_to_string(&record).ok()?;
+        let mut fields = text.split_whitespace();
+        let pid: u32 = fields.next()?.parse().ok()?;
+        let started: u64 = fields.next()?.parse().ok()?;
+        if start_time(pid) != Some(started) {
+            // Gone, or the pid now names another process.
+            let _ = std::fs::remove_file(&record);
+            return None;
+        }
+        // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_long, 0 as libc::c_long) };
+        if fd < 0 {
+            return None;
+        }
+        // SAFETY: a descriptor the call above just opened and nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        // SAFETY: the AsyncFd owns the descriptor, so it stays open while registered.
+        let fd = unsafe { AsyncFd::register(fd) }.ok()?;
+        let (exited, _) = watch::channel(false);
+        let tailers = tail_output(&config.log_path, &exited).ok()?;
+        tracing::info!(container = %config.name, pid, "adopted a container process left by an earlier agent");
+        Some(Process {
+            pid,
+            waiter: Waiter::Adopted(fd),
+            tailers,
+            exited,
+            record,
+        })
     }
 
     async fn exec(
@@ -321,25 +264,63 @@ impl Runtime for ProcessRuntime {
     }
 }
 
+impl ProcessRuntime {
+    /// The container processes recorded in `pod_dir` that still run: (pid, record).
+    fn recorded(pod_dir: &Path) -> Vec<(u32, PathBuf)> {
+        let Ok(entries) = std::fs::read_dir(pod_dir) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "pid"))
+            .filter_map(|p| {
+                let text = std::fs::read_to_string(&p).ok()?;
+                let mut fields = text.split_whitespace();
+                let pid: u32 = fields.next()?.parse().ok()?;
+                let started: u64 = fields.next()?.parse().ok()?;
+                (start_time(pid) == Some(started)).then_some((pid, p))
+            })
+            .collect()
+    }
+}
+
 impl Container for Process {
     fn id(&self) -> String {
         format!("process://{}", self.pid)
     }
 
     async fn wait(&mut self) -> Result<Exit, RuntimeError> {
-        let status = self.child.wait().await.map_err(|source| RuntimeError::Io {
-            context: format!("waiting for process {}", self.pid),
-            source,
-        })?;
+        let exit = match &mut self.waiter {
+            Waiter::Child(child) => {
+                let status = child.wait().await.map_err(|source| RuntimeError::Io {
+                    context: format!("waiting for process {}", self.pid),
+                    source,
+                })?;
+                let signal = status.signal();
+                let code = status.code().unwrap_or_else(|| 128 + signal.unwrap_or(0));
+                Exit { code, signal }
+            }
+            Waiter::Adopted(fd) => {
+                let _ = fd.readable().await.map_err(|source| RuntimeError::Io {
+                    context: format!("waiting for process {}", self.pid),
+                    source,
+                })?;
+                Exit {
+                    code: UNKNOWN_EXIT,
+                    signal: None,
+                }
+            }
+        };
         // Leave nothing of the container behind (children of a shell, say).
         let _ = signal_group(self.pid, libc::SIGKILL);
-        // The log is complete once both pipes are drained (they close with the group).
-        for copier in self.copiers.drain(..) {
-            let _ = tokio::time::timeout(Duration::from_secs(2), copier).await;
+        let _ = std::fs::remove_file(&self.record);
+        // The log is complete once the tailers have read the output to its end.
+        self.exited.send_replace(true);
+        for tailer in self.tailers.drain(..) {
+            let _ = tokio::time::timeout(Duration::from_secs(2), tailer).await;
         }
-        let signal = status.signal();
-        let code = status.code().unwrap_or_else(|| 128 + signal.unwrap_or(0));
-        Ok(Exit { code, signal })
+        Ok(exit)
     }
 
     fn terminate(&self) -> Result<(), RuntimeError> {
@@ -438,25 +419,39 @@ mod tests {
         assert_eq!(exit.signal, Some(libc::SIGTERM));
     }
 
-    #[test]
-    fn logs_rotate_at_their_cap() {
+    #[tokio::test]
+    async fn a_process_left_by_a_dead_agent_is_adopted_with_its_output() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("c.log");
-        let mut log = LogFile::open(&path, 10).unwrap();
-        log.write(b"12345678\n").unwrap();
-        log.write(b"abc\n").unwrap();
-        log.write(b"def\n").unwrap();
-        assert_eq!(
-            std::fs::read_to_string(dir.path().join("c.log.1")).unwrap(),
-            "12345678\n"
+        let c = config(
+            dir.path(),
+            &[
+                "sh",
+                "-c",
+                "i=0; while true; do i=$((i+1)); echo line $i; sleep 0.05; done",
+            ],
         );
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "abc\ndef\n");
-        log.write(b"ghi\n").unwrap();
-        assert_eq!(
-            std::fs::read_to_string(dir.path().join("c.log.1")).unwrap(),
-            "abc\ndef\n"
-        );
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "ghi\n");
+        let first = ProcessRuntime.start(&c).unwrap();
+        let id = first.id();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // The agent dies: its handle and tailers go, the process runs on.
+        for t in &first.tailers {
+            t.abort();
+        }
+        drop(first);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut adopted = ProcessRuntime.adopt(&c).expect("the process is adopted");
+        assert_eq!(adopted.id(), id);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        adopted.kill().unwrap();
+        let exit = adopted.wait().await.unwrap();
+        assert_eq!(exit.code, UNKNOWN_EXIT);
+        // One unbroken count in the log: nothing lost or repeated across the handover.
+        let log = std::fs::read_to_string(dir.path().join("c.log")).unwrap();
+        let counts: Vec<u32> = log.lines().filter_map(|l| l.rsplit(' ').next()?.parse().ok()).collect();
+        assert!(counts.len() > 10, "{log}");
+        assert!(counts.windows(2).all(|w| w[1] == w[0] + 1), "{counts:?}");
+        // Gone now: nothing to adopt.
+        assert!(ProcessRuntime.adopt(&c).is_none());
     }
 
     #[tokio::test]

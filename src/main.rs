@@ -30,7 +30,7 @@ enum Command {
     /// Run a scheduler apart from the API servers (one of several elects itself active).
     Scheduler(commands::components::SchedulerArgs),
     /// Run a controller manager apart from the API servers (one elects itself active).
-    ControllerManager(commands::components::StandaloneArgs),
+    ControllerManager(commands::components::ControllerManagerArgs),
     /// Run a GitOps reconciler apart from the API servers (one elects itself active).
     Reconciler(commands::components::ReconcilerArgs),
     /// Run a node agent against an API server.
@@ -81,20 +81,26 @@ fn main() -> ExitCode {
                     commands::components::Component::Scheduler,
                     args.standalone,
                     None,
-                    Some(config),
+                    |o| o.scheduler = config,
                 )
                 .await
             }
             Command::ControllerManager(args) => {
-                commands::components::run_standalone(commands::components::Component::Controllers, args, None, None)
-                    .await
+                let config = args.config();
+                commands::components::run_standalone(
+                    commands::components::Component::Controllers,
+                    args.standalone,
+                    None,
+                    |o| o.controllers = config,
+                )
+                .await
             }
             Command::Reconciler(args) => {
                 commands::components::run_standalone(
                     commands::components::Component::Reconciler,
                     args.standalone,
                     Some(args.data_dir),
-                    None,
+                    |_| {},
                 )
                 .await
             }

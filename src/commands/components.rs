@@ -127,6 +127,8 @@ pub struct Options {
     pub data_dir: PathBuf,
     /// The scheduler's name and tuning.
     pub scheduler: kairn_cluster::scheduler::Config,
+    /// The controller manager's tuning.
+    pub controllers: kairn_cluster::controllers::Config,
 }
 
 impl Options {
@@ -135,6 +137,7 @@ impl Options {
         Options {
             data_dir,
             scheduler: kairn_cluster::scheduler::Config::default(),
+            controllers: kairn_cluster::controllers::Config::default(),
         }
     }
 }
@@ -165,7 +168,7 @@ pub fn spawn(
             match component {
                 Component::Api => {}
                 Component::Scheduler => kairn_cluster::scheduler::run_with(client, options.scheduler, stop).await,
-                Component::Controllers => kairn_cluster::controllers::run(client, stop).await,
+                Component::Controllers => kairn_cluster::controllers::run_with(client, options.controllers, stop).await,
                 Component::Reconciler => {
                     kairn_reconciler::run(
                         client,
@@ -234,12 +237,34 @@ impl SchedulerArgs {
     }
 }
 
+/// `kairn controller-manager` flags.
+#[derive(Debug, clap::Args)]
+pub struct ControllerManagerArgs {
+    #[command(flatten)]
+    pub standalone: StandaloneArgs,
+    /// How long a node's Lease may go unrenewed before the node is unreachable: tainted
+    /// `node.kubernetes.io/unreachable`, its pods evicted after their toleration.
+    #[arg(long, default_value = "40s", value_parser = parse_duration)]
+    pub node_monitor_grace_period: Duration,
+}
+
+impl ControllerManagerArgs {
+    /// The controller manager's configuration.
+    pub fn config(&self) -> kairn_cluster::controllers::Config {
+        kairn_cluster::controllers::Config {
+            node_lifecycle: kairn_cluster::controllers::node_lifecycle::Config {
+                grace_period: self.node_monitor_grace_period,
+            },
+        }
+    }
+}
+
 /// Runs one component apart from the API servers until a signal.
 pub async fn run_standalone(
     component: Component,
     args: StandaloneArgs,
     data_dir: Option<PathBuf>,
-    scheduler: Option<kairn_cluster::scheduler::Config>,
+    tune: impl FnOnce(&mut Options),
 ) -> anyhow::Result<ExitCode> {
     let client = args.client.connect().await?;
     let stop = shutdown::on_signal();
@@ -252,9 +277,7 @@ pub async fn run_standalone(
         None => PathBuf::from("."),
     };
     let mut options = Options::new(data_dir);
-    if let Some(scheduler) = scheduler {
-        options.scheduler = scheduler;
-    }
+    tune(&mut options);
     let task = spawn(component, client, &args.election, &client::hostname(), options, stop)?;
     if let Some(task) = task {
         task.await?;

@@ -56,6 +56,10 @@ pub struct ControlPlaneArgs {
     /// (0 keeps them for good).
     #[arg(long, default_value = "1h", value_parser = components::parse_duration)]
     pub event_ttl: std::time::Duration,
+    /// How long a node's Lease may go unrenewed before the controller manager counts the
+    /// node unreachable (kube-controller-manager's flag of that name).
+    #[arg(long, default_value = "40s", value_parser = components::parse_duration)]
+    pub node_monitor_grace_period: std::time::Duration,
     /// The components this member runs beside its API server (`api` is always on); the
     /// others may run as `kairn scheduler`, `kairn controller-manager`, `kairn reconciler`.
     #[arg(long, value_delimiter = ',', value_enum, default_values_t = components::ALL.to_vec())]
@@ -231,6 +235,8 @@ pub async fn start(
     // The member's id names its candidates, so `kubectl get lease -n kube-system` shows
     // which member acts.
     let host = format!("{}-member-{}", client::hostname(), args.node_id);
+    let mut options = components::Options::new(data_dir.clone());
+    options.controllers.node_lifecycle.grace_period = args.node_monitor_grace_period;
     let mut components = Vec::new();
     for &component in &args.components {
         let Some(identity) = component.identity() else { continue };
@@ -239,7 +245,7 @@ pub async fn start(
             member.client_as(identity.user)?,
             &args.election,
             &host,
-            components::Options::new(data_dir.clone()),
+            options.clone(),
             shutdown.clone(),
         )?;
         components.extend(task);

@@ -251,7 +251,7 @@ fn is_recreate(d: &Deployment) -> bool {
 }
 
 /// An int-or-percent against `total`, percentages rounded up or down.
-fn scaled(value: Option<&IntOrString>, default: &str, total: i32, round_up: bool) -> i32 {
+pub(crate) fn scaled(value: Option<&IntOrString>, default: &str, total: i32, round_up: bool) -> i32 {
     let percent = |p: &str| -> Option<i32> {
         let p: f64 = p.strip_suffix('%')?.parse().ok()?;
         let v = p * f64::from(total) / 100.0;

@@ -1,6 +1,8 @@
-//! The controller manager: Deployment -> ReplicaSet -> Pods, the garbage collector and
-//! the namespace controller. Each controller talks to the API server like any client;
-//! none of them touches the store.
+//! The controller manager: Deployment -> ReplicaSet -> Pods, Job -> Pods, DaemonSet ->
+//! Pods, the default ServiceAccount of every namespace, node lifecycle (unreachable nodes
+//! tainted, their pods evicted), the garbage collector and the namespace controller.
+//! Each controller talks to the API server like any client; none of them touches the
+//! store.
 //!
 //! Controllers read through watch-fed caches only: the object being reconciled comes
 //! from the `Controller`'s own reflector, its children from an [`OwnerIndex`] kept by a
@@ -9,17 +11,23 @@
 //! retry, not a wrong write), and pod creations and deletions are remembered as
 //! [`Expectations`] until the cache has seen them.
 
+pub mod daemonset;
 pub mod deployment;
 pub mod gc;
+pub mod job;
 pub mod namespace;
+pub mod node_lifecycle;
 pub mod replicaset;
+pub mod serviceaccount;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use futures::{Stream, TryStreamExt};
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{DeleteParams, PostParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Resource, ResourceExt};
@@ -62,11 +70,27 @@ pub(crate) fn log_result<T: std::fmt::Debug, E: std::fmt::Display>(controller: &
     }
 }
 
-/// Runs every controller until `shutdown` turns true.
+/// How the controller manager is tuned.
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    /// When nodes count as unreachable.
+    pub node_lifecycle: node_lifecycle::Config,
+}
+
+/// Runs every controller with the default [`Config`] until `shutdown` turns true.
 pub async fn run(client: kube::Client, shutdown: watch::Receiver<bool>) {
+    run_with(client, Config::default(), shutdown).await
+}
+
+/// Runs every controller until `shutdown` turns true.
+pub async fn run_with(client: kube::Client, config: Config, shutdown: watch::Receiver<bool>) {
     tokio::join!(
         deployment::run(client.clone(), shutdown.clone()),
         replicaset::run(client.clone(), shutdown.clone()),
+        job::run(client.clone(), shutdown.clone()),
+        daemonset::run(client.clone(), shutdown.clone()),
+        serviceaccount::run(client.clone(), shutdown.clone()),
+        node_lifecycle::run(client.clone(), config.node_lifecycle, shutdown.clone()),
         // The garbage collector and the namespace controller, on one metadata graph.
         gc::run(client, shutdown),
     );
@@ -94,6 +118,49 @@ pub(crate) fn controller_uid(meta: &ObjectMeta) -> Option<&str> {
 pub(crate) fn now() -> k8s_openapi::jiff::Timestamp {
     let t = k8s_openapi::jiff::Timestamp::now();
     k8s_openapi::jiff::Timestamp::from_second(t.as_second()).unwrap_or(t)
+}
+
+/// Creates `pod` as a child of the owner with uid `owner`, expecting it until the cache
+/// shows it.
+pub(crate) async fn create_pod(
+    expectations: &Expectations,
+    api: &Api<Pod>,
+    owner: &str,
+    pod: &Pod,
+) -> Result<Pod, Error> {
+    let created = api.create(&PostParams::default(), pod).await?;
+    if let Some(uid) = created.uid() {
+        expectations.created(owner, uid);
+    }
+    Ok(created)
+}
+
+/// Deletes one child pod of the owner with uid `owner` (that very pod: a new one of the
+/// same name is not the owner's to delete), expecting the deletion until the cache shows
+/// it. A pod already gone is no error.
+pub(crate) async fn delete_pod(
+    expectations: &Expectations,
+    api: &Api<Pod>,
+    owner: &str,
+    pod: &Pod,
+) -> Result<(), Error> {
+    let Some(uid) = pod.uid() else { return Ok(()) };
+    expectations.deleting(owner, uid.clone());
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: Some(uid.clone()),
+            resource_version: None,
+        }),
+        ..Default::default()
+    };
+    match api.delete(&pod.name_any(), &params).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => {
+            expectations.delete_failed(owner, &uid);
+            Err(e.into())
+        }
+    }
 }
 
 /// A watch-fed cache of objects of kind `K`, indexed by their controlling owner's uid:

@@ -21,7 +21,7 @@ use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetStatus};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, PostParams, Preconditions};
+use kube::api::PostParams;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
@@ -66,7 +66,8 @@ pub async fn run(client: kube::Client, shutdown: watch::Receiver<bool>) {
         .await;
 }
 
-fn phase(pod: &Pod) -> &str {
+/// The pod's phase (`Pending` until the node says otherwise).
+pub(crate) fn phase(pod: &Pod) -> &str {
     pod.status
         .as_ref()
         .and_then(|s| s.phase.as_deref())
@@ -160,7 +161,7 @@ pub fn compute_status(rs: &ReplicaSet, active: &[&Pod], now: Timestamp) -> (Repl
 }
 
 /// The order in which surplus pods go: unscheduled, then not ready, then the newest.
-fn deletion_rank(p: &Pod) -> (bool, bool, std::cmp::Reverse<i64>) {
+pub(crate) fn deletion_rank(p: &Pod) -> (bool, bool, std::cmp::Reverse<i64>) {
     let scheduled = p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some();
     let created = p
         .metadata
@@ -169,27 +170,6 @@ fn deletion_rank(p: &Pod) -> (bool, bool, std::cmp::Reverse<i64>) {
         .map(|t| t.0.as_second())
         .unwrap_or(0);
     (scheduled, is_ready(p), std::cmp::Reverse(created))
-}
-
-async fn delete_pod(ctx: &Context, api: &Api<Pod>, rs_uid: &str, pod: &Pod) -> Result<(), Error> {
-    let Some(uid) = pod.uid() else { return Ok(()) };
-    ctx.expectations.deleting(rs_uid, uid.clone());
-    // Only this very pod: a new one of the same name is not ours to delete.
-    let params = DeleteParams {
-        preconditions: Some(Preconditions {
-            uid: Some(uid.clone()),
-            resource_version: None,
-        }),
-        ..Default::default()
-    };
-    match api.delete(&pod.name_any(), &params).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(e) => {
-            ctx.expectations.delete_failed(rs_uid, &uid);
-            Err(e.into())
-        }
-    }
 }
 
 async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -223,7 +203,7 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action, Err
     for pod in owned.iter().filter(not_deleting) {
         if pod.metadata.deletion_timestamp.is_none() && matches!(phase(pod), "Failed" | "Succeeded") {
             tracing::info!(object = %format!("{ns}/{}", pod.name_any()), phase = phase(pod), "removing finished pod");
-            delete_pod(&ctx, &pods_api, &uid, pod).await?;
+            super::delete_pod(&ctx.expectations, &pods_api, &uid, pod).await?;
         }
     }
     let mut active: Vec<&Arc<Pod>> = owned.iter().filter(|p| is_active(p)).filter(not_deleting).collect();
@@ -264,7 +244,7 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action, Err
         let excess = present - want;
         for pod in active.drain(..excess) {
             tracing::info!(object = %format!("{ns}/{}", pod.name_any()), replicaset = %name, "deleting surplus pod");
-            delete_pod(&ctx, &pods_api, &uid, pod).await?;
+            super::delete_pod(&ctx.expectations, &pods_api, &uid, pod).await?;
         }
     }
 

@@ -156,27 +156,41 @@ pub struct Cluster {
 /// Starts a member, a scheduler, the controllers and node agent `n1` running pods as
 /// host processes.
 pub async fn cluster() -> Cluster {
-    let node = auth::node_user("n1");
-    let s = start_with(&[node.as_str()]).await;
+    cluster_of(&["n1"]).await
+}
+
+/// Starts a member, the scheduler, the controllers and an agent for each of `nodes`
+/// (each as its own node user, with its own data directory), running pods as host
+/// processes.
+pub async fn cluster_of(nodes: &[&str]) -> Cluster {
+    let users: Vec<String> = nodes.iter().map(|n| auth::node_user(n)).collect();
+    let user_refs: Vec<&str> = users.iter().map(String::as_str).collect();
+    let s = start_with(&user_refs).await;
     let (stop, rx) = watch::channel(false);
     let member = s.member();
-    let scheduler = member.client_as(auth::SCHEDULER).unwrap();
-    let controllers = member.client_as(auth::CONTROLLER_MANAGER).unwrap();
-    let agent = member.client_as(&node).unwrap();
-    let config = AgentConfig {
-        node_name: "n1".into(),
-        node_ip: "127.0.0.1".into(),
-        data_dir: s.dir.path().join("node"),
-        log_addr: "127.0.0.1:0".parse().unwrap(),
-    };
-    let agent_rx = rx.clone();
-    let tasks = vec![
-        tokio::spawn(kairn_cluster::scheduler::run(scheduler, rx.clone())),
-        tokio::spawn(kairn_cluster::controllers::run(controllers, rx)),
-        tokio::spawn(async move {
-            kairn_node::run(agent, config, ProcessRuntime, agent_rx).await.unwrap();
-        }),
+    let mut tasks = vec![
+        tokio::spawn(kairn_cluster::scheduler::run(
+            member.client_as(auth::SCHEDULER).unwrap(),
+            rx.clone(),
+        )),
+        tokio::spawn(kairn_cluster::controllers::run(
+            member.client_as(auth::CONTROLLER_MANAGER).unwrap(),
+            rx.clone(),
+        )),
     ];
+    for (node, user) in nodes.iter().zip(&users) {
+        let agent = member.client_as(user).unwrap();
+        let config = AgentConfig {
+            node_name: node.to_string(),
+            node_ip: "127.0.0.1".into(),
+            data_dir: s.dir.path().join(format!("node-{node}")),
+            log_addr: "127.0.0.1:0".parse().unwrap(),
+        };
+        let agent_rx = rx.clone();
+        tasks.push(tokio::spawn(async move {
+            kairn_node::run(agent, config, ProcessRuntime, agent_rx).await.unwrap();
+        }));
+    }
     Cluster { s, stop, tasks }
 }
 

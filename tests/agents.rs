@@ -208,3 +208,64 @@ async fn pods_leave_a_node_whose_agent_is_gone() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn static_pods_run_from_files_and_are_mirrored() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut members = Members::new(dir.path(), 1, &[]);
+    members.start_all();
+    let client = members.client(1).await;
+    let kubeconfig = members.node(1).dir.join("kubeconfig");
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir_all(&manifests).unwrap();
+    let argv = ["sleep", "36013"];
+    std::fs::write(
+        manifests.join("web.yaml"),
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\n  labels: {tier: static}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: busybox\n    command: [sleep, '36013']\n",
+    )
+    .unwrap();
+    let agent_dir = dir.path().join("n1");
+    let _agent = common::cluster::Process::start(
+        &agent_dir,
+        "agent",
+        &[
+            "agent",
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
+            "--node-name",
+            "n1",
+            "--data-dir",
+            agent_dir.to_str().unwrap(),
+            "--log-addr",
+            "127.0.0.1:0",
+            "--manifest-dir",
+            manifests.to_str().unwrap(),
+        ],
+    );
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let running = || async {
+        let p = pods.get_opt("web-n1").await.ok()??;
+        let mirrored = p.annotations().contains_key("kubernetes.io/config.mirror");
+        (mirrored && p.status.as_ref()?.phase.as_deref() == Some("Running")).then(|| p.uid())?
+    };
+    let first = wait_for("the mirror pod running", Duration::from_secs(60), running).await;
+    assert_eq!(processes(&argv).len(), 1);
+
+    // Deleting the mirror pod does not stop the static pod: it is mirrored again.
+    pods.delete("web-n1", &Default::default()).await.unwrap();
+    let second = wait_for("the mirror back", Duration::from_secs(60), || async {
+        let uid = running().await?;
+        (uid != first).then_some(uid)
+    })
+    .await;
+    assert_ne!(second, first);
+    assert_eq!(processes(&argv).len(), 1, "the static pod ran on");
+
+    // Removing the file stops the pod and its mirror goes.
+    std::fs::remove_file(manifests.join("web.yaml")).unwrap();
+    wait_for("the static pod gone", Duration::from_secs(60), || async {
+        let gone = pods.get_opt("web-n1").await.ok()?.is_none();
+        (gone && processes(&argv).is_empty()).then_some(())
+    })
+    .await;
+}

@@ -8,6 +8,7 @@ mod node_status;
 pub mod pod;
 pub mod runtime;
 pub mod simulate;
+pub mod static_pods;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -35,6 +36,8 @@ pub struct AgentConfig {
     pub data_dir: PathBuf,
     /// Where the agent serves container logs to the API server (port 0 picks one).
     pub log_addr: SocketAddr,
+    /// Static pod manifests to run without the API server (kubelet's `staticPodPath`).
+    pub manifest_dir: Option<PathBuf>,
 }
 
 /// Errors that stop the agent.
@@ -92,7 +95,29 @@ pub async fn run<R: Runtime>(
         config.data_dir.clone(),
         shutdown.clone(),
     ));
-    run_pods(client.clone(), &config, Arc::new(runtime), pod_dirs, shutdown).await;
+    let ctx = WorkerContext {
+        client: client.clone(),
+        node_ip: config.node_ip.clone(),
+        events: crate::events::Recorder::new(client.clone(), &config.node_name),
+    };
+    let runtime = Arc::new(runtime);
+    let (mirror_gone, mirror_rx) = tokio::sync::mpsc::channel(1);
+    let static_pods = config.manifest_dir.clone().map(|dir| {
+        tokio::spawn(static_pods::run(
+            ctx.clone(),
+            dir,
+            node.clone(),
+            config.data_dir.clone(),
+            runtime.clone(),
+            pod_dirs.clone(),
+            mirror_rx,
+            shutdown.clone(),
+        ))
+    });
+    run_pods(ctx, &config, runtime, pod_dirs, mirror_gone, shutdown).await;
+    if let Some(task) = static_pods {
+        let _ = task.await;
+    }
     let mut since = beat.await.unwrap_or_default();
     let _ = log_task.await;
     let pressure = node_status::Pressure::measure(&config.data_dir);
@@ -208,7 +233,8 @@ fn clean_up_gone_pods<R: Runtime>(runtime: &R, pods_dir: &std::path::Path, liste
     };
     for entry in entries.flatten() {
         let uid = entry.file_name().to_string_lossy().into_owned();
-        if listed.contains(&uid) {
+        // Static pods are not in the API (their mirrors have uids of their own).
+        if listed.contains(&uid) || uid.starts_with(static_pods::UID_PREFIX) {
             continue;
         }
         runtime.clean_up(&entry.path());
@@ -220,20 +246,17 @@ fn clean_up_gone_pods<R: Runtime>(runtime: &R, pods_dir: &std::path::Path, liste
 
 /// Follows the pods bound to this node: a worker per pod, stopped when the pod goes.
 async fn run_pods<R: Runtime>(
-    client: kube::Client,
+    ctx: WorkerContext,
     config: &AgentConfig,
     runtime: Arc<R>,
     pod_dirs: logs::PodDirs,
+    mirror_gone: tokio::sync::mpsc::Sender<()>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let client = ctx.client.clone();
     let pods: Api<Pod> = Api::all(client.clone());
     let bound_here = watcher::Config::default().fields(&format!("spec.nodeName={}", config.node_name));
     let mut events = watcher(pods, bound_here).boxed();
-    let ctx = WorkerContext {
-        client: client.clone(),
-        node_ip: config.node_ip.clone(),
-        events: crate::events::Recorder::new(client.clone(), &config.node_name),
-    };
     // By pod uid: the pod's namespace and name (for the log endpoint) and its worker.
     let mut workers: HashMap<String, (String, String, PodWorker)> = HashMap::new();
     // Pods seen during a relist; workers for pods missing from it are stopped after it.
@@ -284,6 +307,10 @@ async fn run_pods<R: Runtime>(
                     w.update(pod);
                     continue;
                 }
+                // A mirror pod only shows a static pod, which runs from its file.
+                if static_pods::is_mirror(&pod) {
+                    continue;
+                }
                 if matches!(phase, "Succeeded" | "Failed") {
                     continue;
                 }
@@ -311,6 +338,10 @@ async fn run_pods<R: Runtime>(
             Ok(watcher::Event::Delete(pod)) => {
                 if let Some(uid) = pod.uid() {
                     terminating.remove(&uid);
+                }
+                if static_pods::is_mirror(&pod) {
+                    // Static pods cannot be deleted through the API: mirror them again.
+                    let _ = mirror_gone.try_send(());
                 }
                 if let Some((ns, name, w)) = pod.uid().and_then(|uid| workers.remove(&uid)) {
                     pod_dirs.remove(&ns, &name);

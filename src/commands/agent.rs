@@ -29,6 +29,10 @@ pub struct AgentArgs {
     /// Address the agent serves container logs on, for the API server (port 0: any).
     #[arg(long, default_value = "127.0.0.1:10250")]
     pub log_addr: SocketAddr,
+    /// Directory of static pod manifests: run by this agent without the API server and
+    /// mirrored into it (the kubelet's `staticPodPath`).
+    #[arg(long, conflicts_with = "simulate")]
+    pub manifest_dir: Option<PathBuf>,
     #[command(flatten)]
     pub simulate: SimulateArgs,
 }
@@ -95,6 +99,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         node_ip: args.node_ip,
         data_dir: args.data_dir,
         log_addr: args.log_addr,
+        manifest_dir: args.manifest_dir,
     };
     kairn_node::run(client, config, ProcessRuntime, stop).await?;
     Ok(ExitCode::SUCCESS)

@@ -145,6 +145,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         node_ip: "127.0.0.1".into(),
         data_dir: data_dir.clone(),
         log_addr: args.log_addr,
+        manifest_dir: None,
     };
     let agent = tokio::spawn(kairn_node::run(
         cp.member.client_as(&node_user)?,

@@ -76,6 +76,8 @@ pub(crate) struct Shared {
     state: Mutex<PodState>,
     /// Bumped on every change, so that several tasks can wait for changes.
     changes: watch::Sender<u64>,
+    /// The status must be written again even if unchanged (a mirror pod was recreated).
+    rewrite: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -190,6 +192,7 @@ impl PodWorker {
                 failed: None,
             }),
             changes: watch::Sender::new(0),
+            rewrite: std::sync::atomic::AtomicBool::new(false),
         });
         let (stop, stop_rx) = watch::channel(None);
         let (pod_tx, pod_rx) = watch::channel(Arc::new(pod));
@@ -205,6 +208,12 @@ impl PodWorker {
     /// Hands the worker a newer version of its pod (labels and annotations change).
     pub fn update(&self, pod: Pod) {
         self.pod.send_replace(Arc::new(pod));
+    }
+
+    /// Writes the pod's status again, changed or not (its API object was recreated).
+    pub fn report_again(&self) {
+        self.shared.rewrite.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.shared.changes.send_modify(|n| *n += 1);
     }
 
     /// Tells the log endpoint whether a container of this pod runs.
@@ -424,12 +433,16 @@ async fn report(
         .and_then(|cs| cs.iter().find(|c| c.type_ == "PodScheduled"))
         .and_then(|c| serde_json::to_value(c).ok())
         .unwrap_or_else(|| json!({"type": "PodScheduled", "status": "True"}));
+    let static_pod = pod.uid().is_some_and(|u| u.starts_with(crate::static_pods::UID_PREFIX));
     let mut transitions = status::Transitions::default();
     let mut changes = shared.changes.subscribe();
     let mut last: Option<Value> = None;
     loop {
         let finished = *done.borrow();
         changes.borrow_and_update();
+        if shared.rewrite.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            last = None;
+        }
         let status = shared.read(|s| status::pod_status(s, &node_ip, &start_time, &scheduled, &mut transitions));
         if last.as_ref() != Some(&status) {
             match api
@@ -437,7 +450,8 @@ async fn report(
                 .await
             {
                 Ok(_) => last = Some(status),
-                Err(kube::Error::Api(s)) if s.code == 404 => return,
+                // Gone from the API; a static pod's mirror comes back, so it waits.
+                Err(kube::Error::Api(s)) if s.code == 404 && !static_pod => return,
                 Err(e) => tracing::debug!(object = %name, error = %e, "status update failed; retrying"),
             }
         } else if finished {

@@ -18,8 +18,11 @@
 //! `kairn bench gitops`: the reconciler on repos of 1,000 and 10,000 objects (`gitops.rs`).
 //!
 //! `kairn bench scheduler`: scheduling throughput over hollow nodes (`scheduler.rs`).
+//!
+//! `kairn bench pods`: pod start latency and agent memory on one real agent (`pods.rs`).
 
 mod gitops;
+mod pods;
 mod scheduler;
 mod store;
 
@@ -59,6 +62,8 @@ pub enum Which {
     Store(store::StoreArgs),
     /// Pods scheduled per second over thousands of hollow nodes, per placement workload.
     Scheduler(scheduler::SchedulerArgs),
+    /// Pod start latency (created to Running) and the agent's memory, on one real agent.
+    Pods(pods::PodsArgs),
 }
 
 /// `kairn bench writes` flags.
@@ -105,6 +110,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         Which::Gitops(g) => gitops::run(g).await,
         Which::Store(s) => store::run(s).await,
         Which::Scheduler(s) => scheduler::run(s).await,
+        Which::Pods(p) => pods::run(p).await,
     }
 }
 

@@ -114,14 +114,14 @@ impl Workload {
 }
 
 /// A child `kairn` process (agent, scheduler), killed when dropped.
-struct Process {
+pub(super) struct Process {
     child: Child,
 }
 
 impl Process {
     /// Starts `kairn <args>` logging warnings to `log`; with `$KAIRN_BENCH_LOG` set, it
     /// logs at info to `$KAIRN_BENCH_LOG.<command>` instead, to see inside a run.
-    fn start(args: &[&str], log: &Path) -> anyhow::Result<Process> {
+    pub(super) fn start(args: &[&str], log: &Path) -> anyhow::Result<Process> {
         let exe = std::env::current_exe().context("finding the kairn binary")?;
         let command = args.first().copied().unwrap_or_default();
         let (log, level) = match std::env::var_os("KAIRN_BENCH_LOG") {
@@ -143,12 +143,12 @@ impl Process {
         Ok(Process { child })
     }
 
-    fn rss_kib(&self) -> u64 {
+    pub(super) fn rss_kib(&self) -> u64 {
         rss_of(&format!("/proc/{}/status", self.child.id()))
     }
 
     /// CPU seconds used so far (user + system).
-    fn cpu_seconds(&self) -> f64 {
+    pub(super) fn cpu_seconds(&self) -> f64 {
         cpu_seconds(self.child.id())
     }
 }

@@ -16,7 +16,8 @@ use tokio::sync::{broadcast, mpsc};
 use super::cache::{bookmark, event_line, CacheEvent, CacheMessage, CachedObject, EventType, Filter, ReadAt};
 use super::error::ApiError;
 use super::objects::{filter_of, read_at, Params, Shape, Target};
-use super::table::partial_metadata;
+use super::registry::ResourceInfo;
+use super::table::{self, partial_metadata};
 use super::AppState;
 
 /// How often a watch that asked for bookmarks gets one.
@@ -26,6 +27,7 @@ const BOOKMARK_EVERY: Duration = Duration::from_secs(30);
 struct Watcher {
     filter: Filter,
     shape: Shape,
+    res: &'static ResourceInfo,
 }
 
 impl Watcher {
@@ -33,6 +35,15 @@ impl Watcher {
         match self.shape {
             Shape::Metadata => match obj.value() {
                 Ok(v) => event_line(kind, partial_metadata(&v).to_string().as_bytes()),
+                Err(e) => event_line("ERROR", e.status().to_string().as_bytes()),
+            },
+            // `kubectl get -w`: each event a Table of one row, with the same columns as
+            // the list before it, so kubectl prints the header once.
+            Shape::Table => match obj.value() {
+                Ok(v) => {
+                    let one = table::table(self.res, &serde_json::json!({"items": [v], "metadata": {}}));
+                    event_line(kind, one.to_string().as_bytes())
+                }
                 Err(e) => event_line("ERROR", e.status().to_string().as_bytes()),
             },
             _ => event_line(kind, &obj.json),
@@ -81,7 +92,7 @@ pub async fn serve(state: AppState, target: Target, params: Params, shape: Shape
     };
     let start = cache.watch(from, &filter);
     let res = target.res;
-    let watcher = Watcher { filter, shape };
+    let watcher = Watcher { filter, shape, res };
     let mut shutdown = state.shutdown.clone();
 
     let (tx, rx) = mpsc::channel::<Bytes>(64);

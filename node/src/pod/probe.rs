@@ -122,7 +122,7 @@ pub(crate) async fn check<R: Runtime>(action: Action<'_>, target: &Target<R>, ti
             };
             match tokio::time::timeout(timeout, tokio::net::TcpStream::connect((host.as_str(), port))).await {
                 Ok(Ok(_)) => Outcome::Success,
-                Ok(Err(e)) => Outcome::Failure(format!("dial tcp {host}:{port}: connect: {e}")),
+                Ok(Err(e)) => Outcome::Failure(format!("dial tcp {host}:{port}: connect: {}", go_error(&e))),
                 Err(_) => Outcome::Failure(format!("dial tcp {host}:{port}: i/o timeout")),
             }
         }
@@ -131,6 +131,20 @@ pub(crate) async fn check<R: Runtime>(action: Action<'_>, target: &Target<R>, ti
             Outcome::Success
         }
         Action::Unsupported(why) => Outcome::Failure(why.to_string()),
+    }
+}
+
+/// An I/O error as Go prints it ("connection refused"), as a kubelet's messages read.
+fn go_error(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    let text = match text.rfind(" (os error ") {
+        Some(i) => &text[..i],
+        None => &text,
+    };
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_lowercase().chain(chars).collect(),
+        None => String::new(),
     }
 }
 
@@ -189,7 +203,7 @@ async fn http_get(h: &HTTPGetAction, ip: &str, ports: &[ContainerPort], timeout:
 async fn get(host: &str, port: u16, path: &str, https: bool, headers: &[(String, String)]) -> Result<u16, String> {
     let tcp = tokio::net::TcpStream::connect((host, port))
         .await
-        .map_err(|e| format!("dial tcp {host}:{port}: connect: {e}"))?;
+        .map_err(|e| format!("dial tcp {host}:{port}: connect: {}", go_error(&e)))?;
     let _ = tcp.set_nodelay(true);
     let mut req = http::Request::get(path)
         .header(http::header::USER_AGENT, PROBE_AGENT)
@@ -552,7 +566,10 @@ mod tests {
             port: IntOrString::Int(port.into()),
             ..Default::default()
         };
-        assert!(matches!(check(Action::Tcp(&tcp), &t, second).await, Outcome::Failure(m) if m.contains("refused")));
+        assert_eq!(
+            check(Action::Tcp(&tcp), &t, second).await,
+            Outcome::Failure(format!("dial tcp 127.0.0.1:{port}: connect: connection refused"))
+        );
         assert!(matches!(check(Action::Http(&http), &t, second).await, Outcome::Failure(m) if m.contains("refused")));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let tcp = TCPSocketAction {

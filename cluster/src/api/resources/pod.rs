@@ -22,6 +22,14 @@ pub fn spec_defaults(spec: &mut Value) {
             container_defaults(c);
         }
     }
+    for v in spec
+        .get_mut("volumes")
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+    {
+        volume_defaults(v);
+    }
 }
 
 fn container_defaults(c: &mut Value) {
@@ -47,12 +55,61 @@ fn container_defaults(c: &mut Value) {
             set_default(field_ref, "apiVersion", json!("v1"));
         }
     }
+    for probe in ["livenessProbe", "readinessProbe", "startupProbe"] {
+        let Some(p) = c.get_mut(probe).filter(|p| p.is_object()) else {
+            continue;
+        };
+        set_default(p, "timeoutSeconds", json!(1));
+        set_default(p, "periodSeconds", json!(10));
+        set_default(p, "successThreshold", json!(1));
+        set_default(p, "failureThreshold", json!(3));
+        if let Some(h) = p.get_mut("httpGet").filter(|h| h.is_object()) {
+            set_default(h, "path", json!("/"));
+            set_default(h, "scheme", json!("HTTP"));
+        }
+    }
+    for hook in ["postStart", "preStop"] {
+        if let Some(h) = c
+            .pointer_mut(&format!("/lifecycle/{hook}/httpGet"))
+            .filter(|h| h.is_object())
+        {
+            set_default(h, "path", json!("/"));
+            set_default(h, "scheme", json!("HTTP"));
+        }
+    }
 }
 
-/// Defaults of a Pod object.
+/// Volume defaults: file modes 0644 (420) for projected files, as Kubernetes sets them.
+fn volume_defaults(v: &mut Value) {
+    for source in ["configMap", "secret", "downwardAPI", "projected"] {
+        if let Some(s) = v.get_mut(source).filter(|s| s.is_object()) {
+            set_default(s, "defaultMode", json!(420));
+        }
+    }
+    if let Some(h) = v.get_mut("hostPath").filter(|h| h.is_object()) {
+        set_default(h, "type", json!(""));
+    }
+}
+
+/// Defaults of a Pod object: its spec's, and (for pods, not templates, as in
+/// Kubernetes' `SetDefaults_Pod`) requests equal to limits where only limits are set.
 pub fn defaults(pod: &mut Value) {
     if let Some(spec) = pod.get_mut("spec") {
         spec_defaults(spec);
+        for list in ["initContainers", "containers"] {
+            for c in spec.get_mut(list).and_then(Value::as_array_mut).into_iter().flatten() {
+                let Some(limits) = c.pointer("/resources/limits").and_then(Value::as_object).cloned() else {
+                    continue;
+                };
+                let resources = &mut c["resources"];
+                if !resources.get("requests").is_some_and(Value::is_object) {
+                    resources["requests"] = json!({});
+                }
+                for (name, q) in limits {
+                    set_default(&mut resources["requests"], &name, q);
+                }
+            }
+        }
     }
 }
 
@@ -475,9 +532,26 @@ mod tests {
         assert_eq!(p["spec"]["serviceAccountName"], "default");
         assert_eq!(p["spec"]["tolerations"].as_array().map(Vec::len), Some(2));
         assert_eq!(p["status"]["qosClass"], "Guaranteed");
+        assert_eq!(
+            p["spec"]["containers"][0]["resources"]["requests"],
+            json!({"cpu": "1", "memory": "1Gi"})
+        );
         let mut pinned = pod(json!({"containers": [{"name": "c", "image": "registry:5000/busybox:1.36"}]}));
         defaults(&mut pinned);
         assert_eq!(pinned["spec"]["containers"][0]["imagePullPolicy"], "IfNotPresent");
+        let mut probed = pod(json!({
+            "volumes": [{"name": "v", "configMap": {"name": "x"}}],
+            "containers": [{"name": "c", "image": "busybox",
+                "livenessProbe": {"httpGet": {"port": 80}}, "readinessProbe": {"exec": {"command": ["true"]}, "periodSeconds": 2}}]}));
+        defaults(&mut probed);
+        let c = &probed["spec"]["containers"][0];
+        assert_eq!(
+            c["livenessProbe"],
+            json!({"httpGet": {"port": 80, "path": "/", "scheme": "HTTP"}, "timeoutSeconds": 1, "periodSeconds": 10,
+                "successThreshold": 1, "failureThreshold": 3})
+        );
+        assert_eq!(c["readinessProbe"]["periodSeconds"], 2);
+        assert_eq!(probed["spec"]["volumes"][0]["configMap"]["defaultMode"], 420);
     }
 
     #[test]

@@ -470,7 +470,15 @@ where
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
     let mut events = watcher(api, config).boxed();
     let mut listed = None;
-    while let Some(e) = events.next().await {
+    loop {
+        // The pod's worker may end while the object stays quiet: stop with it.
+        let e = tokio::select! {
+            e = events.next() => match e {
+                Some(e) => e,
+                None => return,
+            },
+            _ = tx.closed() => return,
+        };
         let seen = match e {
             Ok(watcher::Event::Init) => {
                 listed = Some(None);

@@ -9,6 +9,12 @@
 //! ReplicaSets are read from an [`OwnerIndex`] fed by one watch of all ReplicaSets;
 //! every write carries the cached `resourceVersion`, so a lagging cache gets a conflict
 //! (and a retry once the watch catches up) rather than a stale write.
+//!
+//! A Deployment claims ReplicaSets by its selector as Kubernetes' does
+//! ([`claim`](super::claim)): it adopts orphan ReplicaSets of its namespace whose labels
+//! match and releases those it controls whose labels no longer do. The index keeps
+//! orphan ReplicaSets by namespace, and an orphan's watch event wakes the Deployments
+//! that select it.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -22,6 +28,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
 use serde_json::{json, Value};
@@ -83,15 +90,27 @@ pub async fn run(client: kube::Client, shutdown: watch::Receiver<bool>) {
     let deployments: Api<Deployment> = Api::all(client.clone());
     let ctx = Arc::new(Context {
         client: client.clone(),
-        replicasets: OwnerIndex::new(),
+        replicasets: OwnerIndex::with_orphans(),
     });
     let replicasets = super::indexed_watch(Api::<ReplicaSet>::all(client), ctx.replicasets.clone(), |_| {});
-    Controller::new(deployments, watcher::Config::default())
-        .owns_stream(replicasets)
+    let controller = Controller::new(deployments, watcher::Config::default());
+    let store = controller.store();
+    controller
+        // A ReplicaSet wakes the Deployments it names as owners and, an orphan, those
+        // that may adopt it.
+        .watches_stream(replicasets, move |rs: ReplicaSet| {
+            deployments_for_replicaset(&store, &rs)
+        })
         .graceful_shutdown_on(super::stopped(shutdown))
         .run(reconcile, super::retry_soon, ctx)
         .for_each(|r| async move { super::log_result("deployment", r) })
         .await;
+}
+
+/// The Deployments (of `all`) a ReplicaSet event concerns: its owners and, for a live
+/// orphan, those that may adopt it ([`claim::owners_to_wake`](super::claim::owners_to_wake)).
+fn deployments_for_replicaset(all: &Store<Deployment>, rs: &ReplicaSet) -> Vec<ObjectRef<Deployment>> {
+    super::claim::owners_to_wake(|| all.state(), rs, true, |d| d.spec.as_ref().map(|s| &s.selector))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -897,9 +916,22 @@ async fn reconcile(deploy: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action,
         .as_ref()
         .ok_or_else(|| Error::Malformed(format!("deployment {name} has no spec")))?;
 
-    let mut rss: Vec<ReplicaSet> = ctx
-        .replicasets
-        .owned_by(&uid)
+    let api: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), &ns);
+    // Adopt matching orphan ReplicaSets, release those that stopped matching; a failed
+    // adoption or release ends the pass before anything is scaled.
+    let claimed = super::claim::claim(
+        d,
+        &Api::<Deployment>::namespaced(ctx.client.clone(), &ns),
+        &api,
+        &spec.selector,
+        ctx.replicasets
+            .owned_by(&uid)
+            .into_iter()
+            .chain(ctx.replicasets.orphans_in(&ns)),
+        |_| false,
+    )
+    .await?;
+    let mut rss: Vec<ReplicaSet> = claimed
         .into_iter()
         .filter(|rs| rs.metadata.deletion_timestamp.is_none())
         .map(|rs| (*rs).clone())
@@ -909,7 +941,7 @@ async fn reconcile(deploy: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action,
     let mut pass = Pass {
         d,
         ns: ns.clone(),
-        api: Api::namespaced(ctx.client.clone(), &ns),
+        api,
         rss,
         new,
         status: d.status.clone().unwrap_or_default(),

@@ -1,6 +1,7 @@
-//! The controller manager: Deployment -> ReplicaSet -> Pods, Job -> Pods, DaemonSet ->
-//! Pods, the default ServiceAccount of every namespace, node lifecycle (unreachable nodes
-//! tainted, their pods evicted), the garbage collector and the namespace controller.
+//! The controller manager: Deployment -> ReplicaSet -> Pods, CronJob -> Job -> Pods,
+//! DaemonSet -> Pods, the default ServiceAccount of every namespace, node lifecycle
+//! (unreachable nodes tainted, their pods evicted), the garbage collector and the
+//! namespace controller.
 //! Each controller talks to the API server like any client; none of them touches the
 //! store.
 //!
@@ -11,6 +12,7 @@
 //! retry, not a wrong write), and pod creations and deletions are remembered as
 //! [`Expectations`] until the cache has seen them.
 
+pub(crate) mod claim;
 pub mod daemonset;
 pub mod deployment;
 pub mod gc;
@@ -43,6 +45,10 @@ pub enum Error {
     /// An object lacks something the controller needs.
     #[error("{0}")]
     Malformed(String),
+    /// The object being reconciled is gone, replaced or being deleted (seen by a fresh
+    /// read the cache has not caught up with).
+    #[error("{0}")]
+    Stale(String),
 }
 
 impl Error {
@@ -163,9 +169,11 @@ pub(crate) async fn delete_pod(
     }
 }
 
-/// A watch-fed cache of objects of kind `K`, indexed by their controlling owner's uid:
-/// what a controller asks instead of LISTing its children. It follows the watcher's
-/// relists (`Init` .. `InitDone`) by swapping in the relisted set whole.
+/// A watch-fed cache of objects of kind `K`, indexed by their controlling owner's uid
+/// and, when built [`OwnerIndex::with_orphans`], the objects without one by namespace:
+/// what a controller asks instead of LISTing its children or the orphans it may adopt.
+/// It follows the watcher's relists (`Init` .. `InitDone`) by swapping in the relisted
+/// set whole.
 pub(crate) struct OwnerIndex<K> {
     inner: Arc<RwLock<IndexInner<K>>>,
     ready: watch::Sender<bool>,
@@ -185,6 +193,11 @@ struct IndexInner<K> {
     by_owner: HashMap<String, HashMap<String, Arc<K>>>,
     /// Object uid -> owner uid, to move an object whose owner changes.
     owner_of: HashMap<String, String>,
+    /// Namespace (empty when cluster-scoped) -> object uid -> object, for objects with
+    /// no controlling owner; `None` when the index does not keep them.
+    orphans: Option<HashMap<String, HashMap<String, Arc<K>>>>,
+    /// Orphan uid -> its namespace, to find it again when it is adopted or deleted.
+    orphan_in: HashMap<String, String>,
     /// Objects of a relist in progress.
     relist: Option<Vec<Arc<K>>>,
 }
@@ -192,10 +205,22 @@ struct IndexInner<K> {
 impl<K: Resource + Clone> OwnerIndex<K> {
     /// An empty index; not ready until its first list is complete.
     pub(crate) fn new() -> Self {
+        Self::build(false)
+    }
+
+    /// An empty index that also keeps the objects with no controlling owner, for a
+    /// controller that adopts them.
+    pub(crate) fn with_orphans() -> Self {
+        Self::build(true)
+    }
+
+    fn build(orphans: bool) -> Self {
         OwnerIndex {
             inner: Arc::new(RwLock::new(IndexInner {
                 by_owner: HashMap::new(),
                 owner_of: HashMap::new(),
+                orphans: orphans.then(HashMap::new),
+                orphan_in: HashMap::new(),
                 relist: None,
             })),
             ready: watch::Sender::new(false),
@@ -233,6 +258,10 @@ impl<K: Resource + Clone> OwnerIndex<K> {
                     let objects = inner.relist.take().unwrap_or_default();
                     inner.by_owner.clear();
                     inner.owner_of.clear();
+                    if let Some(orphans) = inner.orphans.as_mut() {
+                        orphans.clear();
+                    }
+                    inner.orphan_in.clear();
                     for obj in objects {
                         inner.insert(obj);
                     }
@@ -251,6 +280,17 @@ impl<K: Resource + Clone> OwnerIndex<K> {
             .unwrap_or_default()
     }
 
+    /// The objects in `namespace` with no controlling owner (none unless the index was
+    /// built [`OwnerIndex::with_orphans`]).
+    pub(crate) fn orphans_in(&self, namespace: &str) -> Vec<Arc<K>> {
+        self.read()
+            .orphans
+            .as_ref()
+            .and_then(|o| o.get(namespace))
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// Waits until the first list has been seen whole: before that, "no children" only
     /// means "not known yet".
     pub(crate) async fn ready(&self) {
@@ -263,16 +303,30 @@ impl<K: Resource> IndexInner<K> {
     fn insert(&mut self, obj: Arc<K>) {
         let Some(uid) = obj.meta().uid.clone() else { return };
         let owner = controller_uid(obj.meta()).map(str::to_string);
-        if self.owner_of.get(&uid) != owner.as_ref() {
+        if self.owner_of.get(&uid) != owner.as_ref() || self.orphan_in.contains_key(&uid) {
             self.remove(&uid);
         }
         if let Some(owner) = owner {
             self.owner_of.insert(uid.clone(), owner.clone());
             self.by_owner.entry(owner).or_default().insert(uid, obj);
+        } else if let Some(orphans) = self.orphans.as_mut() {
+            let namespace = obj.meta().namespace.clone().unwrap_or_default();
+            self.orphan_in.insert(uid.clone(), namespace.clone());
+            orphans.entry(namespace).or_default().insert(uid, obj);
         }
     }
 
     fn remove(&mut self, uid: &str) {
+        if let Some(namespace) = self.orphan_in.remove(uid) {
+            if let Some(orphans) = self.orphans.as_mut() {
+                if let Some(m) = orphans.get_mut(&namespace) {
+                    m.remove(uid);
+                    if m.is_empty() {
+                        orphans.remove(&namespace);
+                    }
+                }
+            }
+        }
         if let Some(owner) = self.owner_of.remove(uid) {
             if let Some(m) = self.by_owner.get_mut(&owner) {
                 m.remove(uid);
@@ -468,6 +522,45 @@ mod tests {
         index.apply(&watcher::Event::InitDone);
         assert_eq!(names(index.owned_by("rs1")), ["d"]);
         assert!(index.owned_by("rs2").is_empty());
+    }
+
+    #[test]
+    fn orphans_are_kept_by_namespace_and_leave_when_adopted_or_deleted() {
+        let in_ns = |mut p: Pod, ns: &str| {
+            p.metadata.namespace = Some(ns.into());
+            p
+        };
+        let index = OwnerIndex::<Pod>::with_orphans();
+        index.apply(&watcher::Event::Init);
+        index.apply(&watcher::Event::InitApply(in_ns(pod("a", None), "ns1")));
+        index.apply(&watcher::Event::InitApply(in_ns(pod("b", None), "ns2")));
+        index.apply(&watcher::Event::InitApply(in_ns(pod("c", Some("rs1")), "ns1")));
+        index.apply(&watcher::Event::InitDone);
+        assert_eq!(names(index.orphans_in("ns1")), ["a"]);
+        assert_eq!(names(index.orphans_in("ns2")), ["b"]);
+
+        // Adopted: an owned child, no longer an orphan; released: the other way round.
+        index.apply(&watcher::Event::Apply(in_ns(pod("a", Some("rs1")), "ns1")));
+        assert!(index.orphans_in("ns1").is_empty());
+        assert_eq!(names(index.owned_by("rs1")), ["a", "c"]);
+        index.apply(&watcher::Event::Apply(in_ns(pod("c", None), "ns1")));
+        assert_eq!(names(index.orphans_in("ns1")), ["c"]);
+        assert_eq!(names(index.owned_by("rs1")), ["a"]);
+        index.apply(&watcher::Event::Delete(in_ns(pod("c", None), "ns1")));
+        assert!(index.orphans_in("ns1").is_empty());
+
+        // A relist drops orphans that vanished meanwhile.
+        index.apply(&watcher::Event::Init);
+        index.apply(&watcher::Event::InitApply(in_ns(pod("d", None), "ns1")));
+        index.apply(&watcher::Event::InitDone);
+        assert_eq!(names(index.orphans_in("ns1")), ["d"]);
+        assert!(index.orphans_in("ns2").is_empty());
+
+        // An index built without orphans keeps none.
+        let plain = OwnerIndex::<Pod>::new();
+        plain.apply(&watcher::Event::Apply(in_ns(pod("e", None), "ns1")));
+        assert!(plain.orphans_in("ns1").is_empty());
+        assert!(plain.read().orphan_in.is_empty());
     }
 
     #[test]

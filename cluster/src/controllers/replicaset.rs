@@ -6,6 +6,12 @@
 //! Pods are read from an [`OwnerIndex`] fed by one watch of all pods; creations and
 //! deletions not yet seen there are [`Expectations`].
 //!
+//! A ReplicaSet claims pods by its selector as Kubernetes' does ([`claim`]): it adopts
+//! the orphans of its namespace whose labels match (so pods that were there first count
+//! toward its replicas) and releases the pods it controls whose labels no longer match
+//! (and replaces them). The index keeps orphan pods by namespace for this, and an
+//! orphan's watch event wakes the ReplicaSets that select it.
+//!
 //! Missing pods are created one at a time, at most [`BURST_REPLICAS`] per reconcile, and
 //! each only while the controller's own store still shows the ReplicaSet alive: a
 //! reconcile works from a snapshot, and one that outlives its ReplicaSet (deleted by the
@@ -28,6 +34,7 @@ use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use tokio::sync::watch;
 
+use super::claim;
 use super::deployment::owner_ref;
 use super::{Error, Expectations, OwnerIndex};
 
@@ -50,7 +57,7 @@ pub async fn run(client: kube::Client, shutdown: watch::Receiver<bool>) {
     let controller = Controller::new(replicasets, watcher::Config::default());
     let ctx = Arc::new(Context {
         client: client.clone(),
-        pods: OwnerIndex::new(),
+        pods: OwnerIndex::with_orphans(),
         expectations: Expectations::default(),
         replicasets: controller.store(),
     });
@@ -58,8 +65,11 @@ pub async fn run(client: kube::Client, shutdown: watch::Receiver<bool>) {
     let pods = super::indexed_watch(Api::<Pod>::all(client), ctx.pods.clone(), move |e| {
         observer.expectations.observe(e)
     });
+    let store = controller.store();
     controller
-        .owns_stream(pods)
+        // A pod wakes the ReplicaSets it names as owners and, an orphan, those that
+        // may adopt it.
+        .watches_stream(pods, move |pod: Pod| replicasets_for_pod(&store, &pod))
         .graceful_shutdown_on(super::stopped(shutdown))
         .run(reconcile, super::retry_soon, ctx)
         .for_each(|r| async move { super::log_result("replicaset", r) })
@@ -72,6 +82,17 @@ pub(crate) fn phase(pod: &Pod) -> &str {
         .as_ref()
         .and_then(|s| s.phase.as_deref())
         .unwrap_or("Pending")
+}
+
+/// The ReplicaSets (of `all`) a pod event concerns: its owners and, for an active
+/// orphan, those that may adopt it ([`claim::owners_to_wake`]).
+fn replicasets_for_pod(all: &Store<ReplicaSet>, pod: &Pod) -> Vec<ObjectRef<ReplicaSet>> {
+    claim::owners_to_wake(
+        || all.state(),
+        pod,
+        is_active(pod),
+        |rs| rs.spec.as_ref().map(|s| &s.selector),
+    )
 }
 
 /// Whether pods may still be created for the ReplicaSet with uid `uid`, given what the
@@ -196,6 +217,18 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action, Err
         .iter()
         .filter_map(|p| Some((p.uid()?, p.metadata.deletion_timestamp.is_some())))
         .collect();
+    // Adopt matching orphans, release pods that stopped matching; what is left is this
+    // ReplicaSet's. A failed adoption or release ends the pass before any pod is created
+    // or deleted: which pods are ours is not settled yet.
+    let owned = claim::claim(
+        rs.as_ref(),
+        &Api::<ReplicaSet>::namespaced(ctx.client.clone(), &ns),
+        &pods_api,
+        &spec.selector,
+        owned.into_iter().chain(ctx.pods.orphans_in(&ns)),
+        |p| matches!(phase(p), "Failed" | "Succeeded"),
+    )
+    .await?;
     let (adds, deletes) = ctx.expectations.outstanding(&uid, &cached);
     let not_deleting = |p: &&Arc<Pod>| !p.uid().is_some_and(|u| deletes.contains(&u));
 
@@ -278,6 +311,7 @@ mod tests {
     use k8s_openapi::api::apps::v1::ReplicaSetSpec;
     use k8s_openapi::api::core::v1::{PodCondition, PodStatus, PodTemplateSpec};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use kube::core::SelectorExt;
 
     fn ts(s: i64) -> Timestamp {
         Timestamp::from_second(s).unwrap()
@@ -375,6 +409,130 @@ mod tests {
         let mut deleting = live.clone();
         deleting.metadata.deletion_timestamp = Some(Time(ts(5)));
         assert!(!still_wanted(Some(&deleting), "rs-1"));
+    }
+
+    /// A ReplicaSet `rs-1` in `default` selecting `app=x`.
+    fn selecting_x(deleting: bool) -> ReplicaSet {
+        let mut r = rs(0);
+        r.metadata.name = Some("x".into());
+        r.metadata.namespace = Some("default".into());
+        r.metadata.uid = Some("rs-1".into());
+        r.metadata.deletion_timestamp = deleting.then(|| Time(ts(5)));
+        r.spec.as_mut().unwrap().selector =
+            serde_json::from_value(serde_json::json!({"matchLabels": {"app": "x"}})).unwrap();
+        r
+    }
+
+    /// A running pod in `ns` labelled `app`, controlled by `controller` if any.
+    fn candidate(ns: &str, app: &str, controller: Option<&str>) -> Pod {
+        let mut p = pod(&[("app", app)], Some(1));
+        p.metadata.name = Some("p".into());
+        p.metadata.uid = Some("p-1".into());
+        p.metadata.namespace = Some(ns.into());
+        p.metadata.owner_references = controller.map(|uid| {
+            vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                api_version: "apps/v1".into(),
+                kind: "ReplicaSet".into(),
+                name: format!("rs-{uid}"),
+                uid: uid.into(),
+                controller: Some(true),
+                block_owner_deletion: Some(true),
+            }]
+        });
+        p
+    }
+
+    #[test]
+    fn replicasets_claim_pods_as_kubernetes_does() {
+        use claim::Claim::*;
+        // (ReplicaSet deleting, pod namespace, pod label, controller, pod state) -> claim
+        #[derive(Clone, Copy)]
+        enum State {
+            Running,
+            Deleting,
+            Finished,
+        }
+        let cases = [
+            // Orphans: adopted when selected, live, in the namespace, and the
+            // ReplicaSet is not being deleted.
+            (false, "default", "x", None, State::Running, Adopt),
+            (false, "default", "y", None, State::Running, Ignore),
+            (true, "default", "x", None, State::Running, Ignore),
+            (false, "default", "x", None, State::Deleting, Ignore),
+            (false, "default", "x", None, State::Finished, Ignore),
+            (false, "other", "x", None, State::Running, Ignore),
+            // Its own: kept while selected (even while either is being deleted),
+            // released when not, unless either is being deleted.
+            (false, "default", "x", Some("rs-1"), State::Running, Keep),
+            (true, "default", "x", Some("rs-1"), State::Running, Keep),
+            (false, "default", "x", Some("rs-1"), State::Deleting, Keep),
+            (false, "default", "y", Some("rs-1"), State::Running, Release),
+            (false, "default", "y", Some("rs-1"), State::Finished, Release),
+            (true, "default", "y", Some("rs-1"), State::Running, Ignore),
+            (false, "default", "y", Some("rs-1"), State::Deleting, Ignore),
+            // Another controller's: never touched.
+            (false, "default", "x", Some("rs-2"), State::Running, Ignore),
+            (false, "default", "y", Some("rs-2"), State::Running, Ignore),
+        ];
+        for (i, (rs_deleting, ns, app, controller, state, want)) in cases.into_iter().enumerate() {
+            let r = selecting_x(rs_deleting);
+            let selector = claim::compile(&r.spec.as_ref().unwrap().selector).unwrap().unwrap();
+            let mut p = candidate(ns, app, controller);
+            match state {
+                State::Running => {}
+                State::Deleting => p.metadata.deletion_timestamp = Some(Time(ts(6))),
+                State::Finished => p.status.as_mut().unwrap().phase = Some("Succeeded".into()),
+            }
+            let finished = matches!(phase(&p), "Failed" | "Succeeded");
+            let got = claim::decide(&r.metadata, &p.metadata, selector.matches(p.labels()), finished);
+            assert_eq!(
+                got, want,
+                "case {i}: rs deleting {rs_deleting}, pod {ns} app={app} {controller:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_pod_wakes_its_owner_and_as_an_orphan_the_replicasets_selecting_it() {
+        let x = selecting_x(false);
+        let mut other_ns = selecting_x(false);
+        other_ns.metadata.namespace = Some("other".into());
+        let mut deleting = selecting_x(true);
+        deleting.metadata.name = Some("gone".into());
+        let mut y = selecting_x(false);
+        y.metadata.name = Some("y".into());
+        y.spec.as_mut().unwrap().selector =
+            serde_json::from_value(serde_json::json!({"matchLabels": {"app": "y"}})).unwrap();
+        let (all, mut writer) = kube::runtime::reflector::store();
+        for r in [x, other_ns, deleting, y] {
+            writer.apply_watcher_event(&watcher::Event::Apply(r));
+        }
+        let names = |refs: Vec<ObjectRef<ReplicaSet>>| {
+            let mut v: Vec<String> = refs
+                .iter()
+                .map(|r| format!("{}/{}", r.namespace.as_deref().unwrap_or(""), r.name))
+                .collect();
+            v.sort();
+            v
+        };
+
+        assert_eq!(
+            names(replicasets_for_pod(&all, &candidate("default", "x", None))),
+            ["default/x"]
+        );
+        assert_eq!(
+            names(replicasets_for_pod(&all, &candidate("default", "y", None))),
+            ["default/y"]
+        );
+        // Owned: its owner only, whatever else selects it.
+        assert_eq!(
+            names(replicasets_for_pod(&all, &candidate("default", "x", Some("9")))),
+            ["default/rs-9"]
+        );
+        // A finished orphan is adopted by no one.
+        let mut done = candidate("default", "x", None);
+        done.status.as_mut().unwrap().phase = Some("Failed".into());
+        assert!(replicasets_for_pod(&all, &done).is_empty());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 use super::*;
 use k8s_openapi::api::apps::v1::{DeploymentSpec, DeploymentStrategy, ReplicaSetStatus, RollingUpdateDeployment};
+use kube::core::SelectorExt;
 
 fn ts(s: i64) -> Timestamp {
     Timestamp::from_second(s).unwrap()
@@ -451,4 +452,81 @@ fn history_limit_removes_the_lowest_idle_revisions() {
     assert_eq!(names(to_clean_up(&olds, 2)), ["a", "b"]);
     assert_eq!(names(to_clean_up(&olds, 1)), ["a", "b"], "one still has pods");
     assert_eq!(names(to_clean_up(&olds, 0)), ["a", "b", "d"]);
+}
+
+/// Deployment `web` (uid `d-1`) in `default` selecting `app=web`.
+fn selecting_web(deleting: bool) -> Deployment {
+    let mut d = deployment(2, None);
+    d.metadata.namespace = Some("default".into());
+    d.metadata.uid = Some("d-1".into());
+    d.metadata.deletion_timestamp = deleting.then(|| Time(ts(5)));
+    d.spec.as_mut().unwrap().selector = serde_json::from_value(json!({"matchLabels": {"app": "web"}})).unwrap();
+    d
+}
+
+/// ReplicaSet `name` in `ns` labelled `app`, controlled by the Deployment `controller`.
+fn labelled_rs(name: &str, ns: &str, app: &str, controller: Option<&str>) -> ReplicaSet {
+    let mut r = rs(name, 1, 1, (1, 1, 1));
+    r.metadata.namespace = Some(ns.into());
+    r.metadata.uid = Some(format!("{name}-uid"));
+    r.metadata.labels = Some(map(&[("app", app), (HASH_LABEL, "abc")]));
+    r.metadata.owner_references = controller.map(|uid| {
+        vec![OwnerReference {
+            api_version: "apps/v1".into(),
+            kind: "Deployment".into(),
+            name: format!("d-{uid}"),
+            uid: uid.into(),
+            controller: Some(true),
+            block_owner_deletion: Some(true),
+        }]
+    });
+    r
+}
+
+#[test]
+fn deployments_claim_replica_sets_as_kubernetes_does() {
+    use crate::controllers::claim::{compile, decide, Claim::*};
+    // (Deployment deleting, namespace, label, controller, ReplicaSet deleting) -> claim
+    let cases = [
+        (false, "default", "web", None, false, Adopt),
+        (false, "default", "db", None, false, Ignore),
+        (false, "other", "web", None, false, Ignore),
+        (true, "default", "web", None, false, Ignore),
+        (false, "default", "web", None, true, Ignore),
+        (false, "default", "web", Some("d-1"), false, Keep),
+        (false, "default", "db", Some("d-1"), false, Release),
+        (true, "default", "db", Some("d-1"), false, Ignore),
+        (false, "default", "db", Some("d-1"), true, Ignore),
+        (false, "default", "web", Some("d-2"), false, Ignore),
+    ];
+    for (i, (d_deleting, ns, app, controller, rs_deleting, want)) in cases.into_iter().enumerate() {
+        let d = selecting_web(d_deleting);
+        let selector = compile(&d.spec.as_ref().unwrap().selector).unwrap().unwrap();
+        let mut r = labelled_rs("r", ns, app, controller);
+        r.metadata.deletion_timestamp = rs_deleting.then(|| Time(ts(6)));
+        let got = decide(&d.metadata, &r.metadata, selector.matches(r.labels()), false);
+        assert_eq!(got, want, "case {i}");
+    }
+}
+
+#[test]
+fn a_replica_set_wakes_its_owner_and_as_an_orphan_the_deployments_selecting_it() {
+    let mut other_ns = selecting_web(false);
+    other_ns.metadata.namespace = Some("other".into());
+    let mut deleting = selecting_web(true);
+    deleting.metadata.name = Some("going".into());
+    let (all, mut writer) = kube::runtime::reflector::store();
+    for d in [selecting_web(false), other_ns, deleting] {
+        writer.apply_watcher_event(&watcher::Event::Apply(d));
+    }
+    let names = |refs: Vec<ObjectRef<Deployment>>| {
+        refs.iter()
+            .map(|r| format!("{}/{}", r.namespace.as_deref().unwrap_or(""), r.name))
+            .collect::<Vec<_>>()
+    };
+    let orphan = labelled_rs("r", "default", "web", None);
+    assert_eq!(names(deployments_for_replicaset(&all, &orphan)), ["default/web"]);
+    assert!(deployments_for_replicaset(&all, &labelled_rs("r", "default", "db", None)).is_empty());
+    let owned = labelled_rs("r", "default", "web", Some("d-9"));
+    assert_eq!(names(deployments_for_replicaset(&all, &owned)), ["default/d-d-9"]);
 }

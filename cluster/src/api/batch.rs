@@ -135,6 +135,9 @@ pub async fn apply(
                     .object;
                 patch::track(res, None, &submitted, &mut obj, Some(manager), false);
                 if objects::is_pod(res) {
+                    super::limitrange::admit_pod(state, res, &mut obj)
+                        .await
+                        .map_err(|e| at(i, e))?;
                     super::priority::admit_pod(state, &mut obj)
                         .await
                         .map_err(|e| at(i, e))?;
@@ -196,6 +199,7 @@ pub async fn apply(
         ));
     }
     if batch.dry_run {
+        set.check_quota(state).await?;
         return Ok(BatchResult { revision: 0, objects });
     }
     if let Some(entry) = batch.origin.as_ref().and_then(|o| o.history.as_ref().map(|h| (o, h))) {

@@ -6,6 +6,7 @@
 //! watch caches (`cache`); every write goes through `admission` and `write`.
 
 mod admission;
+pub mod amount;
 pub mod audit;
 pub mod auth;
 mod batch;
@@ -16,6 +17,7 @@ mod error;
 pub mod event_ttl;
 pub mod history;
 pub mod hooks;
+mod limitrange;
 mod logs;
 mod members;
 mod objects;
@@ -23,6 +25,7 @@ mod openapi;
 pub mod patch;
 mod priority;
 mod protobuf;
+pub mod quota;
 pub mod registry;
 pub mod resources;
 pub mod schema;

@@ -529,9 +529,12 @@ pub async fn create(state: &AppState, target: &Target, obj: Value, opts: &WriteO
         check_namespace_open(state, target.res, ns, &name).await?;
     }
     if is_pod(target.res) {
+        // Kubernetes' order: LimitRanger, then Priority; ResourceQuota last, at commit.
+        super::limitrange::admit_pod(state, target.res, &mut admitted.object).await?;
         super::priority::admit_pod(state, &mut admitted.object).await?;
     }
     if opts.dry_run {
+        write::check_create(state, target.res, &admitted.object).await?;
         return Ok(admitted);
     }
     admitted.object = write::create(state, target.res, admitted.object, &opts.user, &opts.verb).await?;

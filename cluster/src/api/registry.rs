@@ -13,7 +13,7 @@ use serde_json::Value;
 use schemars::SchemaGenerator;
 
 use super::error::Cause;
-use super::resources::{self, application, core as misc, pod, service, storage, workloads, Column};
+use super::resources::{self, application, core as misc, pod, policy, service, storage, workloads, Column};
 use super::schema::schema_name_of;
 use super::validation::{Errors, NameRule};
 use crate::kinds::Application;
@@ -325,6 +325,27 @@ pub static RESOURCES: &[ResourceInfo] = &[
         short_names: &["ev"],
         columns: misc::EVENT_COLUMNS,
         cells: misc::event_cells,
+    }),
+    resource!(core::ResourceQuota {
+        kind: "ResourceQuota",
+        plural: "resourcequotas",
+        singular: "resourcequota",
+        short_names: &["quota"],
+        subresources: &["status"],
+        prepare_create: policy::quota_prepare_create,
+        validate: policy::validate_quota,
+        columns: policy::QUOTA_COLUMNS,
+        cells: policy::quota_cells,
+    }),
+    resource!(core::LimitRange {
+        kind: "LimitRange",
+        plural: "limitranges",
+        singular: "limitrange",
+        short_names: &["limits"],
+        defaults: policy::limitrange_defaults,
+        validate: policy::validate_limitrange,
+        columns: policy::LIMITRANGE_COLUMNS,
+        cells: policy::limitrange_cells,
     }),
     resource!(apps::Deployment {
         group: "apps",

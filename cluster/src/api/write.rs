@@ -7,8 +7,13 @@
 //! Deletion follows Kubernetes: an object with finalizers (or a pod with a grace period,
 //! or a namespace with content) first gets a `deletionTimestamp`; it is removed when the
 //! last finalizer goes and the grace period is over.
+//!
+//! Every write that changes what ResourceQuotas count (a create, a removal, a pod that
+//! finishes) is a [`quota::Charge`]; at commit the namespace's quotas are settled and
+//! their new `status.used` rides in the same transaction, guarded by the quotas'
+//! revisions (see [`super::quota`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use serde_json::{json, Value};
@@ -16,13 +21,15 @@ use serde_json::{json, Value};
 use super::admission::object_name;
 use super::audit::{self, Provenance};
 use super::auth::UserInfo;
+use super::cache::ReadAt;
 use super::error::{ApiError, Cause};
 use super::objects::{encode, with_revision};
+use super::quota::{self, Charge};
 use super::registry::ResourceInfo;
 use super::resources::core::NAMESPACE_FINALIZER;
 use super::resources::service::{self, Allocation};
 use super::AppState;
-use crate::store::{Compare, Expect, Op, Txn};
+use crate::store::{Compare, Expect, Op, Txn, TxnResult};
 
 /// What a compare in a write set protects, to explain a failure.
 #[derive(Debug, Clone)]
@@ -53,6 +60,8 @@ pub struct WriteSet {
     /// The puts (by position in the transaction) of objects that expire with the Event
     /// TTL: they get the current Event lease at commit.
     expiring: Vec<usize>,
+    /// The changes of quota usage the writes make, settled at commit.
+    charges: Vec<Charge>,
 }
 
 /// What happened to an object in a write set.
@@ -103,7 +112,33 @@ impl WriteSet {
             verb: verb.to_string(),
             provenance: None,
             expiring: Vec::new(),
+            charges: Vec::new(),
         }
+    }
+
+    /// Remembers what the write of `res` from `old` to `new` changes in quota usage.
+    fn charge(&mut self, res: &'static ResourceInfo, old: Option<&Value>, new: Option<&Value>) {
+        if let Some(c) = Charge::of(res, old, new) {
+            self.charges.push(c);
+        }
+    }
+
+    /// The keys of the objects the set writes (their quotas' statuses are not also
+    /// settled here: the set's own write of a quota wins).
+    fn object_keys(&self) -> HashSet<String> {
+        self.guards
+            .iter()
+            .filter(|(_, g)| matches!(g, Guard::Object { .. }))
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    /// Checks the set's charges against the quotas without writing (a dry run).
+    pub async fn check_quota(&self, state: &AppState) -> Result<(), ApiError> {
+        if !self.charges.is_empty() {
+            quota::settle(state, &self.charges, &self.object_keys(), ReadAt::Newest).await?;
+        }
+        Ok(())
     }
 
     /// Names the verb of the writes added from now on.
@@ -173,7 +208,7 @@ impl WriteSet {
     }
 
     /// Adds the creation of an admitted object (filling in the values it is allotted).
-    pub fn create(&mut self, res: &ResourceInfo, key: String, obj: &mut Value) -> Result<(), ApiError> {
+    pub fn create(&mut self, res: &'static ResourceInfo, key: String, obj: &mut Value) -> Result<(), ApiError> {
         // The object's own compare first: an existing object is "already exists", not a
         // clash over the values it holds.
         self.guard_object(res, &key, Expect::Absent, obj);
@@ -189,6 +224,7 @@ impl WriteSet {
             lease: None,
         });
         self.audit(res, None, Some(obj));
+        self.charge(res, None, Some(obj));
         Ok(())
     }
 
@@ -196,7 +232,7 @@ impl WriteSet {
     /// finished deletion removes the object instead.
     pub fn update(
         &mut self,
-        res: &ResourceInfo,
+        res: &'static ResourceInfo,
         key: String,
         rev: u64,
         old: &Value,
@@ -209,6 +245,7 @@ impl WriteSet {
             }
             self.txn.ops.push(Op::Delete { key });
             self.audit(res, Some((old, rev)), None);
+            self.charge(res, Some(old), None);
             return Ok(Outcome::Deleted);
         }
         if res.kind == "Service" {
@@ -227,17 +264,19 @@ impl WriteSet {
             lease: None,
         });
         self.audit(res, Some((old, rev)), Some(new));
+        self.charge(res, Some(old), Some(new));
         Ok(Outcome::Stored)
     }
 
     /// Adds the removal of `old`, last written at `rev`.
-    pub fn delete(&mut self, res: &ResourceInfo, key: String, rev: u64, old: &Value) {
+    pub fn delete(&mut self, res: &'static ResourceInfo, key: String, rev: u64, old: &Value) {
         self.guard_object(res, &key, Expect::ModRevision(rev), old);
         if res.kind == "Service" {
             self.release(service::held(old));
         }
         self.txn.ops.push(Op::Delete { key });
         self.audit(res, Some((old, rev)), None);
+        self.charge(res, Some(old), None);
     }
 
     /// Marks the put about to be added as one that expires, if `res` is Events.
@@ -247,30 +286,86 @@ impl WriteSet {
         }
     }
 
-    /// Commits the set as one transaction; a failed compare becomes the API error it
-    /// means (already exists, not found, modified, value already allocated).
-    pub async fn commit(mut self, state: &AppState) -> Result<u64, ApiError> {
-        let ops = self.txn.ops.len();
-        let result = match (&state.event_leases, self.expiring.is_empty()) {
-            (Some(leases), false) => {
-                // A lease that just ended cannot take new Events: take a fresh one, once.
-                let mut attempt = 0;
-                loop {
-                    attempt += 1;
-                    let id = leases.lease(&state.store).await?;
-                    for i in &self.expiring {
-                        if let Some(Op::Put { lease, .. }) = self.txn.ops.get_mut(*i) {
-                            *lease = Some(id);
-                        }
-                    }
-                    let result = state.store.txn(self.txn.clone()).await?;
-                    if result.missing_lease.is_none() || attempt == 2 {
-                        break result;
-                    }
-                    leases.forget(id).await;
+    /// Sends one transaction; Event puts get the current Event lease (a fresh one, once,
+    /// if that lease just ended).
+    async fn send(&self, state: &AppState, mut txn: Txn) -> Result<TxnResult, ApiError> {
+        let Some(leases) = state.event_leases.as_ref().filter(|_| !self.expiring.is_empty()) else {
+            return Ok(state.store.txn(txn).await?);
+        };
+        // A lease that just ended cannot take new Events: take a fresh one, once.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let id = leases.lease(&state.store).await?;
+            for i in &self.expiring {
+                if let Some(Op::Put { lease, .. }) = txn.ops.get_mut(*i) {
+                    *lease = Some(id);
                 }
             }
-            _ => state.store.txn(std::mem::take(&mut self.txn)).await?,
+            let result = state.store.txn(txn.clone()).await?;
+            if result.missing_lease.is_none() || attempt == 2 {
+                return Ok(result);
+            }
+            leases.forget(id).await;
+        }
+    }
+
+    /// Commits the set as one transaction; a failed compare becomes the API error it
+    /// means (already exists, not found, modified, value already allocated). Quota
+    /// statuses the writes change are settled and written in the same transaction; when
+    /// a concurrent write changed one of those quotas first, the set is settled again
+    /// against the newer quota (and may then be refused).
+    pub async fn commit(mut self, state: &AppState) -> Result<u64, ApiError> {
+        let ops = self.txn.ops.len();
+        let own = if self.charges.is_empty() {
+            HashSet::new()
+        } else {
+            self.object_keys()
+        };
+        // The watch cache first, as admission reads everything else; after a lost race,
+        // a linearizable read, so the next try sees the quota that won.
+        let mut at = ReadAt::Any;
+        let mut result = None;
+        for attempt in 1..=quota::SETTLE_ATTEMPTS {
+            let quotas = if self.charges.is_empty() {
+                Vec::new()
+            } else {
+                quota::settle(state, &self.charges, &own, at).await?
+            };
+            if quotas.is_empty() {
+                let txn = std::mem::take(&mut self.txn);
+                result = Some(self.send(state, txn).await?);
+                break;
+            }
+            let mut txn = self.txn.clone();
+            for q in &quotas {
+                txn.compares.push(Compare {
+                    key: q.key.clone(),
+                    expect: Expect::ModRevision(q.revision),
+                });
+                if let Some(obj) = &q.object {
+                    txn.ops.push(Op::put(q.key.clone(), encode(obj)?));
+                }
+            }
+            let sent = self.send(state, txn).await?;
+            let lost = sent
+                .failed
+                .as_ref()
+                .is_some_and(|(cmp, _)| quotas.iter().any(|q| q.key == cmp.key));
+            if !lost {
+                result = Some(sent);
+                break;
+            }
+            tracing::debug!(user = %self.user.name, verb = %self.verb, attempt, "quota changed meanwhile; settling again");
+            at = ReadAt::Newest;
+        }
+        let Some(result) = result else {
+            return Err(ApiError::Conflict {
+                kind: "resourcequotas".into(),
+                name: self.charges.first().map(|c| c.namespace.clone()).unwrap_or_default(),
+                message: "the object has been modified by too many concurrent writes; please apply your changes again"
+                    .into(),
+            });
         };
         if let Some(id) = result.missing_lease {
             return Err(ApiError::Store(crate::store::StoreError::Raft(format!(
@@ -335,7 +430,7 @@ fn key_of(res: &ResourceInfo, obj: &Value) -> String {
 /// stored.
 pub async fn create(
     state: &AppState,
-    res: &ResourceInfo,
+    res: &'static ResourceInfo,
     obj: Value,
     user: &Arc<UserInfo>,
     verb: &str,
@@ -355,11 +450,22 @@ pub async fn create(
     Err(ApiError::Internal("no free cluster IP or node port found".into()))
 }
 
+/// Checks an admitted new object against its namespace's quotas without writing it (a
+/// dry run is refused as the create would be).
+pub async fn check_create(state: &AppState, res: &'static ResourceInfo, obj: &Value) -> Result<(), ApiError> {
+    match Charge::of(res, None, Some(obj)) {
+        Some(charge) => quota::settle(state, &[charge], &HashSet::new(), ReadAt::Newest)
+            .await
+            .map(|_| ()),
+        None => Ok(()),
+    }
+}
+
 /// Writes an admitted replacement of `old` (last written at `rev`) for `user` through a
 /// request of `verb`.
 pub async fn update(
     state: &AppState,
-    res: &ResourceInfo,
+    res: &'static ResourceInfo,
     rev: u64,
     old: &Value,
     new: Value,

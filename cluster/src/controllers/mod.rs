@@ -20,6 +20,7 @@ pub mod job;
 pub mod namespace;
 pub mod node_lifecycle;
 pub mod replicaset;
+pub mod resourcequota;
 pub mod serviceaccount;
 
 use std::collections::{HashMap, HashSet};
@@ -96,6 +97,7 @@ pub async fn run_with(client: kube::Client, config: Config, shutdown: watch::Rec
         job::run(client.clone(), shutdown.clone()),
         daemonset::run(client.clone(), shutdown.clone()),
         serviceaccount::run(client.clone(), shutdown.clone()),
+        resourcequota::run(client.clone(), shutdown.clone()),
         node_lifecycle::run(client.clone(), config.node_lifecycle, shutdown.clone()),
         // The garbage collector and the namespace controller, on one metadata graph.
         gc::run(client, shutdown),

@@ -56,6 +56,18 @@ static RULES: &[(&str, &[Field])] = &[
     (def!(meta, "LabelSelectorRequirement"), &[
         ("values", "", "", "atomic", &[]),
     ]),
+    (def!(core, "ResourceQuotaSpec"), &[
+        ("scopes", "", "", "atomic", &[]),
+    ]),
+    (def!(core, "ScopeSelector"), &[
+        ("matchExpressions", "", "", "atomic", &[]),
+    ]),
+    (def!(core, "ScopedResourceSelectorRequirement"), &[
+        ("values", "", "", "atomic", &[]),
+    ]),
+    (def!(core, "LimitRangeSpec"), &[
+        ("limits", "", "", "atomic", &[]),
+    ]),
     (def!(core, "PersistentVolumeClaimSpec"), &[
         ("accessModes", "", "", "atomic", &[]),
     ]),

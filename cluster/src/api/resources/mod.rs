@@ -5,6 +5,7 @@
 pub mod application;
 pub mod core;
 pub mod pod;
+pub mod policy;
 pub mod service;
 pub mod storage;
 pub mod workloads;

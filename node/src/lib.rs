@@ -4,7 +4,7 @@
 
 pub mod events;
 pub mod logs;
-mod node_status;
+pub mod node_status;
 pub mod pod;
 pub mod runtime;
 pub mod simulate;
@@ -38,6 +38,8 @@ pub struct AgentConfig {
     pub log_addr: SocketAddr,
     /// Static pod manifests to run without the API server (kubelet's `staticPodPath`).
     pub manifest_dir: Option<PathBuf>,
+    /// When the node reports memory or disk pressure.
+    pub eviction_hard: node_status::EvictionHard,
 }
 
 /// Errors that stop the agent.
@@ -79,7 +81,16 @@ pub async fn run<R: Runtime>(
     // The API server may still be starting: retry registration for a while.
     let mut attempt = 0;
     loop {
-        match node_status::register(&client, &node, &config.node_ip, log_port, &config.data_dir).await {
+        match node_status::register(
+            &client,
+            &node,
+            &config.node_ip,
+            log_port,
+            &config.data_dir,
+            &config.eviction_hard,
+        )
+        .await
+        {
             Ok(()) => break,
             Err(e) if attempt < 20 => {
                 attempt += 1;
@@ -89,12 +100,7 @@ pub async fn run<R: Runtime>(
             Err(source) => return Err(Error::Register { node, source }),
         }
     }
-    let beat = tokio::spawn(heartbeats(
-        client.clone(),
-        node.clone(),
-        config.data_dir.clone(),
-        shutdown.clone(),
-    ));
+    let beat = tokio::spawn(heartbeats(client.clone(), config.clone(), shutdown.clone()));
     let ctx = WorkerContext {
         client: client.clone(),
         node_ip: config.node_ip.clone(),
@@ -103,16 +109,14 @@ pub async fn run<R: Runtime>(
     let runtime = Arc::new(runtime);
     let (mirror_gone, mirror_rx) = tokio::sync::mpsc::channel(1);
     let static_pods = config.manifest_dir.clone().map(|dir| {
-        tokio::spawn(static_pods::run(
+        let (ctx, config, runtime, pod_dirs, shutdown) = (
             ctx.clone(),
-            dir,
-            node.clone(),
-            config.data_dir.clone(),
+            config.clone(),
             runtime.clone(),
             pod_dirs.clone(),
-            mirror_rx,
             shutdown.clone(),
-        ))
+        );
+        tokio::spawn(async move { static_pods::run(ctx, (dir, &config), runtime, pod_dirs, mirror_rx, shutdown).await })
     });
     run_pods(ctx, &config, runtime, pod_dirs, mirror_gone, shutdown).await;
     if let Some(task) = static_pods {
@@ -120,7 +124,7 @@ pub async fn run<R: Runtime>(
     }
     let mut since = beat.await.unwrap_or_default();
     let _ = log_task.await;
-    let pressure = node_status::Pressure::measure(&config.data_dir);
+    let pressure = node_status::Pressure::measure(&config.data_dir, &config.eviction_hard);
     if let Err(e) = node_status::heartbeat(&client, &node, false, pressure, &mut since).await {
         tracing::debug!(node = %node, error = %e, "could not mark the node not ready");
     }
@@ -131,10 +135,10 @@ pub async fn run<R: Runtime>(
 /// [`node_status::STATUS_REPORT`]); returns the conditions' transition times.
 async fn heartbeats(
     client: kube::Client,
-    node: String,
-    data_dir: PathBuf,
+    config: AgentConfig,
     mut shutdown: watch::Receiver<bool>,
 ) -> node_status::Transitions {
+    let node = config.node_name.clone();
     let mut since = node_status::Transitions::new();
     let mut last: Option<(node_status::Pressure, std::time::Instant)> = None;
     // The Node as the API has it: when something else (the node lifecycle controller,
@@ -159,7 +163,7 @@ async fn heartbeats(
         if let Err(e) = node_status::renew_lease(&client, &node).await {
             tracing::warn!(node = %node, error = %e, "lease renewal failed");
         }
-        let pressure = node_status::Pressure::measure(&data_dir);
+        let pressure = node_status::Pressure::measure(&config.data_dir, &config.eviction_hard);
         let due = !*api_ready.borrow()
             || last.is_none_or(|(p, at)| p != pressure || at.elapsed() >= node_status::STATUS_REPORT);
         if due {

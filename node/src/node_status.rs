@@ -21,8 +21,87 @@ use crate::pod::now;
 pub const HEARTBEAT: Duration = Duration::from_secs(5);
 /// How often unchanged conditions are written anyway (kubelet: 5 min).
 pub const STATUS_REPORT: Duration = Duration::from_secs(60);
-/// Memory the node keeps for itself: kubelet's default hard eviction threshold.
-const EVICTION_MEMORY_KIB: u64 = 100 * 1024;
+
+/// A hard eviction threshold: an amount, or a share of the total.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Threshold {
+    /// Less than this many bytes (or inodes) left.
+    Amount(u64),
+    /// Less than this percentage of the total left.
+    Percent(f64),
+}
+
+impl Threshold {
+    /// How much of `total` the threshold keeps back.
+    fn reserve(self, total: u64) -> u64 {
+        match self {
+            Threshold::Amount(a) => a.min(total),
+            Threshold::Percent(p) => (total as f64 * p / 100.0) as u64,
+        }
+    }
+
+    /// Whether `available` of `total` is below the threshold.
+    fn crossed(self, available: u64, total: u64) -> bool {
+        total > 0 && available < self.reserve(total)
+    }
+}
+
+/// The signals under which the node reports pressure (the kubelet's `--eviction-hard`,
+/// e.g. `memory.available<100Mi,nodefs.available<10%,nodefs.inodesFree<5%`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EvictionHard {
+    /// `memory.available`.
+    pub memory_available: Threshold,
+    /// `nodefs.available`: the file system of the agent's data directory.
+    pub nodefs_available: Threshold,
+    /// `nodefs.inodesFree`.
+    pub nodefs_inodes_free: Threshold,
+}
+
+impl Default for EvictionHard {
+    /// The kubelet's defaults, except disk: 1Gi rather than 10%, since an agent shares
+    /// its disk with the developer's machine (`--eviction-hard` sets kubelet's).
+    fn default() -> Self {
+        EvictionHard {
+            memory_available: Threshold::Amount(100 * 1024 * 1024),
+            nodefs_available: Threshold::Amount(1024 * 1024 * 1024),
+            nodefs_inodes_free: Threshold::Percent(5.0),
+        }
+    }
+}
+
+impl EvictionHard {
+    /// Parses the kubelet's syntax; signals not given keep their defaults.
+    pub fn parse(s: &str) -> Result<EvictionHard, String> {
+        let mut out = EvictionHard::default();
+        for entry in s.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let (signal, value) = entry
+                .split_once('<')
+                .ok_or_else(|| format!("{entry:?}: expected <signal><<quantity or percentage>"))?;
+            let threshold = match value.strip_suffix('%') {
+                Some(p) => match p.parse::<f64>() {
+                    Ok(p) if (0.0..=100.0).contains(&p) => Threshold::Percent(p),
+                    _ => return Err(format!("{entry:?}: a percentage from 0 to 100")),
+                },
+                None => match kairn_quantity::value(value) {
+                    Some(v) if v >= 0 => Threshold::Amount(v as u64),
+                    _ => return Err(format!("{entry:?}: {value:?} is not a quantity")),
+                },
+            };
+            match signal.trim() {
+                "memory.available" => out.memory_available = threshold,
+                "nodefs.available" => out.nodefs_available = threshold,
+                "nodefs.inodesFree" => out.nodefs_inodes_free = threshold,
+                other => {
+                    return Err(format!(
+                        "{other:?}: unknown signal (memory.available, nodefs.available, nodefs.inodesFree)"
+                    ))
+                }
+            }
+        }
+        Ok(out)
+    }
+}
 /// How long a Lease is valid without renewal.
 pub const LEASE_SECONDS: i32 = 40;
 
@@ -40,9 +119,9 @@ pub(crate) fn memory_kib() -> u64 {
     meminfo_kib("MemTotal").unwrap_or(0)
 }
 
-/// What the host is short of, measured now, by kubelet's default hard eviction
-/// signals: less than 100Mi of memory available, less than 10% of the disk or 5% of
-/// its inodes free where the agent keeps its data, or most process ids in use.
+/// What the host is short of, measured now against the hard eviction thresholds:
+/// memory available, disk and inodes free where the agent keeps its data, and process
+/// ids (pressure once 90% are in use).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Pressure {
     pub memory: bool,
@@ -77,10 +156,13 @@ fn meminfo_kib(field: &str) -> Option<u64> {
 
 impl Pressure {
     /// Measures the host, with the agent's data in `data_dir`.
-    pub(crate) fn measure(data_dir: &Path) -> Pressure {
-        let memory = meminfo_kib("MemAvailable").is_some_and(|kib| kib < EVICTION_MEMORY_KIB);
+    pub(crate) fn measure(data_dir: &Path, limits: &EvictionHard) -> Pressure {
+        let memory = match (meminfo_kib("MemAvailable"), meminfo_kib("MemTotal")) {
+            (Some(available), Some(total)) => limits.memory_available.crossed(available * 1024, total * 1024),
+            _ => false,
+        };
         let disk = statvfs(data_dir).is_some_and(|((total, free), (inodes, inodes_free))| {
-            (total > 0 && free * 10 < total) || (inodes > 0 && inodes_free * 20 < inodes)
+            limits.nodefs_available.crossed(free, total) || limits.nodefs_inodes_free.crossed(inodes_free, inodes)
         });
         // Threads in use (the 4th field of loadavg is "running/total") against pid_max.
         let threads = std::fs::read_to_string("/proc/loadavg")
@@ -222,14 +304,15 @@ pub(crate) fn node_labels(name: &str) -> Map<String, Value> {
 
 /// The Node's status as the agent sees the host, its data in `data_dir`. Allocatable
 /// keeps back kubelet's default hard eviction thresholds (100Mi of memory, 10% of disk).
-fn status(node_ip: &str, name: &str, log_port: u16, data_dir: &Path) -> Value {
+fn status(node_ip: &str, name: &str, log_port: u16, data_dir: &Path, limits: &EvictionHard) -> Value {
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let memory = memory_kib();
     let disk = statvfs(data_dir).map(|((total, _), _)| total).unwrap_or(0);
     let capacity = json!({"cpu": cpus.to_string(), "memory": format!("{memory}Ki"), "pods": "110",
         "ephemeral-storage": disk.to_string()});
-    let allocatable = json!({"cpu": cpus.to_string(), "memory": format!("{}Ki", memory.saturating_sub(EVICTION_MEMORY_KIB)),
-        "pods": "110", "ephemeral-storage": (disk / 10 * 9).to_string()});
+    let memory_left = (memory * 1024).saturating_sub(limits.memory_available.reserve(memory * 1024));
+    let allocatable = json!({"cpu": cpus.to_string(), "memory": format!("{}Ki", memory_left / 1024),
+        "pods": "110", "ephemeral-storage": disk.saturating_sub(limits.nodefs_available.reserve(disk)).to_string()});
     json!({
         "capacity": capacity,
         "allocatable": allocatable,
@@ -287,6 +370,7 @@ pub async fn register(
     node_ip: &str,
     log_port: u16,
     data_dir: &Path,
+    limits: &EvictionHard,
 ) -> Result<(), kube::Error> {
     let nodes: Api<Node> = Api::all(client.clone());
     let node = json!({"metadata": {"name": name, "labels": node_labels(name)}, "spec": {}});
@@ -295,7 +379,7 @@ pub async fn register(
         Created::Existed => tracing::info!(node = name, "node already registered"),
     }
     let _ = std::fs::create_dir_all(data_dir);
-    write_status(&nodes, name, status(node_ip, name, log_port, data_dir)).await
+    write_status(&nodes, name, status(node_ip, name, log_port, data_dir, limits)).await
 }
 
 /// Writes the conditions: measured `pressure`, Ready (or not ready when stopping).
@@ -370,12 +454,30 @@ mod tests {
     }
 
     #[test]
+    fn eviction_thresholds_parse_as_the_kubelet_writes_them() {
+        let e = EvictionHard::parse("memory.available<200Mi, nodefs.available<10%").unwrap();
+        assert_eq!(e.memory_available, Threshold::Amount(200 * 1024 * 1024));
+        assert_eq!(e.nodefs_available, Threshold::Percent(10.0));
+        assert_eq!(e.nodefs_inodes_free, EvictionHard::default().nodefs_inodes_free);
+        assert!(Threshold::Percent(10.0).crossed(9, 100) && !Threshold::Percent(10.0).crossed(10, 100));
+        assert!(Threshold::Amount(5).crossed(4, 100) && !Threshold::Amount(5).crossed(5, 100));
+        for bad in [
+            "memory.available>1Gi",
+            "cpu.available<1",
+            "nodefs.available<110%",
+            "memory.available<lots",
+        ] {
+            assert!(EvictionHard::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn the_host_is_measured() {
         let dir = tempfile::tempdir().unwrap();
         let ((total, free), (inodes, _)) = statvfs(dir.path()).unwrap();
         assert!(total > 0 && free <= total && inodes > 0);
         assert!(meminfo_kib("MemTotal").unwrap() > meminfo_kib("MemAvailable").unwrap());
-        let s = status("127.0.0.1", "n", 1, dir.path());
+        let s = status("127.0.0.1", "n", 1, dir.path(), &EvictionHard::default());
         assert_eq!(s["allocatable"]["pods"], "110");
         assert!(
             s["allocatable"]["ephemeral-storage"]

@@ -139,18 +139,18 @@ struct Running {
     mirrored: bool,
 }
 
-/// Runs the static pods of `dir` until `shutdown`; a message on `mirror_gone` (a mirror
-/// pod was deleted) makes it write the mirrors again.
+/// Runs the static pods of `dir` (on the node and in the data directory `config`
+/// names) until `shutdown`; a message on `mirror_gone` (a mirror pod was deleted) makes
+/// it write the mirrors again.
 pub(crate) async fn run<R: Runtime>(
     ctx: WorkerContext,
-    dir: PathBuf,
-    node: String,
-    data_dir: PathBuf,
+    (dir, config): (PathBuf, &crate::AgentConfig),
     runtime: Arc<R>,
     pod_dirs: PodDirs,
     mut mirror_gone: mpsc::Receiver<()>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let (node, data_dir) = (config.node_name.clone(), config.data_dir.clone());
     let (tx, mut changed) = mpsc::channel::<()>(1);
     if let Err(e) = std::fs::create_dir_all(&dir) {
         tracing::warn!(dir = %dir.display(), error = %e, "cannot create the static pod directory");

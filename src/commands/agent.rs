@@ -33,6 +33,12 @@ pub struct AgentArgs {
     /// mirrored into it (the kubelet's `staticPodPath`).
     #[arg(long, conflicts_with = "simulate")]
     pub manifest_dir: Option<PathBuf>,
+    /// When the node reports pressure, as the kubelet's flag of that name: signals
+    /// `memory.available`, `nodefs.available`, `nodefs.inodesFree`, each `<` a quantity or a
+    /// percentage (the kubelet's disk default is `nodefs.available<10%`).
+    #[arg(long, default_value = "memory.available<100Mi,nodefs.available<1Gi,nodefs.inodesFree<5%",
+        value_parser = kairn_node::node_status::EvictionHard::parse)]
+    pub eviction_hard: kairn_node::node_status::EvictionHard,
     #[command(flatten)]
     pub simulate: SimulateArgs,
 }
@@ -100,6 +106,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         data_dir: args.data_dir,
         log_addr: args.log_addr,
         manifest_dir: args.manifest_dir,
+        eviction_hard: args.eviction_hard,
     };
     kairn_node::run(client, config, ProcessRuntime, stop).await?;
     Ok(ExitCode::SUCCESS)

@@ -146,6 +146,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         data_dir: data_dir.clone(),
         log_addr: args.log_addr,
         manifest_dir: None,
+        eviction_hard: Default::default(),
     };
     let agent = tokio::spawn(kairn_node::run(
         cp.member.client_as(&node_user)?,

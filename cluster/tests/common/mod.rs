@@ -186,6 +186,7 @@ pub async fn cluster_of(nodes: &[&str]) -> Cluster {
             data_dir: s.dir.path().join(format!("node-{node}")),
             log_addr: "127.0.0.1:0".parse().unwrap(),
             manifest_dir: None,
+            eviction_hard: Default::default(),
         };
         let agent_rx = rx.clone();
         tasks.push(tokio::spawn(async move {

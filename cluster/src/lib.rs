@@ -4,6 +4,7 @@
 pub mod api;
 pub mod controllers;
 pub mod credentials;
+pub mod cron;
 pub mod election;
 pub mod failover;
 pub mod kinds;

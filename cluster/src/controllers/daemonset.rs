@@ -33,7 +33,6 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::PostParams;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
@@ -786,12 +785,7 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action, Erro
 
     if ds.status.as_ref() != Some(&status) {
         let api: Api<DaemonSet> = Api::namespaced(ctx.client.clone(), &ns);
-        // The cached object's resourceVersion: a stale cache gets a conflict, not a
-        // status computed from pods older than the write it would overwrite.
-        let mut updated = (*ds).clone();
-        updated.status = Some(status);
-        updated.metadata.managed_fields = None;
-        api.replace_status(&name, &PostParams::default(), &updated).await?;
+        super::write_status(&api, &*ds, |d| d.status = Some(status)).await?;
     }
     Ok(match recheck {
         Some(after) => Action::requeue(after + Duration::from_millis(200)),

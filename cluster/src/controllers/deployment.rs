@@ -984,11 +984,11 @@ async fn reconcile(deploy: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action,
         }
     }
     if d.status.as_ref() != Some(&status) {
-        let mut updated = d.clone();
-        updated.metadata.resource_version = resource_version;
-        updated.metadata.managed_fields = None;
-        updated.status = Some(status);
-        api.replace_status(&name, &PostParams::default(), &updated).await?;
+        super::write_status(&api, d, |u| {
+            u.metadata.resource_version = resource_version;
+            u.status = Some(status);
+        })
+        .await?;
     }
     Ok(recheck.map_or_else(Action::await_change, Action::requeue))
 }

@@ -27,7 +27,7 @@ use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus};
 use k8s_openapi::api::core::v1::{EnvVar, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, PostParams, Preconditions, PropagationPolicy};
+use kube::api::{DeleteParams, Preconditions, PropagationPolicy};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
@@ -712,12 +712,7 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, Error> {
             }
         }
         let api: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
-        // The cached object's resourceVersion: a stale cache gets a conflict, not a
-        // status computed from pods older than the write it would overwrite.
-        let mut updated = (*job).clone();
-        updated.status = Some(plan.status.clone());
-        updated.metadata.managed_fields = None;
-        api.replace_status(&name, &PostParams::default(), &updated).await?;
+        super::write_status(&api, &*job, |j| j.status = Some(plan.status.clone())).await?;
     }
     // A Job that just finished with a TTL: the status write brings the next pass, which
     // requeues for the TTL.

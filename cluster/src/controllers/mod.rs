@@ -13,6 +13,7 @@
 //! [`Expectations`] until the cache has seen them.
 
 pub(crate) mod claim;
+pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
 pub mod gc;
@@ -95,6 +96,7 @@ pub async fn run_with(client: kube::Client, config: Config, shutdown: watch::Rec
         deployment::run(client.clone(), shutdown.clone()),
         replicaset::run(client.clone(), shutdown.clone()),
         job::run(client.clone(), shutdown.clone()),
+        cronjob::run(client.clone(), shutdown.clone()),
         daemonset::run(client.clone(), shutdown.clone()),
         serviceaccount::run(client.clone(), shutdown.clone()),
         resourcequota::run(client.clone(), shutdown.clone()),
@@ -126,6 +128,22 @@ pub(crate) fn controller_uid(meta: &ObjectMeta) -> Option<&str> {
 pub(crate) fn now() -> k8s_openapi::jiff::Timestamp {
     let t = k8s_openapi::jiff::Timestamp::now();
     k8s_openapi::jiff::Timestamp::from_second(t.as_second()).unwrap_or(t)
+}
+
+/// Writes a status computed from the cache: `set` puts it on a copy of the cached
+/// object, whose resourceVersion rides along, so a cache older than the stored object
+/// gets a conflict (and a retry after the watch catches up), never a status computed
+/// from children older than the write it would overwrite.
+pub(crate) async fn write_status<K>(api: &Api<K>, cached: &K, set: impl FnOnce(&mut K)) -> Result<(), Error>
+where
+    K: Resource + Clone + serde::Serialize + DeserializeOwned + std::fmt::Debug,
+{
+    let mut updated = cached.clone();
+    set(&mut updated);
+    updated.meta_mut().managed_fields = None;
+    api.replace_status(&updated.name_any(), &PostParams::default(), &updated)
+        .await?;
+    Ok(())
 }
 
 /// Creates `pod` as a child of the owner with uid `owner`, expecting it until the cache

@@ -291,12 +291,7 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action, Err
     let (status, recheck) = compute_status(&rs, &observed, super::now());
     if rs.status.as_ref() != Some(&status) {
         let api: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), &ns);
-        // The cached object's resourceVersion: a stale cache gets a conflict, not a
-        // status computed from pods older than the write it would overwrite.
-        let mut updated = (*rs).clone();
-        updated.status = Some(status);
-        updated.metadata.managed_fields = None;
-        api.replace_status(&name, &PostParams::default(), &updated).await?;
+        super::write_status(&api, &*rs, |r| r.status = Some(status)).await?;
     }
     Ok(match recheck {
         // Pods become available by the clock, not by an event.

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ResourceQuota, ResourceQuotaStatus};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use kube::api::{ApiResource, DynamicObject, ListParams, PostParams, VersionMatch};
+use kube::api::{ApiResource, DynamicObject, ListParams, VersionMatch};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{watcher, WatchStreamExt};
@@ -393,16 +393,14 @@ async fn reconcile(quota: Arc<ResourceQuota>, ctx: Arc<Context>) -> Result<Actio
             next
         }
     };
-    let mut updated = quota.as_ref().clone();
-    updated.metadata.managed_fields = None;
-    updated.status = Some(ResourceQuotaStatus {
-        hard: Some(quantities(&hard)),
-        used: Some(quantities(&next)),
-    });
     let api: Api<ResourceQuota> = Api::namespaced(ctx.client.clone(), &ns);
     // The cached resourceVersion rides along: a quota charged meanwhile is a conflict
     // and a retry, never a lost charge.
-    api.replace_status(&name, &PostParams::default(), &updated).await?;
+    let status = ResourceQuotaStatus {
+        hard: Some(quantities(&hard)),
+        used: Some(quantities(&next)),
+    };
+    super::write_status(&api, quota.as_ref(), |q| q.status = Some(status)).await?;
     ctx.forget_drift(&uid);
     tracing::debug!(quota = %format!("{ns}/{name}"), used = %amount::pretty(&next), "quota status written");
     Ok(Action::await_change())

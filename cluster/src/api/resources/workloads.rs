@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 use super::{cell, child, pod, set_default, Column};
 use crate::api::selectors::{labels_of, LabelSelector};
 use crate::api::validation::{self as v, Errors};
+use crate::cron::{time_zone_named, Schedule, ScheduleError};
 
 /// Fills the pod template's defaults.
 fn template_defaults(obj: &mut Value) {
@@ -574,18 +575,62 @@ pub fn cronjob_defaults(cj: &mut Value) {
     }
 }
 
-/// CronJob validation: a schedule of five fields (or a `@` macro), a valid job template.
-pub fn validate_cronjob(cj: &Value, _old: Option<&Value>, errs: &mut Errors) {
-    let schedule = cell::s(cj, "/spec/schedule").trim();
-    let fields = schedule.split_whitespace().count();
-    if schedule.is_empty() {
-        errs.required("spec.schedule");
-    } else if !(schedule.starts_with('@') || fields == 5) {
+/// CronJob validation, as Kubernetes' validateCronJobSpec: a schedule the CronJob
+/// controller can run (five fields or an `@` descriptor, no `TZ=`), a `timeZone` of the
+/// time zone database (checked when set or changed), non-negative deadline and history
+/// limits, a name that leaves room for the Jobs' `-<minutes>` suffix, a valid job template.
+pub fn validate_cronjob(cj: &Value, old: Option<&Value>, errs: &mut Errors) {
+    // Job names add `-` and up to 11 digits, within a 63-character label.
+    let name = cell::s(cj, "/metadata/name");
+    if name.len() > 52 {
+        errs.invalid("metadata.name", &json!(name), "must be no more than 52 characters");
+    }
+    match cj.pointer("/spec/schedule").and_then(Value::as_str) {
+        None | Some("") => errs.required("spec.schedule"),
+        Some(schedule) => {
+            let parsed = Schedule::parse(schedule);
+            if let Err(e) = &parsed {
+                errs.invalid("spec.schedule", &json!(schedule), e.to_string());
+            }
+            if schedule.contains("TZ") && !matches!(parsed, Err(ScheduleError::TimeZoneInSchedule)) {
+                errs.invalid(
+                    "spec.schedule",
+                    &json!(schedule),
+                    ScheduleError::TimeZoneInSchedule.to_string(),
+                );
+            }
+        }
+    }
+    let zone = cj.pointer("/spec/timeZone").filter(|z| !z.is_null());
+    if old.is_none_or(|o| o.pointer("/spec/timeZone").filter(|z| !z.is_null()) != zone) {
+        if let Some(zone) = zone {
+            match zone.as_str() {
+                Some(name) => {
+                    if let Err(e) = time_zone_named(name) {
+                        errs.invalid("spec.timeZone", zone, e.to_string());
+                    }
+                }
+                None => errs.invalid("spec.timeZone", zone, "must be a string"),
+            }
+        }
+    }
+    for f in [
+        "startingDeadlineSeconds",
+        "successfulJobsHistoryLimit",
+        "failedJobsHistoryLimit",
+    ] {
+        v::non_negative(errs, &format!("spec.{f}"), cj.pointer(&format!("/spec/{f}")));
+    }
+    // A Job's selector is generated from its uid when it is created.
+    if let Some(selector) = cj.pointer("/spec/jobTemplate/spec/selector").filter(|s| !s.is_null()) {
         errs.invalid(
-            "spec.schedule",
-            &json!(schedule),
-            "unparseable schedule: expected exactly 5 fields",
+            "spec.jobTemplate.spec.selector",
+            selector,
+            "`selector` will be auto-generated",
         );
+    }
+    if cj.pointer("/spec/jobTemplate/spec/manualSelector") == Some(&json!(true)) {
+        errs.unsupported("spec.jobTemplate.spec.manualSelector", "true", &["nil", "false"]);
     }
     if let Some(p) = cj.pointer("/spec/concurrencyPolicy").and_then(Value::as_str) {
         if !["Allow", "Forbid", "Replace"].contains(&p) {
@@ -725,5 +770,91 @@ mod tests {
         let mut errs = Errors::default();
         validate_job(&job, None, &mut errs);
         assert_eq!(fields(&errs), ["spec.template.spec.restartPolicy"]);
+    }
+
+    fn cronjob(spec: Value) -> Value {
+        let mut cj = json!({"metadata": {"name": "report", "namespace": "default"}, "spec": spec});
+        cj["spec"]["jobTemplate"] = json!({"spec": {"template": {"spec": {
+            "containers": [{"name": "c", "image": "x"}], "restartPolicy": "Never"}}}});
+        cronjob_defaults(&mut cj);
+        cj
+    }
+
+    fn cronjob_errors(cj: &Value, old: Option<&Value>) -> Vec<String> {
+        let mut errs = Errors::default();
+        validate_cronjob(cj, old, &mut errs);
+        errs.0.iter().map(|c| format!("{}: {}", c.field, c.message)).collect()
+    }
+
+    #[test]
+    fn cronjobs_default_and_validate_their_schedule_and_time_zone() {
+        let cj = cronjob(json!({"schedule": "*/5 * * * MON-FRI", "timeZone": "Europe/Berlin"}));
+        assert_eq!(cj["spec"]["concurrencyPolicy"], "Allow");
+        assert_eq!(cj["spec"]["suspend"], false);
+        assert_eq!(cj["spec"]["successfulJobsHistoryLimit"], 3);
+        assert_eq!(cj["spec"]["failedJobsHistoryLimit"], 1);
+        assert!(cronjob_errors(&cj, None).is_empty());
+        assert!(cronjob_errors(&cronjob(json!({"schedule": "@hourly"})), None).is_empty());
+
+        let cases = [
+            (json!({}), "spec.schedule: Required value"),
+            (
+                json!({"schedule": "* * * *"}),
+                "spec.schedule: Invalid value: \"* * * *\": expected exactly 5 fields, found 4: [* * * *]",
+            ),
+            (
+                json!({"schedule": "61 * * * *"}),
+                "spec.schedule: Invalid value: \"61 * * * *\": end of range (61) above maximum (59): 61",
+            ),
+            (
+                json!({"schedule": "@fortnightly"}),
+                "spec.schedule: Invalid value: \"@fortnightly\": unrecognized descriptor: @fortnightly",
+            ),
+            (
+                json!({"schedule": "TZ=UTC 0 * * * *"}),
+                "spec.schedule: Invalid value: \"TZ=UTC 0 * * * *\": cannot use TZ or CRON_TZ in schedule, use timeZone field instead",
+            ),
+            (
+                json!({"schedule": "0 * * * *", "timeZone": "Mars/Olympus"}),
+                "spec.timeZone: Invalid value: \"Mars/Olympus\": unknown time zone Mars/Olympus",
+            ),
+            (
+                json!({"schedule": "0 * * * *", "timeZone": "Local"}),
+                "spec.timeZone: Invalid value: \"Local\": timeZone must be an explicit time zone as defined in https://www.iana.org/time-zones",
+            ),
+            (
+                json!({"schedule": "0 * * * *", "startingDeadlineSeconds": -1}),
+                "spec.startingDeadlineSeconds: Invalid value: -1: must be greater than or equal to 0",
+            ),
+            (
+                json!({"schedule": "0 * * * *", "concurrencyPolicy": "Sometimes"}),
+                "spec.concurrencyPolicy: Unsupported value: \"Sometimes\": supported values: \"Allow\", \"Forbid\", \"Replace\"",
+            ),
+        ];
+        for (spec, want) in cases {
+            assert_eq!(cronjob_errors(&cronjob(spec.clone()), None), [want], "{spec}");
+        }
+
+        let mut long = cronjob(json!({"schedule": "0 * * * *"}));
+        long["metadata"]["name"] = json!("a".repeat(53));
+        assert_eq!(
+            cronjob_errors(&long, None),
+            [format!(
+                "metadata.name: Invalid value: {:?}: must be no more than 52 characters",
+                "a".repeat(53)
+            )]
+        );
+        // A time zone is checked when it is set or changed, not on every update.
+        let mut old = cronjob(json!({"schedule": "0 * * * *", "timeZone": "Mars/Olympus"}));
+        assert!(cronjob_errors(&old.clone(), Some(&old)).is_empty());
+        old["spec"]["timeZone"] = json!("UTC");
+        assert_eq!(
+            cronjob_errors(
+                &cronjob(json!({"schedule": "0 * * * *", "timeZone": "Mars/Olympus"})),
+                Some(&old)
+            )
+            .len(),
+            1
+        );
     }
 }

@@ -269,3 +269,59 @@ async fn static_pods_run_from_files_and_are_mirrored() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn static_pods_run_while_the_api_server_is_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut members = Members::new(dir.path(), 1, &[]);
+    members.start_all();
+    // Only for the credentials in its kubeconfig: the agent is sent elsewhere.
+    let _ = members.client(1).await;
+    let kubeconfig = members.node(1).dir.join("kubeconfig");
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir_all(&manifests).unwrap();
+    let argv = ["sleep", "36014"];
+    std::fs::write(
+        manifests.join("early.yaml"),
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: early\nspec:\n  containers:\n  - name: c\n    image: busybox\n    command: [sleep, '36014']\n",
+    )
+    .unwrap();
+    let agent_dir = dir.path().join("n1");
+    // Nothing listens where this agent looks for its API server.
+    let dead = format!("https://127.0.0.1:{}", common::cluster::free_port());
+    let mut agent = common::cluster::Process::start(
+        &agent_dir,
+        "agent",
+        &[
+            "agent",
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
+            "--server",
+            &dead,
+            "--node-name",
+            "n1",
+            "--data-dir",
+            agent_dir.to_str().unwrap(),
+            "--log-addr",
+            "127.0.0.1:0",
+            "--manifest-dir",
+            manifests.to_str().unwrap(),
+        ],
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while processes(&argv).len() != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the static pod never ran: {}",
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(agent.stop(), Some(0), "{}", agent.log());
+    wait_for(
+        "the static pod stopped with its agent",
+        Duration::from_secs(30),
+        || async { processes(&argv).is_empty().then_some(()) },
+    )
+    .await;
+}

@@ -78,29 +78,6 @@ pub async fn run<R: Runtime>(
             tracing::error!(error = %e, "log endpoint failed");
         }
     });
-    // The API server may still be starting: retry registration for a while.
-    let mut attempt = 0;
-    loop {
-        match node_status::register(
-            &client,
-            &node,
-            &config.node_ip,
-            log_port,
-            &config.data_dir,
-            &config.eviction_hard,
-        )
-        .await
-        {
-            Ok(()) => break,
-            Err(e) if attempt < 20 => {
-                attempt += 1;
-                tracing::debug!(node = %node, error = %e, "registration failed; retrying");
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-            Err(source) => return Err(Error::Register { node, source }),
-        }
-    }
-    let beat = tokio::spawn(heartbeats(client.clone(), config.clone(), shutdown.clone()));
     let ctx = WorkerContext {
         client: client.clone(),
         node_ip: config.node_ip.clone(),
@@ -118,6 +95,42 @@ pub async fn run<R: Runtime>(
         );
         tokio::spawn(async move { static_pods::run(ctx, (dir, &config), runtime, pod_dirs, mirror_rx, shutdown).await })
     });
+    // The API server may still be starting: retry registration for a while, and for
+    // good when static pods run (they may be what brings the API server up).
+    let mut attempt = 0;
+    loop {
+        match node_status::register(
+            &client,
+            &node,
+            &config.node_ip,
+            log_port,
+            &config.data_dir,
+            &config.eviction_hard,
+        )
+        .await
+        {
+            Ok(()) => break,
+            Err(e) if attempt < 20 || static_pods.is_some() => {
+                attempt += 1;
+                tracing::debug!(node = %node, error = %e, "registration failed; retrying");
+                let delay = Duration::from_millis(if attempt <= 20 { 250 } else { 5000 });
+                let mut stop = shutdown.clone();
+                let stopping = *stop.borrow()
+                    || tokio::select! {
+                        _ = tokio::time::sleep(delay) => false,
+                        _ = stop.changed() => true,
+                    };
+                if stopping {
+                    if let Some(task) = static_pods {
+                        let _ = task.await;
+                    }
+                    return Ok(());
+                }
+            }
+            Err(source) => return Err(Error::Register { node, source }),
+        }
+    }
+    let beat = tokio::spawn(heartbeats(client.clone(), config.clone(), shutdown.clone()));
     run_pods(ctx, &config, runtime, pod_dirs, mirror_gone, shutdown).await;
     if let Some(task) = static_pods {
         let _ = task.await;

@@ -428,14 +428,19 @@ async fn logs_with_every_option() {
     };
     // stdout and stderr both, in order.
     let all = logs(a(|_| {})).await.unwrap();
-    assert!(all.starts_with("a-line 1\n") && all.contains("a-err 1\n"), "{all}");
+    // stdout and stderr are copied side by side: only each stream's own order is fixed.
+    let first_out = |log: &str| log.lines().find(|l| l.starts_with("a-line")).map(str::to_string);
+    assert!(
+        first_out(&all).as_deref() == Some("a-line 1") && all.contains("a-err 1\n"),
+        "{all}"
+    );
     // tailLines
     let tail = logs(a(|lp| lp.tail_lines = Some(2))).await.unwrap();
     assert_eq!(tail.lines().count(), 2, "{tail}");
     assert!(all.ends_with(&tail) || all.contains(&tail), "{tail}");
     // limitBytes
     let limited = logs(a(|lp| lp.limit_bytes = Some(5))).await.unwrap();
-    assert_eq!(limited, "a-lin");
+    assert!(limited.len() == 5 && all.starts_with(&limited), "{limited}");
     // timestamps: RFC3339 with nanoseconds, as the kubelet writes them.
     let stamped = logs(a(|lp| {
         lp.tail_lines = Some(1);
@@ -548,16 +553,16 @@ async fn logs_with_every_option() {
     .await;
     let previous = logs(a(|lp| lp.previous = true)).await.unwrap();
     assert!(
-        previous.starts_with("a-line 1\n") && previous.matches("a-line").count() >= 5,
+        first_out(&previous).as_deref() == Some("a-line 1") && previous.matches("a-line").count() >= 5,
         "{previous}"
     );
     let current = wait_for("the new run's first line", Duration::from_secs(10), || async {
         let log = logs(a(|_| {})).await.ok()?;
-        (!log.is_empty()).then_some(log)
+        first_out(&log).is_some().then_some(log)
     })
     .await;
     assert!(
-        current.starts_with("a-line 1\n") && current.len() < previous.len() + 1000,
+        first_out(&current).as_deref() == Some("a-line 1") && current.len() < previous.len() + 1000,
         "{current}"
     );
     // b never restarted.

@@ -15,6 +15,8 @@ use tokio::time::Instant;
 
 use crate::runtime::{ContainerConfig, Runtime};
 
+mod grpc;
+
 /// The kubelet version probes announce (`User-Agent: kube-probe/<major.minor>`).
 const PROBE_AGENT: &str = "kube-probe/1.32";
 
@@ -33,9 +35,10 @@ pub(crate) enum Action<'a> {
     Exec(&'a ExecAction),
     Http(&'a HTTPGetAction),
     Tcp(&'a TCPSocketAction),
+    Grpc(&'a k8s_openapi::api::core::v1::GRPCAction),
     /// A `sleep` lifecycle hook, in seconds.
     Sleep(i64),
-    /// Something this agent cannot run (a gRPC probe), or nothing at all.
+    /// Nothing this agent can run.
     Unsupported(&'static str),
 }
 
@@ -48,8 +51,8 @@ impl<'a> Action<'a> {
             Action::Http(h)
         } else if let Some(t) = &p.tcp_socket {
             Action::Tcp(t)
-        } else if p.grpc.is_some() {
-            Action::Unsupported("gRPC probes are not supported by this agent")
+        } else if let Some(g) = &p.grpc {
+            Action::Grpc(g)
         } else {
             Action::Unsupported("the probe names no handler")
         }
@@ -126,6 +129,10 @@ pub(crate) async fn check<R: Runtime>(action: Action<'_>, target: &Target<R>, ti
                 Err(_) => Outcome::Failure(format!("dial tcp {host}:{port}: i/o timeout")),
             }
         }
+        Action::Grpc(g) => match u16::try_from(g.port).ok().filter(|p| *p > 0) {
+            Some(port) => grpc::probe(&target.ip, port, g.service.as_deref().unwrap_or(""), timeout).await,
+            None => Outcome::Failure(format!("invalid port {}", g.port)),
+        },
         Action::Sleep(s) => {
             tokio::time::sleep(Duration::from_secs(s.max(0) as u64).min(timeout)).await;
             Outcome::Success
@@ -500,6 +507,12 @@ mod tests {
             String::from_utf8_lossy(&buf[..n]).into_owned()
         });
         (port, task)
+    }
+
+    /// A loopback port where nothing listens (bound, then let go).
+    pub(crate) async fn closed_port() -> u16 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        listener.local_addr().unwrap().port()
     }
 
     fn target(dir: &std::path::Path) -> Target<ProcessRuntime> {

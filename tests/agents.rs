@@ -5,9 +5,10 @@
 
 mod common;
 
+use std::path::Path;
 use std::time::Duration;
 
-use common::cluster::{start_agent, Members};
+use common::cluster::{start_agent, Members, Process};
 use common::wait_for;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -39,6 +40,27 @@ fn running_on(pods: &[Pod]) -> Vec<(String, String)> {
             )
         })
         .collect()
+}
+
+/// Starts agent `n1` (data in `dir/n1`) running the static pods of `manifests`, with
+/// `extra` flags.
+fn static_agent(dir: &Path, kubeconfig: &Path, manifests: &Path, extra: &[&str]) -> Process {
+    let agent_dir = dir.join("n1");
+    let mut args = vec![
+        "agent",
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+        "--node-name",
+        "n1",
+        "--data-dir",
+        agent_dir.to_str().unwrap(),
+        "--log-addr",
+        "127.0.0.1:0",
+        "--manifest-dir",
+        manifests.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    Process::start(&agent_dir, "agent", &args)
 }
 
 fn container_id(p: &Pod) -> Option<String> {
@@ -224,24 +246,7 @@ async fn static_pods_run_from_files_and_are_mirrored() {
         "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\n  labels: {tier: static}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: busybox\n    command: [sleep, '36013']\n",
     )
     .unwrap();
-    let agent_dir = dir.path().join("n1");
-    let _agent = common::cluster::Process::start(
-        &agent_dir,
-        "agent",
-        &[
-            "agent",
-            "--kubeconfig",
-            kubeconfig.to_str().unwrap(),
-            "--node-name",
-            "n1",
-            "--data-dir",
-            agent_dir.to_str().unwrap(),
-            "--log-addr",
-            "127.0.0.1:0",
-            "--manifest-dir",
-            manifests.to_str().unwrap(),
-        ],
-    );
+    let _agent = static_agent(dir.path(), &kubeconfig, &manifests, &[]);
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let running = || async {
         let p = pods.get_opt("web-n1").await.ok()??;
@@ -286,28 +291,9 @@ async fn static_pods_run_while_the_api_server_is_away() {
         "apiVersion: v1\nkind: Pod\nmetadata:\n  name: early\nspec:\n  containers:\n  - name: c\n    image: busybox\n    command: [sleep, '36014']\n",
     )
     .unwrap();
-    let agent_dir = dir.path().join("n1");
     // Nothing listens where this agent looks for its API server.
     let dead = format!("https://127.0.0.1:{}", common::cluster::free_port());
-    let mut agent = common::cluster::Process::start(
-        &agent_dir,
-        "agent",
-        &[
-            "agent",
-            "--kubeconfig",
-            kubeconfig.to_str().unwrap(),
-            "--server",
-            &dead,
-            "--node-name",
-            "n1",
-            "--data-dir",
-            agent_dir.to_str().unwrap(),
-            "--log-addr",
-            "127.0.0.1:0",
-            "--manifest-dir",
-            manifests.to_str().unwrap(),
-        ],
-    );
+    let mut agent = static_agent(dir.path(), &kubeconfig, &manifests, &["--server", &dead]);
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while processes(&argv).len() != 1 {
         assert!(

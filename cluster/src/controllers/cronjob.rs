@@ -754,10 +754,7 @@ async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Context>) -> Result<Action, Error>
 
     // The Jobs the cache holds, without those whose deletion it has not shown yet.
     let owned = ctx.jobs.owned_by(&uid);
-    let cached: HashMap<String, bool> = owned
-        .iter()
-        .filter_map(|j| Some((j.uid()?, j.metadata.deletion_timestamp.is_some())))
-        .collect();
+    let cached = super::cache_state(&owned);
     let (adds, deletes) = ctx.expectations.outstanding(&uid, &cached);
     let jobs: Vec<&Job> = owned
         .iter()

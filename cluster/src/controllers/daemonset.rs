@@ -682,10 +682,7 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action, Erro
     let now = super::now();
 
     let owned = ctx.pods.owned_by(&uid);
-    let cached: HashMap<String, bool> = owned
-        .iter()
-        .filter_map(|p| Some((p.uid()?, p.metadata.deletion_timestamp.is_some())))
-        .collect();
+    let cached = super::cache_state(&owned);
     let (adds, deletes) = ctx.expectations.outstanding(&uid, &cached);
     let settled = adds.is_empty() && deletes.is_empty();
 

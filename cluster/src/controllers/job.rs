@@ -18,7 +18,7 @@
 //! finished pod deleted by hand stays counted) and only pods in phase `Failed` count as
 //! failed. `podFailurePolicy`, `successPolicy` and `backoffLimitPerIndex` are not acted on.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -661,10 +661,7 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, Error> {
     }
 
     let owned = ctx.pods.owned_by(&uid);
-    let cached: HashMap<String, bool> = owned
-        .iter()
-        .filter_map(|p| Some((p.uid()?, p.metadata.deletion_timestamp.is_some())))
-        .collect();
+    let cached = super::cache_state(&owned);
     let (adds, deletes) = ctx.expectations.outstanding(&uid, &cached);
     let now = super::now();
     // A pod whose deletion the cache does not show yet is terminating all the same.

@@ -378,6 +378,15 @@ where
         .touched_objects()
 }
 
+/// What the cache holds of some children, as [`Expectations::outstanding`] reads it:
+/// each uid, with whether the child is being deleted.
+pub(crate) fn cache_state<K: Resource>(children: &[Arc<K>]) -> HashMap<String, bool> {
+    children
+        .iter()
+        .filter_map(|c| Some((c.uid()?, c.meta().deletion_timestamp.is_some())))
+        .collect()
+}
+
 /// How long a creation or deletion may stay unseen before it is no longer expected (a
 /// lost watch event must not stall a controller for good).
 const EXPECTATION_TTL: Duration = Duration::from_secs(300);
@@ -457,7 +466,7 @@ impl Expectations {
     }
 
     /// The creations and deletions of `owner`'s children not yet in `cached` (the uids
-    /// the cache holds, with whether each is being deleted).
+    /// the cache holds, with whether each is being deleted: see [`cache_state`]).
     pub(crate) fn outstanding(
         &self,
         owner: &str,

@@ -18,7 +18,6 @@
 //! garbage collector while thousands of creations were still to go) must not keep
 //! creating pods the garbage collector then deletes.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -213,10 +212,7 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action, Err
     let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
 
     let owned = ctx.pods.owned_by(&uid);
-    let cached: HashMap<String, bool> = owned
-        .iter()
-        .filter_map(|p| Some((p.uid()?, p.metadata.deletion_timestamp.is_some())))
-        .collect();
+    let cached = super::cache_state(&owned);
     // Adopt matching orphans, release pods that stopped matching; what is left is this
     // ReplicaSet's. A failed adoption or release ends the pass before any pod is created
     // or deleted: which pods are ours is not settled yet.

@@ -84,28 +84,27 @@ impl Fetched {
     }
 }
 
-/// Every key and value of a ConfigMap (`data` and UTF-8 `binaryData`).
+/// Bytes as an environment value (invalid UTF-8 replaced).
+fn text(entries: Vec<(String, Vec<u8>)>) -> Vec<(String, String)> {
+    entries
+        .into_iter()
+        .map(|(k, v)| {
+            (
+                k,
+                String::from_utf8(v).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+            )
+        })
+        .collect()
+}
+
+/// Every key and value of a ConfigMap (`data` and `binaryData`).
 fn config_map_entries(cm: &ConfigMap) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = cm.data.iter().flatten().map(|(k, v)| (k.clone(), v.clone())).collect();
-    out.extend(
-        cm.binary_data
-            .iter()
-            .flatten()
-            .map(|(k, v)| (k.clone(), String::from_utf8_lossy(&v.0).into_owned())),
-    );
-    out
+    text(super::volumes::config_map_data(cm))
 }
 
 /// Every key and value of a Secret (`data`, and `stringData` if it was not folded in).
 fn secret_entries(s: &Secret) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = s
-        .data
-        .iter()
-        .flatten()
-        .map(|(k, v)| (k.clone(), String::from_utf8_lossy(&v.0).into_owned()))
-        .collect();
-    out.extend(s.string_data.iter().flatten().map(|(k, v)| (k.clone(), v.clone())));
-    out
+    text(super::volumes::secret_data(s))
 }
 
 /// Whether `name` may be an environment variable (Kubernetes' C_IDENTIFIER-like rule:

@@ -132,7 +132,8 @@ fn keyed_files(
     Ok(files)
 }
 
-fn config_map_data(cm: &ConfigMap) -> Vec<(String, Vec<u8>)> {
+/// Every key of a ConfigMap (`data` and `binaryData`) with its bytes.
+pub(super) fn config_map_data(cm: &ConfigMap) -> Vec<(String, Vec<u8>)> {
     let mut out: Vec<(String, Vec<u8>)> = cm
         .data
         .iter()
@@ -143,7 +144,9 @@ fn config_map_data(cm: &ConfigMap) -> Vec<(String, Vec<u8>)> {
     out
 }
 
-fn secret_data(s: &Secret) -> Vec<(String, Vec<u8>)> {
+/// Every key of a Secret (`data`, and `stringData` if it was not folded in) with its
+/// bytes.
+pub(super) fn secret_data(s: &Secret) -> Vec<(String, Vec<u8>)> {
     let mut out: Vec<(String, Vec<u8>)> = s.data.iter().flatten().map(|(k, v)| (k.clone(), v.0.clone())).collect();
     out.extend(
         s.string_data

@@ -87,6 +87,15 @@ fn start_time(pid: u32) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// The pid a `<name>.pid` record names, if that very process still runs.
+fn running_pid(record: &Path) -> Option<u32> {
+    let text = std::fs::read_to_string(record).ok()?;
+    let mut fields = text.split_whitespace();
+    let pid: u32 = fields.next()?.parse().ok()?;
+    let started: u64 = fields.next()?.parse().ok()?;
+    (start_time(pid) == Some(started)).then_some(pid)
+}
+
 /// Starts the tailers of both output streams.
 fn tail_output(
     log_path: &Path,
@@ -183,15 +192,11 @@ impl Runtime for ProcessRuntime {
 
     fn adopt(&self, config: &ContainerConfig) -> Option<Process> {
         let record = record_path(&config.log_path);
-        let text = std::fs::read_to_string(&record).ok()?;
-        let mut fields = text.split_whitespace();
-        let pid: u32 = fields.next()?.parse().ok()?;
-        let started: u64 = fields.next()?.parse().ok()?;
-        if start_time(pid) != Some(started) {
-            // Gone, or the pid now names another process.
+        let Some(pid) = running_pid(&record) else {
+            // Gone, or the pid now names another process (or no record at all).
             let _ = std::fs::remove_file(&record);
             return None;
-        }
+        };
         // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
         let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_long, 0 as libc::c_long) };
         if fd < 0 {
@@ -274,13 +279,7 @@ impl ProcessRuntime {
             .flatten()
             .map(|e| e.path())
             .filter(|p| p.extension().is_some_and(|x| x == "pid"))
-            .filter_map(|p| {
-                let text = std::fs::read_to_string(&p).ok()?;
-                let mut fields = text.split_whitespace();
-                let pid: u32 = fields.next()?.parse().ok()?;
-                let started: u64 = fields.next()?.parse().ok()?;
-                (start_time(pid) == Some(started)).then_some((pid, p))
-            })
+            .filter_map(|p| Some((running_pid(&p)?, p)))
             .collect()
     }
 }

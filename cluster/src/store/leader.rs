@@ -82,16 +82,32 @@ pub async fn commit(raft: &Raft<TypeConfig>, proposal: Proposal) -> Result<Vec<T
 
 /// Confirms with a quorum that this member leads, and returns the index a linearizable
 /// read must see applied.
+///
+/// openraft gives each follower one heartbeat interval to answer a leadership check, so
+/// a follower busy with a burst of appends makes one check fail though the quorum is
+/// there: such a failure is retried until the deadline, and only then reported.
 pub async fn read_index(raft: &Raft<TypeConfig>) -> Result<u64, PeerError> {
-    match tokio::time::timeout(READ_INDEX_TIMEOUT, raft.get_read_log_id()).await {
-        Ok(Ok((read, _applied))) => Ok(read.map(|l| l.index).unwrap_or(0)),
-        Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => Err(PeerError::forward(f)),
-        Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)))) => Err(PeerError::NoQuorum(q.to_string())),
-        Ok(Err(e)) => Err(PeerError::Failed(e.to_string())),
-        Err(_) => Err(PeerError::NoQuorum(format!(
-            "leadership was not confirmed by a quorum within {}s",
-            READ_INDEX_TIMEOUT.as_secs()
-        ))),
+    let deadline = tokio::time::Instant::now() + READ_INDEX_TIMEOUT;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        let last_failure = match tokio::time::timeout_at(deadline, raft.get_read_log_id()).await {
+            Ok(Ok((read, _applied))) => return Ok(read.map(|l| l.index).unwrap_or(0)),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+                return Err(PeerError::forward(f))
+            }
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)))) => q.to_string(),
+            Ok(Err(e)) => return Err(PeerError::Failed(e.to_string())),
+            Err(_) => format!(
+                "leadership was not confirmed by a quorum within {}s",
+                READ_INDEX_TIMEOUT.as_secs()
+            ),
+        };
+        if tokio::time::Instant::now() + pause >= deadline {
+            return Err(PeerError::NoQuorum(last_failure));
+        }
+        tracing::debug!(reason = %last_failure, "leadership check failed; retrying");
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(200));
     }
 }
 

@@ -1,5 +1,5 @@
-//! The replicated, revisioned key-value store: openraft, the Raft log in segment files,
-//! the state machine on sled.
+//! The replicated, revisioned key-value store: openraft, the Raft log in segment files
+//! (its vote and commit marks in sled), the state machine in memory with snapshot files.
 //!
 //! Keys follow etcd's Kubernetes layout (`/registry/<group>/<resource>/<ns>/<name>`);
 //! values are objects' JSON. Every successful write moves the store's revision on by
@@ -99,9 +99,9 @@ impl From<PeerError> for StoreError {
     }
 }
 
-/// sled's page cache. Its default (1 GiB) is far more than the hot set here: the API
-/// server's watch cache serves lists, the store mostly single reads and writes.
-const SLED_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+/// sled's page cache. sled keeps only the log's vote and commit marks now; its
+/// default (1 GiB) would be mostly unused reservation.
+const SLED_CACHE_BYTES: u64 = 8 * 1024 * 1024;
 /// Where members record how to reach their API (for `kairn member list` and clients).
 pub const MEMBERS_PREFIX: &str = "/kairn/members/";
 /// How many times an operation is tried while the leadership moves (200 ms apart).

@@ -121,7 +121,7 @@ async fn txn_compares_on_revision_and_applies_all_or_nothing() {
 }
 
 #[tokio::test]
-async fn watch_replays_history_then_streams_and_refuses_unknown_revisions() {
+async fn watch_replays_history_then_streams_and_resumes_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path()).await;
     let start = store.revision();
@@ -159,11 +159,14 @@ async fn watch_replays_history_then_streams_and_refuses_unknown_revisions() {
     store.shutdown().await.unwrap();
     drop(store);
 
-    // After a restart the data is there, but older revisions can no longer be watched.
+    // After a restart the data is there, and so is the history: re-applying the log
+    // since the last snapshot (none yet) publishes the same events at the same revisions.
     let store = open(dir.path()).await;
     assert!(store.get("/other").await.unwrap().is_some());
     assert!(store.get("/w/1").await.unwrap().is_none());
-    assert!(matches!(store.watch("/w/", start), Err(StoreError::Expired { .. })));
+    let mut w = store.watch("/w/", start).unwrap();
+    let ev = w.next_events().await.unwrap().unwrap().events[0].clone();
+    assert_eq!((ev.kind, ev.kv.mod_revision), (EventKind::Put, first.revision));
     store.shutdown().await.unwrap();
 }
 
@@ -511,4 +514,36 @@ async fn a_snapshot_carries_leases_and_what_is_attached_to_them() {
     assert!(target.get("/s/leased").unwrap().is_none());
     assert!(target.get("/s/plain").unwrap().is_some());
     assert!(target.leases().unwrap().is_empty());
+}
+
+#[test]
+fn a_state_machine_kept_in_sled_by_an_older_version_moves_into_a_snapshot() {
+    use openraft::{CommittedLeaderId, LogId};
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = sled::Config::new().path(dir.path()).open().unwrap();
+    // The layout earlier versions wrote: revision and lease (8 bytes BE
+    // each) before the value, the last applied log id and the revision beside the data.
+    let tree = db.open_tree("state").unwrap();
+    let mut value = 41u64.to_be_bytes().to_vec();
+    value.extend_from_slice(&0u64.to_be_bytes());
+    value.extend_from_slice(b"hello");
+    tree.insert(b"k/registry/a", value).unwrap();
+    tree.insert(b"m/revision", &42u64.to_be_bytes()).unwrap();
+    let last = LogId::<NodeId>::new(CommittedLeaderId::new(3, 1), 77);
+    tree.insert(b"m/last_applied", super::codec::encode_framed(&last).unwrap())
+        .unwrap();
+
+    let sm = StateMachine::open(&db, &dir.path().join("raft-snapshot")).unwrap();
+    let kv = sm.get("registry/a").unwrap().expect("the key moved over");
+    assert_eq!((kv.value.as_slice(), kv.mod_revision), (&b"hello"[..], 41));
+    assert_eq!(sm.revision(), 42);
+    assert_eq!(sm.last_applied().unwrap(), Some(last));
+    assert!(!db.tree_names().iter().any(|n| n.as_ref() == b"state"), "the tree is dropped");
+    drop(sm);
+
+    // What moved is in the snapshot file now: a second open finds it there.
+    let sm = StateMachine::open(&db, &dir.path().join("raft-snapshot")).unwrap();
+    assert_eq!(sm.get("registry/a").unwrap().map(|kv| kv.value), Some(b"hello".to_vec()));
+    assert_eq!(sm.last_applied().unwrap(), Some(last));
 }

@@ -363,6 +363,12 @@ impl Cacher {
         }
     }
 
+    /// The object at store key `key` as the cache has it now (after `prepare`): possibly
+    /// older than the store's, so a write that starts from it must be able to tell.
+    pub fn get(&self, key: &str) -> Result<Option<Arc<CachedObject>>, ApiError> {
+        Ok(read_lock(&self.state)?.objects.get(key).cloned())
+    }
+
     /// One page of the objects passing `filter`, after `prepare`.
     pub fn list(
         &self,

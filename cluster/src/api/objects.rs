@@ -133,11 +133,47 @@ pub async fn read(
     Ok((decode(&kv)?, kv.mod_revision))
 }
 
-/// The live namespace `ns`, if it exists.
+/// Where a write's copy of the live object came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The watch cache: no quorum round, and possibly behind the store.
+    Cache,
+    /// A linearizable read of the store.
+    Store,
+}
+
+/// The live object a write starts from, with its revision and where it came from.
+///
+/// As kube-apiserver's GuaranteedUpdate starts from the cacher's copy, a first try reads
+/// the watch cache (a linearizable read costs a quorum round per request). The write's
+/// compare on the revision refuses a stale copy; whatever else is decided on a cached
+/// copy without a write (an error, a no-op) must be decided again on `Source::Store`.
+pub async fn read_for_write(
+    state: &AppState,
+    res: &ResourceInfo,
+    ns: Option<&str>,
+    name: &str,
+    from: Source,
+) -> Result<(Value, u64, Source), ApiError> {
+    if from == Source::Cache {
+        if let Ok(cache) = state.caches.get(res) {
+            cache.prepare(&state.store, ReadAt::Any).await?;
+            if let Some(obj) = cache.get(&res.key(ns, name))? {
+                return Ok((obj.value()?, obj.revision, Source::Cache));
+            }
+        }
+    }
+    let (live, rev) = read(state, res, ns, name).await?;
+    Ok((live, rev, Source::Store))
+}
+
+/// The live namespace `ns`, if it exists: from the watch cache, as Kubernetes'
+/// NamespaceLifecycle admission reads its informer, or from the store when the cache
+/// does not have it (yet).
 pub async fn namespace(state: &AppState, ns: &str) -> Result<Option<Value>, ApiError> {
     let res = registry::by_plural("", "v1", "namespaces").ok_or_else(|| ApiError::Internal("no namespaces".into()))?;
-    match read(state, res, None, ns).await {
-        Ok((obj, _)) => Ok(Some(obj)),
+    match read_for_write(state, res, None, ns, Source::Cache).await {
+        Ok((obj, _, _)) => Ok(Some(obj)),
         Err(ApiError::NotFound { .. }) => Ok(None),
         Err(e) => Err(e),
     }
@@ -562,14 +598,28 @@ pub async fn update(
     change: impl Fn(&Value) -> Result<Value, ApiError>,
     opts: &WriteOptions,
 ) -> Result<Admitted, ApiError> {
-    for _attempt in 0..5 {
-        let (live, rev) = read(state, target.res, target.namespace.as_deref(), target.name()).await?;
-        let desired = change(&live)?;
+    let mut from = Source::Cache;
+    for _attempt in 0..6 {
+        let (live, rev, source) =
+            read_for_write(state, target.res, target.namespace.as_deref(), target.name(), from).await?;
+        let cached = source == Source::Cache;
+        // Anything but a write, decided on a cached copy, is decided again on the store's.
+        from = Source::Store;
+        let desired = match change(&live) {
+            Ok(d) => d,
+            Err(_) if cached => continue,
+            Err(e) => return Err(e),
+        };
         let pinned = admission::resource_version(&desired).is_some();
-        let mut admitted = match mode {
-            Mode::Main => admission::admit_update(target.res, &live, desired.clone(), opts.fields)?,
-            Mode::Status => admission::admit_status(target.res, &live, &desired)?,
-            Mode::Finalize => admission::admit_finalize(target.res, &live, &desired)?,
+        let admitted = match mode {
+            Mode::Main => admission::admit_update(target.res, &live, desired.clone(), opts.fields),
+            Mode::Status => admission::admit_status(target.res, &live, &desired),
+            Mode::Finalize => admission::admit_finalize(target.res, &live, &desired),
+        };
+        let mut admitted = match admitted {
+            Ok(a) => a,
+            Err(_) if cached => continue,
+            Err(e) => return Err(e),
         };
         patch::track(
             target.res,
@@ -583,6 +633,9 @@ pub async fn update(
         // with the live version set in place, rather than on a copy of the object.)
         admitted.object = with_revision(admitted.object, rev);
         if admitted.object == live || opts.dry_run {
+            if cached {
+                continue;
+            }
             return Ok(admitted);
         }
         // (The store copy drops the resourceVersion; the write sets the new one.)
@@ -609,7 +662,7 @@ pub async fn update(
                 admitted.object = obj;
                 return Ok(admitted);
             }
-            Err(ApiError::Conflict { .. }) if !pinned => continue,
+            Err(ApiError::Conflict { .. }) if cached || !pinned => continue,
             Err(e) => return Err(e),
         }
     }
@@ -759,10 +812,17 @@ pub async fn delete(
     user: &Arc<UserInfo>,
 ) -> Result<(Value, bool), ApiError> {
     let res = target.res;
-    for _attempt in 0..5 {
-        let (live, rev) = read(state, res, target.namespace.as_deref(), target.name()).await?;
+    let mut from = Source::Cache;
+    for _attempt in 0..6 {
+        let (live, rev, source) = read_for_write(state, res, target.namespace.as_deref(), target.name(), from).await?;
+        // Anything but a write, decided on a cached copy, is decided again on the store's.
+        from = Source::Store;
+        let cached = source == Source::Cache;
         if let Some(want) = &opts.resource_version {
             if *want != rev.to_string() {
+                if cached {
+                    continue;
+                }
                 return Err(ApiError::Conflict {
                     kind: res.qualified_plural(),
                     name: target.name().to_string(),
@@ -776,12 +836,18 @@ pub async fn delete(
                 .and_then(Value::as_str)
                 .unwrap_or_default();
             if want != uid {
+                if cached {
+                    continue;
+                }
                 return Err(ApiError::Conflict {
                     kind: res.qualified_plural(),
                     name: target.name().to_string(),
                     message: format!("Precondition failed: UID in precondition: {want}, UID in object meta: {uid}"),
                 });
             }
+        }
+        if opts.dry_run && cached {
+            continue;
         }
         if opts.dry_run {
             return Ok((live, false));
@@ -812,6 +878,9 @@ pub async fn delete(
         if already {
             // A second delete may only shorten a pod's grace period.
             let shorter = current_grace.is_some_and(|g| grace < g);
+            if !shorter && cached {
+                continue;
+            }
             if !shorter {
                 return Ok((live, false));
             }
@@ -859,7 +928,7 @@ pub async fn delete(
                 };
                 return Ok((out, gone));
             }
-            Err(ApiError::Conflict { .. }) if opts.resource_version.is_none() => continue,
+            Err(ApiError::Conflict { .. }) if cached || opts.resource_version.is_none() => continue,
             Err(e) => return Err(e),
         }
     }

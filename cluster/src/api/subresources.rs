@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
 use super::error::{ApiError, Cause};
-use super::objects::{self, DeleteOptions, Mode, Request, Target};
+use super::objects::{self, DeleteOptions, Mode, Request, Source, Target};
 use super::write;
 use super::AppState;
 
@@ -101,8 +101,20 @@ pub async fn bind(state: &AppState, target: &Target, req: &Request) -> Result<Re
             causes: vec![Cause::new("FieldValueRequired", "target.name", "Required value")],
         })?;
     let name = target.name();
-    for _attempt in 0..5 {
-        let (live, rev) = objects::read(state, target.res, target.namespace.as_deref(), name).await?;
+    // The first try starts from the watch cache; a refusal decided on it is decided
+    // again on the store's copy (see `objects::read_for_write`).
+    let mut from = Source::Cache;
+    for _attempt in 0..6 {
+        let (live, rev, source) =
+            objects::read_for_write(state, target.res, target.namespace.as_deref(), name, from).await?;
+        from = Source::Store;
+        let assigned = live
+            .pointer("/spec/nodeName")
+            .and_then(Value::as_str)
+            .is_some_and(|n| !n.is_empty());
+        if source == Source::Cache && (assigned || live.pointer("/metadata/deletionTimestamp").is_some()) {
+            continue;
+        }
         if live.pointer("/metadata/deletionTimestamp").is_some() {
             return Err(ApiError::Conflict {
                 kind: "pods/binding".into(),

@@ -92,9 +92,7 @@ pub async fn read_index(raft: &Raft<TypeConfig>) -> Result<u64, PeerError> {
     loop {
         let last_failure = match tokio::time::timeout_at(deadline, raft.get_read_log_id()).await {
             Ok(Ok((read, _applied))) => return Ok(read.map(|l| l.index).unwrap_or(0)),
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
-                return Err(PeerError::forward(f))
-            }
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => return Err(PeerError::forward(f)),
             Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)))) => q.to_string(),
             Ok(Err(e)) => return Err(PeerError::Failed(e.to_string())),
             Err(_) => format!(

@@ -162,9 +162,11 @@ impl State {
                 };
                 state.leases.insert(id, ttl as i64);
             } else if let Some(rest) = k.strip_prefix(ATTACHED) {
-                let id = rest.get(..8).and_then(be).ok_or_else(|| corrupt("malformed lease attachment"))?;
-                let key =
-                    String::from_utf8(rest[8..].to_vec()).map_err(|_| corrupt("malformed lease attachment"))?;
+                let id = rest
+                    .get(..8)
+                    .and_then(be)
+                    .ok_or_else(|| corrupt("malformed lease attachment"))?;
+                let key = String::from_utf8(rest[8..].to_vec()).map_err(|_| corrupt("malformed lease attachment"))?;
                 state.attached.insert((id, key));
             } else {
                 return Err(corrupt("snapshot holds a key outside the data"));
@@ -369,11 +371,17 @@ impl StateMachine {
     }
 
     fn read(&self) -> Result<std::sync::RwLockReadGuard<'_, State>, StorageError<NodeId>> {
-        self.inner.state.read().map_err(|_| corrupt("state machine lock poisoned"))
+        self.inner
+            .state
+            .read()
+            .map_err(|_| corrupt("state machine lock poisoned"))
     }
 
     fn write(&self) -> Result<std::sync::RwLockWriteGuard<'_, State>, StorageError<NodeId>> {
-        self.inner.state.write().map_err(|_| corrupt("state machine lock poisoned"))
+        self.inner
+            .state
+            .write()
+            .map_err(|_| corrupt("state machine lock poisoned"))
     }
 
     /// Every lease and its TTL in seconds.
@@ -478,12 +486,19 @@ fn migrate_from_sled(
     db: &sled::Db,
     snapshot_applied: Option<LogId<NodeId>>,
 ) -> Result<Option<State>, StorageError<NodeId>> {
-    if !db.tree_names().iter().any(|name| name.as_ref() == LEGACY_TREE.as_bytes()) {
+    if !db
+        .tree_names()
+        .iter()
+        .any(|name| name.as_ref() == LEGACY_TREE.as_bytes())
+    {
         return Ok(None);
     }
     let tree = db.open_tree(LEGACY_TREE).map_err(|e| sm_err(ErrorVerb::Read, e))?;
     let meta = |key: &[u8]| -> Result<Option<Vec<u8>>, StorageError<NodeId>> {
-        Ok(tree.get(key).map_err(|e| sm_err(ErrorVerb::Read, e))?.map(|v| v.to_vec()))
+        Ok(tree
+            .get(key)
+            .map_err(|e| sm_err(ErrorVerb::Read, e))?
+            .map(|v| v.to_vec()))
     };
     let last: Option<LogId<NodeId>> = match meta(LEGACY_LAST_APPLIED)? {
         Some(raw) => Some(codec::decode_framed(&raw).map_err(|e| sm_err(ErrorVerb::Read, e))?),

@@ -539,11 +539,17 @@ fn a_state_machine_kept_in_sled_by_an_older_version_moves_into_a_snapshot() {
     assert_eq!((kv.value.as_slice(), kv.mod_revision), (&b"hello"[..], 41));
     assert_eq!(sm.revision(), 42);
     assert_eq!(sm.last_applied().unwrap(), Some(last));
-    assert!(!db.tree_names().iter().any(|n| n.as_ref() == b"state"), "the tree is dropped");
+    assert!(
+        !db.tree_names().iter().any(|n| n.as_ref() == b"state"),
+        "the tree is dropped"
+    );
     drop(sm);
 
     // What moved is in the snapshot file now: a second open finds it there.
     let sm = StateMachine::open(&db, &dir.path().join("raft-snapshot")).unwrap();
-    assert_eq!(sm.get("registry/a").unwrap().map(|kv| kv.value), Some(b"hello".to_vec()));
+    assert_eq!(
+        sm.get("registry/a").unwrap().map(|kv| kv.value),
+        Some(b"hello".to_vec())
+    );
     assert_eq!(sm.last_applied().unwrap(), Some(last));
 }

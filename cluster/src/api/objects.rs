@@ -96,11 +96,40 @@ pub fn decode(kv: &KeyValue) -> Result<Value, ApiError> {
 
 /// Serializes an object for the store, without its resourceVersion (the store's revision is).
 pub fn encode(obj: &Value) -> Result<Vec<u8>, ApiError> {
-    let mut obj = obj.clone();
-    if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
-        meta.remove("resourceVersion");
+    serde_json::to_vec(&WithoutRevision(obj)).map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+/// An object serialized as is but for `metadata.resourceVersion`, which it leaves out
+/// (without copying the object to remove it: this runs on every write).
+struct WithoutRevision<'a>(&'a Value);
+
+impl serde::Serialize for WithoutRevision<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let Value::Object(top) = self.0 else {
+            return self.0.serialize(serializer);
+        };
+        let mut map = serializer.serialize_map(Some(top.len()))?;
+        for (k, v) in top {
+            match v {
+                Value::Object(meta) if k == "metadata" => {
+                    map.serialize_key(k)?;
+                    map.serialize_value(&Filtered(meta))?;
+                }
+                _ => map.serialize_entry(k, v)?,
+            }
+        }
+        map.end()
     }
-    serde_json::to_vec(&obj).map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+/// A metadata map without its `resourceVersion`.
+struct Filtered<'a>(&'a serde_json::Map<String, Value>);
+
+impl serde::Serialize for Filtered<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().filter(|(k, _)| k.as_str() != "resourceVersion"))
+    }
 }
 
 /// Sets the resourceVersion a write produced on the object returned to the client.
@@ -1013,6 +1042,26 @@ async fn server_apply(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_stored_form_leaves_out_only_the_resource_version() {
+        let obj = json!({"apiVersion": "v1", "kind": "ConfigMap", "data": {"resourceVersion": "kept"},
+            "metadata": {"name": "a", "resourceVersion": "7", "labels": {"resourceVersion": "kept"}}});
+        let stored: Value = serde_json::from_slice(&encode(&obj).unwrap()).unwrap();
+        let mut want = obj.clone();
+        want["metadata"].as_object_mut().unwrap().remove("resourceVersion");
+        assert_eq!(stored, want);
+        assert_eq!(
+            decode(&KeyValue {
+                key: "k".into(),
+                mod_revision: 7,
+                lease: 0,
+                value: encode(&obj).unwrap()
+            })
+            .unwrap(),
+            obj
+        );
+    }
 
     #[test]
     fn paths_resolve_to_resources() {

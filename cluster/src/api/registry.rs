@@ -152,13 +152,23 @@ impl ResourceInfo {
 
 /// Round-trips `value` through the typed struct `K`, naming the failing field.
 fn typed<K: DeserializeOwned + Serialize>(value: Value) -> Result<(Value, Vec<String>), Cause> {
-    let typed: K = serde_path_to_error::deserialize(value.clone()).map_err(|e| {
-        let path = e.path().to_string();
-        Cause::invalid(
-            if path == "." { String::new() } else { path },
-            e.into_inner().to_string(),
-        )
-    })?;
+    // Decoded from a borrow (no copy of the object), and without tracking the path: this
+    // runs on every write, and only a failure needs to name the field.
+    let typed: K = match K::deserialize(&value) {
+        Ok(typed) => typed,
+        Err(plain) => {
+            return Err(match serde_path_to_error::deserialize::<_, K>(&value) {
+                Err(e) => {
+                    let path = e.path().to_string();
+                    Cause::invalid(
+                        if path == "." { String::new() } else { path },
+                        e.into_inner().to_string(),
+                    )
+                }
+                Ok(_) => Cause::invalid("", plain.to_string()),
+            })
+        }
+    };
     let normalized = serde_json::to_value(typed).map_err(|e| Cause::invalid("", e.to_string()))?;
     let mut unknown = Vec::new();
     unknown_fields(&value, &normalized, "", &mut unknown);

@@ -19,6 +19,9 @@ use super::types::{Proposal, Txn, TxnResult, TypeConfig};
 
 /// How many batches may be in flight at once. While they are, new writes queue and go
 /// into the next batch together; more in flight would only make batches smaller.
+/// Measured with the state machine in memory (puts/s at 16/64/256 clients): 2 in
+/// flight 3,887/11,318/23,903, 4 3,864/11,296/23,070, 8 3,526/9,002/19,155, 16
+/// 2,763/6,773/17,522.
 const IN_FLIGHT: usize = 4;
 /// At most this many transactions in one batch.
 const BATCH_TXNS: usize = 1024;

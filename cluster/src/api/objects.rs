@@ -691,7 +691,10 @@ pub async fn update(
                 admitted.object = obj;
                 return Ok(admitted);
             }
-            Err(ApiError::Conflict { .. }) if cached || !pinned => continue,
+            // A refusal (a conflict, a quota) of a write made from a cached copy may be the
+            // copy's doing.
+            Err(_) if cached => continue,
+            Err(ApiError::Conflict { .. }) if !pinned => continue,
             Err(e) => return Err(e),
         }
     }
@@ -957,7 +960,8 @@ pub async fn delete(
                 };
                 return Ok((out, gone));
             }
-            Err(ApiError::Conflict { .. }) if cached || opts.resource_version.is_none() => continue,
+            Err(_) if cached => continue,
+            Err(ApiError::Conflict { .. }) if opts.resource_version.is_none() => continue,
             Err(e) => return Err(e),
         }
     }

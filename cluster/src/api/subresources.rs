@@ -147,6 +147,7 @@ pub async fn bind(state: &AppState, target: &Target, req: &Request) -> Result<Re
         pod["status"]["conditions"] = json!(conds);
         match write::update(state, target.res, rev, &live, pod, &req.user, "create/binding").await {
             Ok(_) => return Ok(success(201)),
+            Err(_) if source == Source::Cache => continue,
             Err(ApiError::Conflict { .. }) => continue,
             Err(e) => return Err(e),
         }

@@ -253,14 +253,7 @@ where
     let controller = super::deployment::owner_ref(owner)?;
     let patch = adopt_patch(child.meta(), &controller);
     tracing::info!(object = %object(child), owner = %object(owner), "adopting orphan");
-    match children
-        .patch(&child.name_any(), &PatchParams::default(), &Patch::Merge(patch))
-        .await
-    {
-        Ok(adopted) => Ok(Some(adopted)),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
-        Err(e) => Err(e.into()),
-    }
+    merge_patch(children, child, patch).await
 }
 
 /// Releases `child` from the owner with uid `owner_uid`; a child already gone is no error.
@@ -271,12 +264,20 @@ where
 {
     let patch = release_patch(child.meta(), owner_uid);
     tracing::info!(object = %object(child), owner = %object(owner), "releasing child the selector no longer matches");
+    merge_patch(children, child, patch).await.map(|_| ())
+}
+
+/// Merge-patches `child`; `None` when it is gone.
+async fn merge_patch<K>(children: &Api<K>, child: &K, patch: Value) -> Result<Option<K>, Error>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
     match children
         .patch(&child.name_any(), &PatchParams::default(), &Patch::Merge(patch))
         .await
     {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Ok(patched) => Ok(Some(patched)),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
         Err(e) => Err(e.into()),
     }
 }

@@ -37,7 +37,7 @@ use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::batch::v1::{CronJob, CronJobStatus, Job};
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-use kube::api::{DeleteParams, PostParams, Preconditions, PropagationPolicy};
+use kube::api::{PostParams, PropagationPolicy};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
@@ -591,27 +591,15 @@ fn still_wanted(current: Option<&CronJob>, uid: &str) -> bool {
 /// background; a Job already gone is no error.
 async fn delete_job(ctx: &Context, owner: &str, ns: &str, name: &str, uid: Option<String>) -> Result<(), Error> {
     let api: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
-    if let Some(uid) = &uid {
-        ctx.expectations.deleting(owner, uid.clone());
-    }
-    let params = DeleteParams {
-        propagation_policy: Some(PropagationPolicy::Background),
-        preconditions: Some(Preconditions {
-            uid: uid.clone(),
-            resource_version: None,
-        }),
-        ..Default::default()
-    };
-    match api.delete(name, &params).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(e) => {
-            if let Some(uid) = &uid {
-                ctx.expectations.delete_failed(owner, uid);
-            }
-            Err(e.into())
-        }
-    }
+    super::delete_child(
+        &ctx.expectations,
+        &api,
+        owner,
+        name,
+        uid,
+        Some(PropagationPolicy::Background),
+    )
+    .await
 }
 
 /// One pass's working state: the status being built and the notes to report.

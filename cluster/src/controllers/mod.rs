@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use futures::{Stream, TryStreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{DeleteParams, PostParams, Preconditions};
+use kube::api::{DeleteParams, PostParams, Preconditions, PropagationPolicy};
 use kube::runtime::controller::Action;
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Resource, ResourceExt};
@@ -171,19 +171,41 @@ pub(crate) async fn delete_pod(
     pod: &Pod,
 ) -> Result<(), Error> {
     let Some(uid) = pod.uid() else { return Ok(()) };
-    expectations.deleting(owner, uid.clone());
+    delete_child(expectations, api, owner, &pod.name_any(), Some(uid), None).await
+}
+
+/// Deletes the child `name` of the owner with uid `owner`, only while it is the object
+/// with `uid` (when known), expecting the deletion until the cache shows it; its own
+/// dependents go as `propagation` says. A child already gone is no error.
+pub(crate) async fn delete_child<K>(
+    expectations: &Expectations,
+    api: &Api<K>,
+    owner: &str,
+    name: &str,
+    uid: Option<String>,
+    propagation: Option<PropagationPolicy>,
+) -> Result<(), Error>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    if let Some(uid) = &uid {
+        expectations.deleting(owner, uid.clone());
+    }
     let params = DeleteParams {
+        propagation_policy: propagation,
         preconditions: Some(Preconditions {
-            uid: Some(uid.clone()),
+            uid: uid.clone(),
             resource_version: None,
         }),
         ..Default::default()
     };
-    match api.delete(&pod.name_any(), &params).await {
+    match api.delete(name, &params).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
         Err(e) => {
-            expectations.delete_failed(owner, &uid);
+            if let Some(uid) = &uid {
+                expectations.delete_failed(owner, uid);
+            }
             Err(e.into())
         }
     }

@@ -329,7 +329,7 @@ impl StateMachine {
     pub fn open(db: &sled::Db, snapshot_dir: &Path) -> Result<Self, StorageError<NodeId>> {
         let snapshots = SnapshotFile::new(snapshot_dir).map_err(|e| sm_err(ErrorVerb::Read, e))?;
         let snapshot = snapshots.read().map_err(|e| sm_err(ErrorVerb::Read, e))?;
-        let mut state = match &snapshot {
+        let state = match &snapshot {
             Some((meta, data)) => State::from_records(
                 parse_records(data).ok_or_else(|| corrupt("malformed snapshot"))?,
                 meta.last_log_id,
@@ -337,36 +337,38 @@ impl StateMachine {
             )?,
             None => State::default(),
         };
+        let legacy = migrate_from_sled(db, state.last_applied)?;
+        let migrated = legacy.is_some();
+        let state = legacy.unwrap_or(state);
         let sm = Self {
             inner: Arc::new(Inner {
-                state: RwLock::new(State::default()),
-                revision: AtomicU64::new(0),
+                revision: AtomicU64::new(state.revision),
                 hub: WatchHub::new(state.revision),
+                state: RwLock::new(state),
                 snapshot_seq: AtomicU64::new(0),
                 snapshots,
                 lease_generation: AtomicU64::new(0),
             }),
         };
-        if let Some(legacy) = migrate_from_sled(db, state.last_applied)? {
-            state = legacy;
+        if migrated {
             // Durable as a snapshot before the tree goes: the log may already be purged
             // up to the tree's last applied entry.
-            let (meta, data) = sm.snapshot_of(&state);
+            let ((meta, data), keys) = {
+                let state = sm.read()?;
+                (sm.snapshot_of(&state), state.data.len())
+            };
             sm.inner
                 .snapshots
                 .write(&meta, &data)
                 .map_err(|e| sm_err(ErrorVerb::Write, e))?;
             db.drop_tree(LEGACY_TREE).map_err(|e| sm_err(ErrorVerb::Write, e))?;
             db.flush().map_err(|e| sm_err(ErrorVerb::Write, e))?;
-            sm.inner.hub.reset(state.revision);
             tracing::info!(
-                revision = state.revision,
-                keys = state.data.len(),
+                revision = sm.revision(),
+                keys,
                 "moved the state machine out of sled into a snapshot"
             );
         }
-        sm.inner.revision.store(state.revision, Ordering::SeqCst);
-        *sm.write()? = state;
         Ok(sm)
     }
 

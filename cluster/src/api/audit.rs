@@ -70,7 +70,7 @@ pub fn hash(bytes: &[u8]) -> String {
 /// A Secret with every value of `data` and `stringData` (and the last-applied
 /// annotation, which holds them too) replaced by its hash; other kinds unchanged.
 pub fn redact(obj: &Value) -> Value {
-    if obj.get("kind").and_then(Value::as_str) != Some("Secret") || obj.get("apiVersion") != Some(&json!("v1")) {
+    if !is_secret(obj) {
         return obj.clone();
     }
     let mut out = obj.clone();
@@ -91,6 +91,23 @@ pub fn redact(obj: &Value) -> Value {
     out
 }
 
+/// Whether `obj` is a core Secret, whose values a record must not hold.
+fn is_secret(obj: &Value) -> bool {
+    obj.get("kind").and_then(Value::as_str) == Some("Secret")
+        && obj.get("apiVersion").and_then(Value::as_str) == Some("v1")
+}
+
+/// The fields a patch need not mention: bookkeeping that changes on every write.
+const BOOKKEEPING: [&str; 2] = ["/metadata/managedFields", "/metadata/resourceVersion"];
+
+/// Whether the JSON pointer `path` is bookkeeping or below it.
+fn is_bookkeeping(path: &str) -> bool {
+    BOOKKEEPING.iter().any(|b| {
+        path.strip_prefix(b)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    })
+}
+
 /// What a patch need not say: bookkeeping that changes on every write.
 fn comparable(obj: &Value) -> Value {
     let mut out = redact(obj);
@@ -106,6 +123,13 @@ pub fn change(before: Option<&Value>, after: Option<&Value>) -> Value {
     match (before, after) {
         (None, Some(a)) => json!([{"op": "add", "path": "", "value": comparable(a)}]),
         (Some(_), None) => json!([{"op": "remove", "path": ""}]),
+        // Diffed as they are, the bookkeeping's operations then dropped: the same patch
+        // as from copies without it, and no copies of two whole objects on every update.
+        (Some(b), Some(a)) if !is_secret(b) && !is_secret(a) => {
+            let mut patch = json_patch::diff(b, a);
+            patch.0.retain(|op| !is_bookkeeping(op.path().as_str()));
+            serde_json::to_value(patch).unwrap_or(Value::Null)
+        }
         (Some(b), Some(a)) => {
             serde_json::to_value(json_patch::diff(&comparable(b), &comparable(a))).unwrap_or(Value::Null)
         }
@@ -347,6 +371,13 @@ mod tests {
         );
         assert_eq!(change(Some(&before), None), json!([{"op": "remove", "path": ""}]));
         assert_eq!(change(None, Some(&after))[0]["op"], "add");
+        assert!(is_bookkeeping("/metadata/managedFields/0/time") && is_bookkeeping("/metadata/resourceVersion"));
+        assert!(!is_bookkeeping("/metadata/managedFieldsX") && !is_bookkeeping("/metadata/name"));
+        // A Secret's change names its values by hash only.
+        let secret =
+            |v: &str| json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}, "data": {"p": v}});
+        let patch = change(Some(&secret("b2xk")), Some(&secret("bmV3"))).to_string();
+        assert!(!patch.contains("bmV3") && patch.contains(&hash(b"bmV3")), "{patch}");
     }
 
     #[test]

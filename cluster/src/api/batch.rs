@@ -129,11 +129,11 @@ pub async fn apply(
         });
         match op.op {
             BatchVerb::Create => {
-                let submitted = op.object.clone();
+                let submitted = patch::submitted_managed_fields(&op.object).cloned();
                 let mut obj = admission::admit_create(res, ns.as_deref(), op.object, FieldValidation::Strict)
                     .map_err(|e| at(i, e))?
                     .object;
-                patch::track(res, None, &submitted, &mut obj, Some(manager), false);
+                patch::track(res, None, submitted.as_ref(), &mut obj, Some(manager), false);
                 if objects::is_pod(res) {
                     super::limitrange::admit_pod(state, res, &mut obj)
                         .await
@@ -157,10 +157,11 @@ pub async fn apply(
                 if let Some(meta) = desired.get_mut("metadata").and_then(Value::as_object_mut) {
                     meta.remove("resourceVersion");
                 }
-                let mut obj = admission::admit_update(res, &live, desired.clone(), FieldValidation::Strict)
+                let submitted = patch::submitted_managed_fields(&desired).cloned();
+                let mut obj = admission::admit_update(res, &live, desired, FieldValidation::Strict)
                     .map_err(|e| at(i, e))?
                     .object;
-                patch::track(res, Some(&live), &desired, &mut obj, Some(manager), false);
+                patch::track(res, Some(&live), submitted.as_ref(), &mut obj, Some(manager), false);
                 set.update(res, key, rev, &live, &mut obj).map_err(|e| at(i, e))?;
                 objects.push(obj);
             }
@@ -181,12 +182,10 @@ pub async fn apply(
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_string();
-        let problem = match objects::namespace(state, &ns).await? {
+        let problem = match objects::namespace_deleting(state, &ns).await? {
             None => format!("namespace \"{ns}\" not found"),
-            Some(n) if n.pointer("/metadata/deletionTimestamp").is_some() => {
-                format!("namespace \"{ns}\" is being terminated")
-            }
-            Some(_) => continue,
+            Some(true) => format!("namespace \"{ns}\" is being terminated"),
+            Some(false) => continue,
         };
         let cause = Cause::new("FieldValueNotFound", "metadata.namespace", problem);
         return Err(at(

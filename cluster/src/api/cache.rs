@@ -45,9 +45,10 @@ const WAIT_FOR_REVISION: Duration = Duration::from_secs(3);
 /// How often watchers learn the cache's progress when nothing they watch changes.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
-/// The fields Kubernetes lets clients select on (its per-kind field selectors), read
-/// once per object version; other paths are read from the JSON when asked for.
-const SELECTABLE: &[&str] = &[
+/// The fields every kind lets clients select on.
+const SELECTABLE: &[&str] = &["metadata.name", "metadata.namespace"];
+/// A pod's selectable fields.
+const POD_SELECTABLE: &[&str] = &[
     "metadata.name",
     "metadata.namespace",
     "spec.nodeName",
@@ -55,12 +56,14 @@ const SELECTABLE: &[&str] = &[
     "spec.schedulerName",
     "spec.serviceAccountName",
     "spec.hostNetwork",
-    "spec.unschedulable",
     "status.phase",
     "status.podIP",
     "status.nominatedNodeName",
-    "status.replicas",
-    "status.successful",
+];
+/// An Event's selectable fields.
+const EVENT_SELECTABLE: &[&str] = &[
+    "metadata.name",
+    "metadata.namespace",
     "type",
     "reason",
     "source",
@@ -73,6 +76,25 @@ const SELECTABLE: &[&str] = &[
     "involvedObject.resourceVersion",
     "involvedObject.fieldPath",
 ];
+
+/// The fields Kubernetes lets clients select on for `res` (its per-kind field
+/// selectors), read once per object version; other paths are read from the JSON when
+/// asked for. Only these are read: looking up every kind's fields in every object was a
+/// visible share of each write's cost.
+fn selectable(res: &ResourceInfo) -> &'static [&'static str] {
+    match (res.group, res.plural) {
+        ("", "pods") => POD_SELECTABLE,
+        ("", "events") | ("events.k8s.io", "events") => EVENT_SELECTABLE,
+        ("", "nodes") => &["metadata.name", "metadata.namespace", "spec.unschedulable"],
+        ("", "namespaces") => &["metadata.name", "metadata.namespace", "status.phase"],
+        ("", "secrets") => &["metadata.name", "metadata.namespace", "type"],
+        ("", "replicationcontrollers") | ("apps", "replicasets") => {
+            &["metadata.name", "metadata.namespace", "status.replicas"]
+        }
+        ("batch", "jobs") => &["metadata.name", "metadata.namespace", "status.successful"],
+        _ => SELECTABLE,
+    }
+}
 
 /// One object as cached: serialized once, with what filters read taken out of it. The
 /// JSON is what every response shares; the decoded form is not kept (it costs ten times
@@ -90,16 +112,20 @@ pub struct CachedObject {
     /// Its name.
     pub name: String,
     labels: BTreeMap<String, String>,
-    /// Values of the [`SELECTABLE`] fields the object has.
+    /// The fields read ahead for field selectors ([`selectable`]).
+    selectable: &'static [&'static str],
+    /// Values of the `selectable` fields the object has.
     fields: Vec<(&'static str, String)>,
+    /// Whether it carries a deletionTimestamp (it is being deleted).
+    deleting: bool,
 }
 
 impl CachedObject {
-    /// Decodes a stored value.
-    pub fn decode(kv: &KeyValue) -> Result<Self, ApiError> {
+    /// Decodes a stored value of a kind whose selectable fields are `selectable`.
+    pub fn decode(kv: &KeyValue, selectable: &'static [&'static str]) -> Result<Self, ApiError> {
         let value = super::objects::decode(kv)?;
         let json = Bytes::from(serde_json::to_vec(&value).map_err(|e| ApiError::Internal(e.to_string()))?);
-        let fields = SELECTABLE
+        let fields = selectable
             .iter()
             .map(|path| (*path, field_text(&value, path)))
             .filter(|(_, v)| !v.is_empty())
@@ -112,8 +138,15 @@ impl CachedObject {
             json,
             namespace,
             name,
+            selectable,
             fields,
+            deleting: value.pointer("/metadata/deletionTimestamp").is_some(),
         })
+    }
+
+    /// Whether it is being deleted (it has a deletionTimestamp).
+    pub fn deleting(&self) -> bool {
+        self.deleting
     }
 
     /// The object, decoded from its JSON.
@@ -121,9 +154,21 @@ impl CachedObject {
         serde_json::from_slice(&self.json).map_err(|e| ApiError::Internal(format!("cached {}: {e}", self.key)))
     }
 
+    /// The object as `PartialObjectMetadata` (for metadata-only clients such as the
+    /// garbage collector), decoding its metadata alone: the rest is only skipped over.
+    pub fn partial_metadata(&self) -> Result<Value, ApiError> {
+        #[derive(serde::Deserialize)]
+        struct MetadataOnly {
+            metadata: Option<Value>,
+        }
+        let only: MetadataOnly =
+            serde_json::from_slice(&self.json).map_err(|e| ApiError::Internal(format!("cached {}: {e}", self.key)))?;
+        Ok(super::table::partial_metadata_of(only.metadata))
+    }
+
     /// The text of a field for a field selector ("" when absent).
     fn field(&self, path: &str) -> String {
-        if SELECTABLE.contains(&path) {
+        if self.selectable.contains(&path) {
             return self
                 .fields
                 .iter()
@@ -504,7 +549,10 @@ impl Cacher {
     fn fill(&self, kvs: &[KeyValue], revision: u64) -> Result<(), ApiError> {
         let mut objects = OrdMap::new();
         for kv in kvs {
-            objects.insert(kv.key.clone(), Arc::new(CachedObject::decode(kv)?));
+            objects.insert(
+                kv.key.clone(),
+                Arc::new(CachedObject::decode(kv, selectable(self.res))?),
+            );
         }
         let rebuilt = {
             let mut state = write_lock(&self.state)?;
@@ -524,9 +572,14 @@ impl Cacher {
 
     /// Applies the changes of one store entry (at `revision`) to this resource.
     fn apply(&self, revision: u64, events: &[&Arc<Event>]) -> Result<(), ApiError> {
+        // Decoded before the lock is taken: readers of the cache do not wait on it.
+        let selectable = selectable(self.res);
+        let objects = events
+            .iter()
+            .map(|ev| CachedObject::decode(&ev.kv, selectable).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()?;
         let mut state = write_lock(&self.state)?;
-        for ev in events {
-            let object = Arc::new(CachedObject::decode(&ev.kv)?);
+        for (ev, object) in events.iter().zip(objects) {
             let prev = state.objects.get(&ev.kv.key).cloned();
             let kind = match (ev.kind, &prev) {
                 (EventKind::Put, None) => EventType::Added,

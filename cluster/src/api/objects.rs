@@ -196,13 +196,20 @@ pub async fn read_for_write(
     Ok((live, rev, Source::Store))
 }
 
-/// The live namespace `ns`, if it exists: from the watch cache, as Kubernetes'
-/// NamespaceLifecycle admission reads its informer, or from the store when the cache
-/// does not have it (yet).
-pub async fn namespace(state: &AppState, ns: &str) -> Result<Option<Value>, ApiError> {
+/// Whether the namespace `ns` exists, and if so whether it is being deleted: from the
+/// watch cache, as Kubernetes' NamespaceLifecycle admission reads its informer, or from
+/// the store when the cache does not have it (yet). The cached copy is not decoded: this
+/// runs on every create.
+pub async fn namespace_deleting(state: &AppState, ns: &str) -> Result<Option<bool>, ApiError> {
     let res = registry::by_plural("", "v1", "namespaces").ok_or_else(|| ApiError::Internal("no namespaces".into()))?;
-    match read_for_write(state, res, None, ns, Source::Cache).await {
-        Ok((obj, _, _)) => Ok(Some(obj)),
+    if let Ok(cache) = state.caches.get(res) {
+        cache.prepare(&state.store, ReadAt::Any).await?;
+        if let Some(obj) = cache.get(&res.key(None, ns))? {
+            return Ok(Some(obj.deleting()));
+        }
+    }
+    match read(state, res, None, ns).await {
+        Ok((obj, _)) => Ok(Some(obj.pointer("/metadata/deletionTimestamp").is_some())),
         Err(ApiError::NotFound { .. }) => Ok(None),
         Err(e) => Err(e),
     }
@@ -210,16 +217,16 @@ pub async fn namespace(state: &AppState, ns: &str) -> Result<Option<Value>, ApiE
 
 /// Refuses new objects in a namespace that does not exist or is being deleted.
 pub async fn check_namespace_open(state: &AppState, res: &ResourceInfo, ns: &str, name: &str) -> Result<(), ApiError> {
-    match namespace(state, ns).await? {
+    match namespace_deleting(state, ns).await? {
         None => Err(ApiError::NotFound {
             kind: "namespaces".into(),
             name: ns.to_string(),
         }),
-        Some(n) if n.pointer("/metadata/deletionTimestamp").is_some() => Err(ApiError::Forbidden(format!(
+        Some(true) => Err(ApiError::Forbidden(format!(
             "{} \"{name}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
             res.qualified_plural()
         ))),
-        Some(_) => Ok(()),
+        Some(false) => Ok(()),
     }
 }
 
@@ -530,7 +537,7 @@ async fn list(state: &AppState, target: &Target, params: &Params, shape: Shape) 
             let items = page
                 .items
                 .iter()
-                .map(|o| o.value().map(|v| table::partial_metadata(&v)))
+                .map(|o| o.partial_metadata())
                 .collect::<Result<Vec<Value>, ApiError>>()?;
             Ok(axum::Json(
                 json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1",
@@ -579,12 +586,13 @@ pub fn is_pod(res: &ResourceInfo) -> bool {
 
 /// Creates an object; returns it as stored, with the warnings of its admission.
 pub async fn create(state: &AppState, target: &Target, obj: Value, opts: &WriteOptions) -> Result<Admitted, ApiError> {
-    let submitted = obj.clone();
+    // Only what tracking keeps of the submitted object, not a copy of all of it.
+    let submitted = patch::submitted_managed_fields(&obj).cloned();
     let mut admitted = admission::admit_create(target.res, target.namespace.as_deref(), obj, opts.fields)?;
     patch::track(
         target.res,
         None,
-        &submitted,
+        submitted.as_ref(),
         &mut admitted.object,
         opts.manager.as_deref(),
         false,
@@ -640,8 +648,9 @@ pub async fn update(
             Err(e) => return Err(e),
         };
         let pinned = admission::resource_version(&desired).is_some();
+        let submitted = patch::submitted_managed_fields(&desired).cloned();
         let admitted = match mode {
-            Mode::Main => admission::admit_update(target.res, &live, desired.clone(), opts.fields),
+            Mode::Main => admission::admit_update(target.res, &live, desired, opts.fields),
             Mode::Status => admission::admit_status(target.res, &live, &desired),
             Mode::Finalize => admission::admit_finalize(target.res, &live, &desired),
         };
@@ -653,7 +662,7 @@ pub async fn update(
         patch::track(
             target.res,
             Some(&live),
-            &desired,
+            submitted.as_ref(),
             &mut admitted.object,
             opts.manager.as_deref(),
             mode == Mode::Status,
@@ -673,12 +682,13 @@ pub async fn update(
             Mode::Status => format!("{}/status", opts.verb),
             Mode::Finalize => format!("{}/finalize", opts.verb),
         };
+        // Taken, not copied: a failed attempt admits the object again from scratch.
         match write::update(
             state,
             target.res,
             rev,
             &live,
-            admitted.object.clone(),
+            std::mem::take(&mut admitted.object),
             &opts.user,
             &verb,
         )

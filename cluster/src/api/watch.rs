@@ -17,7 +17,7 @@ use super::cache::{bookmark, event_line, CacheEvent, CacheMessage, CachedObject,
 use super::error::ApiError;
 use super::objects::{filter_of, read_at, Params, Shape, Target};
 use super::registry::ResourceInfo;
-use super::table::{self, partial_metadata};
+use super::table;
 use super::AppState;
 
 /// How often a watch that asked for bookmarks gets one.
@@ -33,8 +33,8 @@ struct Watcher {
 impl Watcher {
     fn line(&self, kind: &str, obj: &CachedObject) -> Bytes {
         match self.shape {
-            Shape::Metadata => match obj.value() {
-                Ok(v) => event_line(kind, partial_metadata(&v).to_string().as_bytes()),
+            Shape::Metadata => match obj.partial_metadata() {
+                Ok(v) => event_line(kind, v.to_string().as_bytes()),
                 Err(e) => event_line("ERROR", e.status().to_string().as_bytes()),
             },
             // `kubectl get -w`: each event a Table of one row, with the same columns as

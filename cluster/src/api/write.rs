@@ -212,7 +212,7 @@ impl WriteSet {
         // The object's own compare first: an existing object is "already exists", not a
         // clash over the values it holds.
         self.guard_object(res, &key, Expect::Absent, obj);
-        if res.kind == "Service" {
+        if allocates(res) {
             let chosen = service::held(obj);
             let held = service::allocate(obj, random_below);
             self.hold(res, obj, held, &chosen, &key);
@@ -248,7 +248,7 @@ impl WriteSet {
             self.charge(res, Some(old), None);
             return Ok(Outcome::Deleted);
         }
-        if res.kind == "Service" {
+        if allocates(res) {
             let before = service::held(old);
             let chosen = service::held(new);
             let after = service::allocate(new, random_below);
@@ -436,18 +436,35 @@ pub async fn create(
     verb: &str,
 ) -> Result<Value, ApiError> {
     let key = key_of(res, &obj);
+    let mut obj = obj;
     // A randomly drawn cluster IP or node port may be taken: draw again.
     for _ in 0..8 {
-        let mut obj = obj.clone();
+        let mut attempt = fresh_attempt(res, &mut obj);
         let mut set = WriteSet::new(user, verb);
-        set.create(res, key.clone(), &mut obj)?;
+        set.create(res, key.clone(), &mut attempt)?;
         match set.commit(state).await {
-            Ok(rev) => return Ok(with_revision(obj, rev)),
-            Err(ApiError::AllocationRace) => continue,
+            Ok(rev) => return Ok(with_revision(attempt, rev)),
+            Err(ApiError::AllocationRace) if allocates(res) => continue,
             Err(e) => return Err(e),
         }
     }
     Err(ApiError::Internal("no free cluster IP or node port found".into()))
+}
+
+/// Whether writes of `res` allocate values (a Service's cluster IPs and node ports), and
+/// so may lose a race for them and be tried again.
+fn allocates(res: &ResourceInfo) -> bool {
+    res.kind == "Service"
+}
+
+/// The object one attempt at writing `obj` works on. Only an allocating write changes
+/// it and may need the original again; any other write takes it without a copy.
+fn fresh_attempt(res: &ResourceInfo, obj: &mut Value) -> Value {
+    if allocates(res) {
+        obj.clone()
+    } else {
+        std::mem::take(obj)
+    }
 }
 
 /// Checks an admitted new object against its namespace's quotas without writing it (a
@@ -473,13 +490,14 @@ pub async fn update(
     verb: &str,
 ) -> Result<(Value, Outcome), ApiError> {
     let key = key_of(res, &new);
+    let mut new = new;
     for _ in 0..8 {
-        let mut obj = new.clone();
+        let mut attempt = fresh_attempt(res, &mut new);
         let mut set = WriteSet::new(user, verb);
-        let outcome = set.update(res, key.clone(), rev, old, &mut obj)?;
+        let outcome = set.update(res, key.clone(), rev, old, &mut attempt)?;
         match set.commit(state).await {
-            Ok(rev) => return Ok((with_revision(obj, rev), outcome)),
-            Err(ApiError::AllocationRace) => continue,
+            Ok(rev) => return Ok((with_revision(attempt, rev), outcome)),
+            Err(ApiError::AllocationRace) if allocates(res) => continue,
             Err(e) => return Err(e),
         }
     }

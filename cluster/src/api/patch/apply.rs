@@ -461,7 +461,7 @@ pub fn apply(
             manager: BEFORE_FIRST_APPLY,
             ..*who
         };
-        let comparison = walker.compare(schema, &json!({}), &without_ignored(&live_obj, who.ignored))?;
+        let comparison = walker.compare_without(schema, &json!({}), &live_obj, who.ignored)?;
         record(
             &mut entries,
             Entry::new(&first, Operation::Update, &api_version),
@@ -486,11 +486,7 @@ pub fn apply(
     };
     strip_nulls(&mut new);
 
-    let comparison = walker.compare(
-        schema,
-        &without_ignored(&live_obj, who.ignored),
-        &without_ignored(&new, who.ignored),
-    )?;
+    let comparison = walker.compare_without(schema, &live_obj, &new, who.ignored)?;
     let conflicts = settle(&mut entries, Some(&me), &comparison, force);
     if !conflicts.is_empty() {
         return Err(ApplyError::Conflicts(conflicts));
@@ -536,7 +532,13 @@ fn prune(
 /// and a failure keeps the old managedFields rather than failing the write.
 pub fn record_update(schemas: &Schemas, schema: &Value, old: Option<&Value>, new: &mut Value, who: &Writer) {
     let old_entries = || decode(old.and_then(managed_fields)).unwrap_or_default();
-    let requested = managed_fields(new).cloned();
+    // Taken out of the object in place: the comparison below must not see them, and
+    // copying the object to drop them cost more than the rest of this on every write.
+    let requested = new
+        .get_mut("metadata")
+        .and_then(Value::as_object_mut)
+        .and_then(|meta| meta.remove("managedFields"))
+        .filter(|v| !v.is_null());
     let reset = |v: &Value| match v {
         Value::Array(items) => {
             items.is_empty() || (items.len() == 1 && items[0].as_object().is_some_and(Map::is_empty))
@@ -554,9 +556,7 @@ pub fn record_update(schemas: &Schemas, schema: &Value, old: Option<&Value>, new
         },
         None => old_entries(),
     };
-    let untouched = without_managed_fields(new);
     if old.is_some() && entries.is_empty() {
-        *new = untouched;
         return;
     }
     let api_version = new
@@ -564,19 +564,15 @@ pub fn record_update(schemas: &Schemas, schema: &Value, old: Option<&Value>, new
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_string();
-    let old_obj = old.map(without_managed_fields).unwrap_or_else(|| json!({}));
-    let comparison = Walker::new(schemas).compare(
-        schema,
-        &without_ignored(&old_obj, who.ignored),
-        &without_ignored(&untouched, who.ignored),
-    );
+    let nothing = json!({});
+    let comparison = Walker::new(schemas).compare_without(schema, old.unwrap_or(&nothing), new, who.ignored);
     let Ok(comparison) = comparison else {
         // As kube-apiserver: the write goes on with the managedFields it had.
-        if let Some(meta) = new.get_mut("metadata").and_then(Value::as_object_mut) {
-            match old.and_then(managed_fields) {
-                Some(kept) => meta.insert("managedFields".into(), kept.clone()),
-                None => meta.remove("managedFields"),
-            };
+        if let (Some(meta), Some(kept)) = (
+            new.get_mut("metadata").and_then(Value::as_object_mut),
+            old.and_then(managed_fields),
+        ) {
+            meta.insert("managedFields".into(), kept.clone());
         }
         return;
     };
@@ -589,7 +585,6 @@ pub fn record_update(schemas: &Schemas, schema: &Value, old: Option<&Value>, new
         who.time,
     );
     cap_updaters(&mut entries);
-    *new = untouched;
     encode(new, entries);
 }
 

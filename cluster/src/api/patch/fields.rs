@@ -314,6 +314,40 @@ fn kind_of(v: &Value) -> u8 {
     }
 }
 
+/// A list's items grouped by their path element, in order of first appearance.
+type Groups<'v> = Vec<(PathElement, Vec<&'v Value>)>;
+
+/// The items of `groups` at `pe` (none if it has none there).
+fn group_of<'a, 'v>(groups: &'a Groups<'v>, pe: &PathElement) -> &'a [&'v Value] {
+    groups
+        .iter()
+        .find(|(p, _)| p == pe)
+        .map(|(_, g)| g.as_slice())
+        .unwrap_or_default()
+}
+
+/// Fields a comparison passes over as if absent.
+struct Skip<'a> {
+    /// Top-level fields (`metadata.managedFields` is always passed over).
+    top: &'a [&'a str],
+}
+
+impl Skip<'_> {
+    /// Whether the field `key` of the object at `path` is passed over.
+    fn skips(&self, path: &[PathElement], key: &str) -> bool {
+        match path {
+            [] => self.top.contains(&key),
+            [PathElement::Field(meta)] => meta == "metadata" && key == "managedFields",
+            _ => false,
+        }
+    }
+
+    /// Whether `map` (of one member) at `path` holds nothing but passed-over fields.
+    fn skips_all(&self, path: &[PathElement], map: &serde_json::Map<String, Value>) -> bool {
+        map.keys().all(|k| self.skips(path, k))
+    }
+}
+
 /// Schema-driven walks over objects.
 pub(crate) struct Walker<'s> {
     schemas: &'s Schemas,
@@ -530,21 +564,30 @@ impl<'s> Walker<'s> {
     }
 
     /// The fields `new` adds, changes and removes relative to `old` (structured-merge-diff's
-    /// `Compare`).
-    pub(crate) fn compare(&self, schema: &'s Value, old: &Value, new: &Value) -> Result<Comparison, FieldsError> {
+    /// `Compare`), as if both objects had neither the top-level fields `skipped` nor
+    /// `metadata.managedFields`: passed over, not copied away (this runs on every write).
+    pub(crate) fn compare_without(
+        &self,
+        schema: &'s Value,
+        old: &Value,
+        new: &Value,
+        skipped: &[&str],
+    ) -> Result<Comparison, FieldsError> {
         let mut out = Comparison::default();
         let shape = self.shape(Some(schema), Some(new));
-        self.cmp(&shape, Some(old), Some(new), &mut Vec::new(), &mut out)?;
+        let skip = Skip { top: skipped };
+        self.cmp(&shape, Some(old), Some(new), &mut Vec::new(), &mut out, &skip)?;
         Ok(out)
     }
 
-    fn cmp(
+    fn cmp<'v>(
         &self,
         shape: &Shape<'s>,
-        old: Option<&Value>,
-        new: Option<&Value>,
+        old: Option<&'v Value>,
+        new: Option<&'v Value>,
         path: &mut Vec<PathElement>,
         out: &mut Comparison,
+        skip: &Skip,
     ) -> Result<(), FieldsError> {
         let leaf = |out: &mut Comparison| match (old, new) {
             (None, Some(_)) => out.added.insert(path),
@@ -564,12 +607,21 @@ impl<'s> Walker<'s> {
         }
         let empty = |v: Option<&Value>| match v {
             None => true,
-            Some(Value::Object(m)) => m.is_empty(),
+            Some(Value::Object(m)) => skip.skips_all(path, m),
             Some(Value::Array(l)) => l.is_empty(),
             Some(_) => false,
         };
-        if !shape.granular() || (empty(old) && empty(new)) {
+        if !shape.granular() {
             leaf(out);
+            return Ok(());
+        }
+        if empty(old) && empty(new) {
+            // Nothing inside either that the comparison sees: only presence tells them apart.
+            match (old, new) {
+                (None, Some(_)) => out.added.insert(path),
+                (Some(_), None) => out.removed.insert(path),
+                _ => {}
+            }
             return Ok(());
         }
         match shape {
@@ -577,21 +629,26 @@ impl<'s> Walker<'s> {
                 let (a, b) = (old.and_then(Value::as_object), new.and_then(Value::as_object));
                 let keys: BTreeSet<&String> = a.into_iter().chain(b).flat_map(|m| m.keys()).collect();
                 for key in keys {
+                    if skip.skips(path, key) {
+                        continue;
+                    }
                     let (x, y) = (a.and_then(|m| m.get(key)), b.and_then(|m| m.get(key)));
                     let field_schema = self.field_schema(shape, key);
                     path.push(PathElement::Field(key.clone()));
-                    self.cmp(&self.shape(field_schema, y.or(x)), x, y, path, out)?;
+                    self.cmp(&self.shape(field_schema, y.or(x)), x, y, path, out, skip)?;
                     path.pop();
                 }
             }
             Shape::List { items, kind } => {
-                let group = |list: Option<&Value>| -> Result<Vec<(PathElement, Vec<Value>)>, FieldsError> {
-                    let mut groups: Vec<(PathElement, Vec<Value>)> = Vec::new();
+                // Items are grouped by their element by reference: a pod's containers are
+                // compared where they lie, not copied at every level.
+                let group = |list: Option<&'v Value>| -> Result<Groups<'v>, FieldsError> {
+                    let mut groups: Groups<'v> = Vec::new();
                     for item in list.and_then(Value::as_array).into_iter().flatten() {
                         let pe = self.item_element(kind, *items, item, path)?;
                         match groups.iter_mut().find(|(p, _)| *p == pe) {
-                            Some((_, g)) => g.push(item.clone()),
-                            None => groups.push((pe, vec![item.clone()])),
+                            Some((_, g)) => g.push(item),
+                            None => groups.push((pe, vec![item])),
                         }
                     }
                     Ok(groups)
@@ -599,30 +656,25 @@ impl<'s> Walker<'s> {
                 let (a, b) = (group(old)?, group(new)?);
                 let mut all: Vec<&PathElement> = a.iter().map(|(pe, _)| pe).collect();
                 all.extend(b.iter().map(|(pe, _)| pe).filter(|pe| !a.iter().any(|(p, _)| p == *pe)));
-                let find = |groups: &[(PathElement, Vec<Value>)], pe: &PathElement| {
-                    groups
-                        .iter()
-                        .find(|(p, _)| p == pe)
-                        .map(|(_, g)| g.clone())
-                        .unwrap_or_default()
-                };
                 for pe in all {
-                    let (x, y) = (find(&a, pe), find(&b, pe));
+                    let (x, y) = (group_of(&a, pe), group_of(&b, pe));
                     path.push(pe.clone());
-                    let item_shape = self.shape(*items, y.first().or(x.first()));
+                    let item_shape = self.shape(*items, y.first().or(x.first()).copied());
                     match (x.len(), y.len()) {
-                        (0..=1, 0..=1) => self.cmp(&item_shape, x.first(), y.first(), path, out)?,
+                        (0..=1, 0..=1) => {
+                            self.cmp(&item_shape, x.first().copied(), y.first().copied(), path, out, skip)?
+                        }
                         (2.., 2..) if x != y => out.modified.insert(path),
                         (2.., 2..) => {}
                         (2.., _) => {
                             if let Some(first) = y.first() {
-                                self.cmp(&item_shape, None, Some(first), path, out)?;
+                                self.cmp(&item_shape, None, Some(first), path, out, skip)?;
                             }
                             out.removed.insert(path);
                         }
                         (_, _) => {
                             if let Some(first) = x.first() {
-                                self.cmp(&item_shape, Some(first), None, path, out)?;
+                                self.cmp(&item_shape, Some(first), None, path, out, skip)?;
                             }
                             out.added.insert(path);
                         }
@@ -1050,7 +1102,7 @@ spec:
         new["spec"]["paused"] = json!(true);
         new["metadata"]["labels"] = json!({});
         new["spec"]["template"]["spec"]["containers"][0]["ports"] = json!([{"containerPort": 81}]);
-        let c = walker.compare(deployment_schema(), &old, &new).unwrap();
+        let c = walker.compare_without(deployment_schema(), &old, &new, &[]).unwrap();
         assert_eq!(paths(&c.modified), [".spec.replicas"]);
         let port =
             |p: u16| format!(r#".spec.template.spec.containers[name="app"].ports[containerPort={p},protocol="TCP"]"#);
@@ -1064,7 +1116,38 @@ spec:
             removed.contains(&".metadata.labels.app".into()) && removed.contains(&port(80)),
             "{removed:?}"
         );
-        assert!(walker.compare(deployment_schema(), &old, &old).unwrap().is_same());
+        assert!(walker
+            .compare_without(deployment_schema(), &old, &old, &[])
+            .unwrap()
+            .is_same());
+    }
+
+    #[test]
+    fn compare_passes_over_skipped_fields_and_managed_fields() {
+        let walker = Walker::new(schemas());
+        let old = yaml(DEPLOYMENT);
+        let mut new = old.clone();
+        new["status"] = json!({"replicas": 2});
+        new["metadata"]["managedFields"] = json!([{"manager": "a"}]);
+        let c = walker
+            .compare_without(deployment_schema(), &old, &new, &["status"])
+            .unwrap();
+        assert!(c.is_same(), "{:?} {:?}", paths(&c.added), paths(&c.modified));
+        // Without the skip, status counts as added.
+        let c = walker.compare_without(deployment_schema(), &old, &new, &[]).unwrap();
+        assert!(paths(&c.added).contains(&".status.replicas".into()));
+
+        // Metadata holding only managedFields compares as empty metadata, whatever they are.
+        let a = json!({"metadata": {"managedFields": [{"manager": "a"}]}});
+        let b = json!({"metadata": {"managedFields": [{"manager": "b"}]}});
+        assert!(walker
+            .compare_without(deployment_schema(), &a, &b, &[])
+            .unwrap()
+            .is_same());
+        let c = walker
+            .compare_without(deployment_schema(), &a, &json!({}), &[])
+            .unwrap();
+        assert_eq!(paths(&c.removed), [".metadata"]);
     }
 
     #[test]

@@ -208,20 +208,26 @@ fn ignored(res: &ResourceInfo, status: bool) -> &'static [&'static str] {
     }
 }
 
+/// The managedFields a client submitted with an object, which [`track`] keeps for a
+/// server-side apply.
+pub fn submitted_managed_fields(submitted: &Value) -> Option<&Value> {
+    submitted.pointer("/metadata/managedFields")
+}
+
 /// Sets the managedFields of an object a write admitted. With a manager, the write is
 /// recorded as an `Update` by it (`old` is the live object, `None` on create); without
-/// (a server-side apply, which recorded its own), the managedFields of `submitted`, the
-/// object before admission, are kept.
+/// (a server-side apply, which recorded its own), `submitted`, the managedFields of the
+/// object before admission ([`submitted_managed_fields`]), are kept.
 pub fn track(
     res: &ResourceInfo,
     old: Option<&Value>,
-    submitted: &Value,
+    submitted: Option<&Value>,
     admitted: &mut Value,
     manager: Option<&str>,
     status: bool,
 ) {
     let Some(manager) = manager else {
-        let kept = submitted.pointer("/metadata/managedFields").cloned();
+        let kept = submitted.cloned();
         if let Some(meta) = admitted.get_mut("metadata").and_then(Value::as_object_mut) {
             match kept {
                 Some(kept) => meta.insert("managedFields".into(), kept),
@@ -509,7 +515,14 @@ mod tests {
         let submitted = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "managedFields": [{"manager": "x"}]}, "data": {"a": "1"}});
         let mut admitted = submitted.clone();
         admitted["metadata"].as_object_mut().unwrap().remove("managedFields");
-        track(res, None, &submitted, &mut admitted, Some("creator"), false);
+        track(
+            res,
+            None,
+            submitted_managed_fields(&submitted),
+            &mut admitted,
+            Some("creator"),
+            false,
+        );
         assert_eq!(admitted["metadata"]["managedFields"][0]["manager"], "creator");
         assert_eq!(
             admitted["metadata"]["managedFields"][0]["fieldsV1"],
@@ -517,7 +530,14 @@ mod tests {
         );
 
         let mut applied = json!({"metadata": {"name": "c"}});
-        track(res, None, &submitted, &mut applied, None, false);
+        track(
+            res,
+            None,
+            submitted_managed_fields(&submitted),
+            &mut applied,
+            None,
+            false,
+        );
         assert_eq!(applied["metadata"]["managedFields"], json!([{"manager": "x"}]));
     }
 }

@@ -209,7 +209,9 @@ pub async fn namespace_deleting(state: &AppState, ns: &str) -> Result<Option<boo
         }
     }
     match read(state, res, None, ns).await {
-        Ok((obj, _)) => Ok(Some(obj.pointer("/metadata/deletionTimestamp").is_some())),
+        Ok((obj, _)) => Ok(Some(
+            obj.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null()),
+        )),
         Err(ApiError::NotFound { .. }) => Ok(None),
         Err(e) => Err(e),
     }

@@ -173,10 +173,18 @@ impl FieldSelector {
 
 /// The text of the field at a dotted path, as field selectors compare it ("" if absent).
 pub fn field_text(obj: &Value, path: &str) -> String {
-    match path.split('.').try_fold(obj, |v, seg| v.get(seg)) {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Null) | None => String::new(),
-        Some(other) => other.to_string(),
+    path.split('.')
+        .try_fold(obj, |v, seg| v.get(seg))
+        .map(text_of)
+        .unwrap_or_default()
+}
+
+/// The text of a field's value, as field selectors compare it ("" for null).
+pub fn text_of(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
     }
 }
 

@@ -15,6 +15,8 @@
 //! applied that revision. Every applied store entry reaches the dispatcher, with or
 //! without events, so the caches' revision keeps up with the store's.
 
+mod raw;
+
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ops::Bound;
 use std::sync::{Arc, RwLock};
@@ -82,7 +84,12 @@ const EVENT_SELECTABLE: &[&str] = &[
 /// asked for. Only these are read: looking up every kind's fields in every object was a
 /// visible share of each write's cost.
 fn selectable(res: &ResourceInfo) -> &'static [&'static str] {
-    match (res.group, res.plural) {
+    selectable_of(res.group, res.plural)
+}
+
+/// [`selectable`] of the resource `plural` in `group`.
+fn selectable_of(group: &str, plural: &str) -> &'static [&'static str] {
+    match (group, plural) {
         ("", "pods") => POD_SELECTABLE,
         ("", "events") | ("events.k8s.io", "events") => EVENT_SELECTABLE,
         ("", "nodes") => &["metadata.name", "metadata.namespace", "spec.unschedulable"],
@@ -121,8 +128,27 @@ pub struct CachedObject {
 }
 
 impl CachedObject {
-    /// Decodes a stored value of a kind whose selectable fields are `selectable`.
+    /// Decodes a stored value of a kind whose selectable fields are `selectable`: reading
+    /// only what the cache indexes when it can ([`raw`]), decoding all of it otherwise.
     pub fn decode(kv: &KeyValue, selectable: &'static [&'static str]) -> Result<Self, ApiError> {
+        let Some(read) = raw::read(&kv.value, kv.mod_revision, selectable) else {
+            return Self::decode_value(kv, selectable);
+        };
+        Ok(CachedObject {
+            key: kv.key.clone(),
+            revision: kv.mod_revision,
+            json: Bytes::from(read.json),
+            namespace: read.namespace,
+            name: read.name,
+            labels: read.labels,
+            selectable,
+            fields: read.fields,
+            deleting: read.deleting,
+        })
+    }
+
+    /// Decodes a stored value in full, and serializes it again with its resourceVersion.
+    fn decode_value(kv: &KeyValue, selectable: &'static [&'static str]) -> Result<Self, ApiError> {
         let value = super::objects::decode(kv)?;
         let json = Bytes::from(serde_json::to_vec(&value).map_err(|e| ApiError::Internal(e.to_string()))?);
         let fields = selectable
@@ -140,7 +166,9 @@ impl CachedObject {
             name,
             selectable,
             fields,
-            deleting: value.pointer("/metadata/deletionTimestamp").is_some(),
+            deleting: value
+                .pointer("/metadata/deletionTimestamp")
+                .is_some_and(|t| !t.is_null()),
         })
     }
 

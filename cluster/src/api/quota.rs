@@ -502,6 +502,14 @@ impl Charge {
         if old.is_some() && new.is_some() && !measured {
             return None;
         }
+        // What these kinds use is read from their spec, and a pod's also from whether it
+        // has finished: a write that changes neither (a pod's status) charges nothing,
+        // and is known to without measuring both sides.
+        if let (Some(o), Some(n)) = (old, new) {
+            if o.get("spec") == n.get("spec") && (!is_pod || is_terminal(o) == is_terminal(n)) {
+                return None;
+            }
+        }
         let before = old.map(|o| Subject::of(res, o));
         let after = new.map(|n| Subject::of(res, n));
         if before == after {

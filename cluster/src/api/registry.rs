@@ -6,6 +6,8 @@
 //! names, and drops unknown fields as kube-apiserver's pruning does. What a kind does
 //! beyond its type lives in `resources/`.
 
+use std::fmt::Write as _;
+
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
@@ -171,31 +173,36 @@ fn typed<K: DeserializeOwned + Serialize>(value: Value) -> Result<(Value, Vec<St
     };
     let normalized = serde_json::to_value(typed).map_err(|e| Cause::invalid("", e.to_string()))?;
     let mut unknown = Vec::new();
-    unknown_fields(&value, &normalized, "", &mut unknown);
+    unknown_fields(&value, &normalized, &mut String::new(), &mut unknown);
     Ok((normalized, unknown))
 }
 
 /// Paths of keys set in `input` that the typed round trip dropped: fields the type does
-/// not have (a typo such as `protectionDoamin`, or a field of another version).
-fn unknown_fields(input: &Value, output: &Value, path: &str, out: &mut Vec<String>) {
+/// not have (a typo such as `protectionDoamin`, or a field of another version). `path`
+/// is built in place and copied only for a dropped key (this walks every write).
+fn unknown_fields(input: &Value, output: &Value, path: &mut String, out: &mut Vec<String>) {
     match (input, output) {
         (Value::Object(i), Value::Object(o)) => {
             for (k, v) in i {
-                let here = if path.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{path}.{k}")
-                };
+                let len = path.len();
+                if len > 0 {
+                    path.push('.');
+                }
+                path.push_str(k);
                 match o.get(k) {
-                    Some(ov) => unknown_fields(v, ov, &here, out),
-                    None if !v.is_null() => out.push(here),
+                    Some(ov) => unknown_fields(v, ov, path, out),
+                    None if !v.is_null() => out.push(path.clone()),
                     None => {}
                 }
+                path.truncate(len);
             }
         }
         (Value::Array(i), Value::Array(o)) => {
             for (n, (iv, ov)) in i.iter().zip(o).enumerate() {
-                unknown_fields(iv, ov, &format!("{path}[{n}]"), out);
+                let len = path.len();
+                let _ = write!(path, "[{n}]");
+                unknown_fields(iv, ov, path, out);
+                path.truncate(len);
             }
         }
         _ => {}

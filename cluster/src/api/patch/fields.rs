@@ -627,8 +627,12 @@ impl<'s> Walker<'s> {
         match shape {
             Shape::Struct { .. } | Shape::Map { .. } => {
                 let (a, b) = (old.and_then(Value::as_object), new.and_then(Value::as_object));
-                let keys: BTreeSet<&String> = a.into_iter().chain(b).flat_map(|m| m.keys()).collect();
-                for key in keys {
+                // Every key of either, once (the comparison's sets do not depend on order).
+                let only_new = b
+                    .into_iter()
+                    .flat_map(|m| m.keys())
+                    .filter(|k| a.is_none_or(|a| !a.contains_key(*k)));
+                for key in a.into_iter().flat_map(|m| m.keys()).chain(only_new) {
                     if skip.skips(path, key) {
                         continue;
                     }

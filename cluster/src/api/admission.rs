@@ -230,17 +230,23 @@ pub fn admit_update(
 }
 
 /// Admits a write to the `status` subresource: only `.status` changes.
-pub fn admit_status(res: &ResourceInfo, existing: &Value, new: &Value) -> Result<Admitted, ApiError> {
-    check_precondition(res, existing, new)?;
+pub fn admit_status(res: &ResourceInfo, existing: &Value, mut new: Value) -> Result<Admitted, ApiError> {
+    check_precondition(res, existing, &new)?;
     let (name, _) = object_name(existing);
-    let mut out = existing.clone();
-    match new.get("status") {
-        Some(s) => out["status"] = s.clone(),
-        None => {
-            if let Some(o) = out.as_object_mut() {
-                o.remove("status");
-            }
-        }
+    // The live object but its status, and the new status moved in: neither status is
+    // copied (a pod's is most of it).
+    let status = new.as_object_mut().and_then(|o| o.remove("status"));
+    let mut out = match existing.as_object() {
+        Some(live) => Value::Object(
+            live.iter()
+                .filter(|(k, _)| k.as_str() != "status")
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        ),
+        None => existing.clone(),
+    };
+    if let (Some(status), Some(o)) = (status, out.as_object_mut()) {
+        o.insert("status".into(), status);
     }
     meta_mut(&mut out).remove("resourceVersion");
     // Status is written by components through typed clients: unknown fields are dropped.

@@ -86,7 +86,9 @@ impl Default for ApiConfig {
 /// Shared state of the API server's handlers.
 #[derive(Clone)]
 pub struct AppState {
-    store: Store,
+    /// Behind one `Arc`: the state is cloned for every request, and a `Store` clone
+    /// counts up a reference on each of its parts.
+    store: Arc<Store>,
     caches: Arc<cache::Caches>,
     /// Flips to true when the server shuts down, ending open watches.
     shutdown: tokio::sync::watch::Receiver<bool>,
@@ -102,7 +104,7 @@ impl AppState {
         let caches = cache::Caches::start(&store, shutdown.clone());
         tokio::spawn(audit::retain(store.clone(), shutdown.clone()));
         AppState {
-            store,
+            store: Arc::new(store),
             caches,
             shutdown,
             config: Arc::default(),

@@ -653,7 +653,7 @@ pub async fn update(
         let submitted = patch::submitted_managed_fields(&desired).cloned();
         let admitted = match mode {
             Mode::Main => admission::admit_update(target.res, &live, desired, opts.fields),
-            Mode::Status => admission::admit_status(target.res, &live, &desired),
+            Mode::Status => admission::admit_status(target.res, &live, desired),
             Mode::Finalize => admission::admit_finalize(target.res, &live, &desired),
         };
         let mut admitted = match admitted {

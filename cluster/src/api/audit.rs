@@ -97,23 +97,25 @@ fn is_secret(obj: &Value) -> bool {
         && obj.get("apiVersion").and_then(Value::as_str) == Some("v1")
 }
 
-/// The fields a patch need not mention: bookkeeping that changes on every write.
-const BOOKKEEPING: [&str; 2] = ["/metadata/managedFields", "/metadata/resourceVersion"];
+/// The metadata fields a patch need not mention: bookkeeping that changes on every write.
+const BOOKKEEPING: [&str; 2] = ["managedFields", "resourceVersion"];
 
-/// Whether the JSON pointer `path` is bookkeeping or below it.
+/// Whether the JSON pointer `path` is a bookkeeping field or below one.
 fn is_bookkeeping(path: &str) -> bool {
-    BOOKKEEPING.iter().any(|b| {
-        path.strip_prefix(b)
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-    })
+    let Some(field) = path.strip_prefix("/metadata/") else {
+        return false;
+    };
+    let field = field.split('/').next().unwrap_or_default();
+    BOOKKEEPING.contains(&field)
 }
 
 /// What a patch need not say: bookkeeping that changes on every write.
 fn comparable(obj: &Value) -> Value {
     let mut out = redact(obj);
     if let Some(m) = out.get_mut("metadata").and_then(Value::as_object_mut) {
-        m.remove("managedFields");
-        m.remove("resourceVersion");
+        for field in BOOKKEEPING {
+            m.remove(field);
+        }
     }
     out
 }
@@ -123,15 +125,17 @@ pub fn change(before: Option<&Value>, after: Option<&Value>) -> Value {
     match (before, after) {
         (None, Some(a)) => json!([{"op": "add", "path": "", "value": comparable(a)}]),
         (Some(_), None) => json!([{"op": "remove", "path": ""}]),
-        // Diffed as they are, the bookkeeping's operations then dropped: the same patch
-        // as from copies without it, and no copies of two whole objects on every update.
-        (Some(b), Some(a)) if !is_secret(b) && !is_secret(a) => {
-            let mut patch = json_patch::diff(b, a);
+        // Diffed as they are (a Secret redacted first), the bookkeeping's operations then
+        // dropped: the same patch as from copies without it, and no copies of two whole
+        // objects on every update.
+        (Some(b), Some(a)) => {
+            let mut patch = if is_secret(b) || is_secret(a) {
+                json_patch::diff(&redact(b), &redact(a))
+            } else {
+                json_patch::diff(b, a)
+            };
             patch.0.retain(|op| !is_bookkeeping(op.path().as_str()));
             serde_json::to_value(patch).unwrap_or(Value::Null)
-        }
-        (Some(b), Some(a)) => {
-            serde_json::to_value(json_patch::diff(&comparable(b), &comparable(a))).unwrap_or(Value::Null)
         }
         (None, None) => json!([]),
     }

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use super::admission::{self, object_name, Admitted, FieldValidation};
 use super::auth::UserInfo;
-use super::cache::{Filter, ReadAt};
+use super::cache::{CachedObject, Filter, ReadAt};
 use super::error::ApiError;
 use super::patch::{self, PatchKind};
 use super::registry::{self, ResourceInfo};
@@ -185,15 +185,32 @@ pub async fn read_for_write(
     from: Source,
 ) -> Result<(Value, u64, Source), ApiError> {
     if from == Source::Cache {
-        if let Ok(cache) = state.caches.get(res) {
-            cache.prepare(&state.store, ReadAt::Any).await?;
-            if let Some(obj) = cache.get(&res.key(ns, name))? {
-                return Ok((obj.value()?, obj.revision, Source::Cache));
-            }
+        if let Some(obj) = cached(state, res, ns, name).await? {
+            return Ok((obj.value()?, obj.revision, Source::Cache));
         }
     }
     let (live, rev) = read(state, res, ns, name).await?;
     Ok((live, rev, Source::Store))
+}
+
+/// The watch cache's copy of an object, without waiting for the newest revision; `None`
+/// when it has none (or `res` has no cache).
+async fn cached(
+    state: &AppState,
+    res: &ResourceInfo,
+    ns: Option<&str>,
+    name: &str,
+) -> Result<Option<Arc<CachedObject>>, ApiError> {
+    let Ok(cache) = state.caches.get(res) else {
+        return Ok(None);
+    };
+    cache.prepare(&state.store, ReadAt::Any).await?;
+    cache.get(&res.key(ns, name))
+}
+
+/// Whether `obj` is being deleted: it carries a (non-null) deletionTimestamp.
+pub fn being_deleted(obj: &Value) -> bool {
+    obj.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null())
 }
 
 /// Whether the namespace `ns` exists, and if so whether it is being deleted: from the
@@ -202,16 +219,11 @@ pub async fn read_for_write(
 /// runs on every create.
 pub async fn namespace_deleting(state: &AppState, ns: &str) -> Result<Option<bool>, ApiError> {
     let res = registry::by_plural("", "v1", "namespaces").ok_or_else(|| ApiError::Internal("no namespaces".into()))?;
-    if let Ok(cache) = state.caches.get(res) {
-        cache.prepare(&state.store, ReadAt::Any).await?;
-        if let Some(obj) = cache.get(&res.key(None, ns))? {
-            return Ok(Some(obj.deleting()));
-        }
+    if let Some(obj) = cached(state, res, None, ns).await? {
+        return Ok(Some(obj.deleting()));
     }
     match read(state, res, None, ns).await {
-        Ok((obj, _)) => Ok(Some(
-            obj.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null()),
-        )),
+        Ok((obj, _)) => Ok(Some(being_deleted(&obj))),
         Err(ApiError::NotFound { .. }) => Ok(None),
         Err(e) => Err(e),
     }

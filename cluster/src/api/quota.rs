@@ -499,14 +499,12 @@ impl Charge {
         // Only these kinds' usage depends on their content; an update of any other
         // counts the same object it counted before.
         let measured = res.group.is_empty() && matches!(res.plural, "pods" | "services" | "persistentvolumeclaims");
-        if old.is_some() && new.is_some() && !measured {
-            return None;
-        }
-        // What these kinds use is read from their spec, and a pod's also from whether it
-        // has finished: a write that changes neither (a pod's status) charges nothing,
-        // and is known to without measuring both sides.
+        // What the measured kinds use is read from their spec, and a pod's also from
+        // whether it has finished: an update that changes neither (a pod's status)
+        // charges nothing, and is known to without measuring both sides.
         if let (Some(o), Some(n)) = (old, new) {
-            if o.get("spec") == n.get("spec") && (!is_pod || is_terminal(o) == is_terminal(n)) {
+            let same_use = o.get("spec") == n.get("spec") && (!is_pod || is_terminal(o) == is_terminal(n));
+            if !measured || same_use {
                 return None;
             }
         }

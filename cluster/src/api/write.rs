@@ -23,7 +23,7 @@ use super::audit::{self, Provenance};
 use super::auth::UserInfo;
 use super::cache::ReadAt;
 use super::error::{ApiError, Cause};
-use super::objects::{encode, with_revision};
+use super::objects::{being_deleted, encode, with_revision};
 use super::quota::{self, Charge};
 use super::registry::ResourceInfo;
 use super::resources::core::NAMESPACE_FINALIZER;
@@ -77,9 +77,7 @@ pub enum Outcome {
 /// grace period is left (a namespace also waits for its `spec.finalizers`).
 pub fn deletion_complete(obj: &Value) -> bool {
     let meta = obj.get("metadata");
-    let deleting = meta
-        .and_then(|m| m.get("deletionTimestamp"))
-        .is_some_and(|t| !t.is_null());
+    let deleting = being_deleted(obj);
     let finalizers = meta
         .and_then(|m| m.get("finalizers"))
         .and_then(Value::as_array)
@@ -240,7 +238,7 @@ impl WriteSet {
     ) -> Result<Outcome, ApiError> {
         self.guard_object(res, &key, Expect::ModRevision(rev), new);
         if deletion_complete(new) {
-            if res.kind == "Service" {
+            if allocates(res) {
                 self.release(service::held(old));
             }
             self.txn.ops.push(Op::Delete { key });
@@ -271,7 +269,7 @@ impl WriteSet {
     /// Adds the removal of `old`, last written at `rev`.
     pub fn delete(&mut self, res: &'static ResourceInfo, key: String, rev: u64, old: &Value) {
         self.guard_object(res, &key, Expect::ModRevision(rev), old);
-        if res.kind == "Service" {
+        if allocates(res) {
             self.release(service::held(old));
         }
         self.txn.ops.push(Op::Delete { key });

@@ -84,12 +84,7 @@ const EVENT_SELECTABLE: &[&str] = &[
 /// asked for. Only these are read: looking up every kind's fields in every object was a
 /// visible share of each write's cost.
 fn selectable(res: &ResourceInfo) -> &'static [&'static str] {
-    selectable_of(res.group, res.plural)
-}
-
-/// [`selectable`] of the resource `plural` in `group`.
-fn selectable_of(group: &str, plural: &str) -> &'static [&'static str] {
-    match (group, plural) {
+    match (res.group, res.plural) {
         ("", "pods") => POD_SELECTABLE,
         ("", "events") | ("events.k8s.io", "events") => EVENT_SELECTABLE,
         ("", "nodes") => &["metadata.name", "metadata.namespace", "spec.unschedulable"],
@@ -131,8 +126,9 @@ impl CachedObject {
     /// Decodes a stored value of a kind whose selectable fields are `selectable`: reading
     /// only what the cache indexes when it can ([`raw`]), decoding all of it otherwise.
     pub fn decode(kv: &KeyValue, selectable: &'static [&'static str]) -> Result<Self, ApiError> {
-        let Some(read) = raw::read(&kv.value, kv.mod_revision, selectable) else {
-            return Self::decode_value(kv, selectable);
+        let read = match raw::read(&kv.value, kv.mod_revision, selectable) {
+            Some(read) => read,
+            None => read_value(kv, selectable)?,
         };
         Ok(CachedObject {
             key: kv.key.clone(),
@@ -144,31 +140,6 @@ impl CachedObject {
             selectable,
             fields: read.fields,
             deleting: read.deleting,
-        })
-    }
-
-    /// Decodes a stored value in full, and serializes it again with its resourceVersion.
-    fn decode_value(kv: &KeyValue, selectable: &'static [&'static str]) -> Result<Self, ApiError> {
-        let value = super::objects::decode(kv)?;
-        let json = Bytes::from(serde_json::to_vec(&value).map_err(|e| ApiError::Internal(e.to_string()))?);
-        let fields = selectable
-            .iter()
-            .map(|path| (*path, field_text(&value, path)))
-            .filter(|(_, v)| !v.is_empty())
-            .collect();
-        let (name, namespace) = super::admission::object_name(&value);
-        Ok(CachedObject {
-            key: kv.key.clone(),
-            revision: kv.mod_revision,
-            labels: labels_of(&value),
-            json,
-            namespace,
-            name,
-            selectable,
-            fields,
-            deleting: value
-                .pointer("/metadata/deletionTimestamp")
-                .is_some_and(|t| !t.is_null()),
         })
     }
 
@@ -206,6 +177,27 @@ impl CachedObject {
         }
         self.value().map(|v| field_text(&v, path)).unwrap_or_default()
     }
+}
+
+/// What the cache keeps of a stored value, decoded in full and serialized again with its
+/// resourceVersion: for what [`raw::read`] leaves to it.
+fn read_value(kv: &KeyValue, selectable: &'static [&'static str]) -> Result<raw::Read, ApiError> {
+    let value = super::objects::decode(kv)?;
+    let json = serde_json::to_vec(&value).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let fields = selectable
+        .iter()
+        .map(|path| (*path, field_text(&value, path)))
+        .filter(|(_, v)| !v.is_empty())
+        .collect();
+    let (name, namespace) = super::admission::object_name(&value);
+    Ok(raw::Read {
+        json,
+        name,
+        namespace,
+        labels: labels_of(&value),
+        fields,
+        deleting: super::objects::being_deleted(&value),
+    })
 }
 
 /// What happened to an object.

@@ -202,9 +202,23 @@ async fn a_damaged_member_refuses_to_start_and_a_torn_tail_recovers() {
         .collect();
     segments.sort();
     let last = segments.last().expect("member 2 has a Raft log segment");
-    let mut file = std::fs::OpenOptions::new().append(true).open(last).unwrap();
-    std::io::Write::write_all(&mut file, &[0xA5; 100]).unwrap();
-    drop(file);
+    // Records are a 4-byte big-endian length and that many bytes; the file is
+    // preallocated, so the records end at the first length of zero.
+    let mut bytes = std::fs::read(last).unwrap();
+    let mut end = 0;
+    while let Some(len) = bytes
+        .get(end..end + 4)
+        .map(|h| u32::from_be_bytes([h[0], h[1], h[2], h[3]]))
+    {
+        if len == 0 {
+            break;
+        }
+        end += 4 + len as usize;
+    }
+    assert!(end > 0, "member 2's last segment holds records");
+    bytes.truncate(end);
+    bytes.extend_from_slice(&[0xA5; 100]);
+    std::fs::write(last, &bytes).unwrap();
     members.start(2);
     let two = members.client(2).await;
     wait_for("member 2 serving every object", Duration::from_secs(60), || {

@@ -112,10 +112,10 @@ pub async fn bind(state: &AppState, target: &Target, req: &Request) -> Result<Re
             .pointer("/spec/nodeName")
             .and_then(Value::as_str)
             .is_some_and(|n| !n.is_empty());
-        if source == Source::Cache && (assigned || live.pointer("/metadata/deletionTimestamp").is_some()) {
+        if source == Source::Cache && (assigned || objects::being_deleted(&live)) {
             continue;
         }
-        if live.pointer("/metadata/deletionTimestamp").is_some() {
+        if objects::being_deleted(&live) {
             return Err(ApiError::Conflict {
                 kind: "pods/binding".into(),
                 name: name.to_string(),

@@ -449,7 +449,7 @@ pub static COLUMNS: &[Column] = &[
 
 /// The STATUS column: the phase, or the reason a container is waiting or terminated.
 pub fn status_reason(pod: &Value) -> String {
-    if pod.pointer("/metadata/deletionTimestamp").is_some() {
+    if crate::api::objects::being_deleted(pod) {
         return "Terminating".into();
     }
     let mut reason = cell::s(pod, "/status/reason").to_string();
@@ -552,6 +552,17 @@ mod tests {
         );
         assert_eq!(c["readinessProbe"]["periodSeconds"], 2);
         assert_eq!(probed["spec"]["volumes"][0]["configMap"]["defaultMode"], 420);
+    }
+
+    #[test]
+    fn the_status_column_says_terminating_only_for_a_set_deletion_timestamp() {
+        let mut p = pod(json!({}));
+        p["status"] = json!({"phase": "Running"});
+        assert_eq!(status_reason(&p), "Running");
+        p["metadata"]["deletionTimestamp"] = Value::Null;
+        assert_eq!(status_reason(&p), "Running", "a null deletionTimestamp is not a deletion");
+        p["metadata"]["deletionTimestamp"] = json!("2026-12-05T17:00:00Z");
+        assert_eq!(status_reason(&p), "Terminating");
     }
 
     #[test]

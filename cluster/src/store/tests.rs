@@ -45,8 +45,8 @@ async fn open(dir: &std::path::Path) -> Store {
         start: crate::store::Start::Single,
     };
     // A store reopened in the same process: the one shut down may still be letting go of
-    // the database lock in its background tasks (Raft's state machine worker, the log
-    // flusher thread). A real restart is a new process, where the lock goes with it.
+    // the database lock in its background tasks (Raft's core and state machine worker).
+    // A real restart is a new process, where the lock goes with it.
     let mut tries = 0;
     loop {
         match Store::open(dir, config.clone()).await {

@@ -18,11 +18,16 @@ use super::network::Peers;
 use super::types::{Proposal, Txn, TxnResult, TypeConfig};
 
 /// How many batches may be in flight at once. While they are, new writes queue and go
-/// into the next batch together; more in flight would only make batches smaller.
-/// Measured with the state machine in memory (puts/s at 16/64/256 clients): 2 in
-/// flight 3,887/11,318/23,903, 4 3,864/11,296/23,070, 8 3,526/9,002/19,155, 16
-/// 2,763/6,773/17,522.
-const IN_FLIGHT: usize = 4;
+/// into the next batch together; more in flight would only make batches smaller, and
+/// openraft 0.9's core syncs each batch's entry before it replicates or answers
+/// anything else, so each extra entry costs a sync in series. Measured with the log
+/// synced on the core's task, alternating runs (puts/s at 16/64/256 clients; API
+/// creates/s, 3 members, 64 clients): 1 in flight 3,913-4,114 / 10,934-11,322 /
+/// 22,074-22,220, 5,951-5,972; 2 3,874-4,158 / 10,648-11,694 / 21,243-22,612,
+/// 5,963-6,265; 4 3,970-3,983 / 10,332-10,636 / 20,629-21,050, 5,506-5,786.
+/// (Earlier, with a flusher thread: 2 3,887/11,318/23,903, 4 3,864/11,296/23,070,
+/// 8 3,526/9,002/19,155, 16 2,763/6,773/17,522.)
+const IN_FLIGHT: usize = 2;
 /// At most this many transactions in one batch.
 const BATCH_TXNS: usize = 1024;
 /// A batch stops taking more transactions once it holds this many bytes of keys and

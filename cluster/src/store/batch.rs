@@ -28,6 +28,10 @@ use super::types::{Proposal, Txn, TxnResult, TypeConfig};
 /// (Earlier, with a flusher thread: 2 3,887/11,318/23,903, 4 3,864/11,296/23,070,
 /// 8 3,526/9,002/19,155, 16 2,763/6,773/17,522.)
 const IN_FLIGHT: usize = 2;
+/// How many batches a follower may have on their way to the leader at once. The leader
+/// merges them into its own batches, so more of them do not mean more entries; they
+/// only spare a follower's writes a wait for the previous batch's whole round trip.
+const FORWARDS_IN_FLIGHT: usize = 4;
 /// At most this many transactions in one batch.
 const BATCH_TXNS: usize = 1024;
 /// A batch stops taking more transactions once it holds this many bytes of keys and
@@ -86,9 +90,11 @@ impl Batcher {
     }
 }
 
-/// Takes queued writes into batches, at most [`IN_FLIGHT`] at once.
+/// Takes queued writes into batches, at most [`IN_FLIGHT`] into the local log and
+/// [`FORWARDS_IN_FLIGHT`] to the leader at once.
 async fn run(raft: Raft<TypeConfig>, peers: Peers, mut rx: mpsc::UnboundedReceiver<Queued>) {
-    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    let local_slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    let forward_slots = Arc::new(Semaphore::new(FORWARDS_IN_FLIGHT));
     let mut carried: Option<Queued> = None;
     loop {
         let first = match carried.take() {
@@ -99,6 +105,10 @@ async fn run(raft: Raft<TypeConfig>, peers: Peers, mut rx: mpsc::UnboundedReceiv
             },
         };
         // Waiting for a free slot is what lets the next batch gather more writes.
+        let slots = match first.target {
+            Target::Local => &local_slots,
+            Target::Leader(_) => &forward_slots,
+        };
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };

@@ -16,7 +16,8 @@
 //! replication to the followers included, so appends never queue up for a shared sync.
 //! A flusher thread that grouped them (the first design) only added two wake-ups to each
 //! append: without it, one client's puts went from 632-642/s to 713-719/s. A slow sync
-//! holds one tokio worker meanwhile; the other workers take the tasks queued on it.
+//! holds one tokio worker meanwhile; the others steal the tasks queued on it (all but
+//! the one in its LIFO slot).
 //!
 //! Preallocation: a segment's file is extended with `fallocate` ahead of its records, a
 //! few MiB at a time, so an append writes inside the file. Appending past the end changed

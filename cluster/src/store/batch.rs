@@ -31,7 +31,15 @@ const IN_FLIGHT: usize = 2;
 /// How many batches a follower may have on their way to the leader at once. The leader
 /// merges them into its own batches, so more of them do not mean more entries; they
 /// only spare a follower's writes a wait for the previous batch's whole round trip.
-const FORWARDS_IN_FLIGHT: usize = 4;
+/// More than needed makes batches of one and costs an RPC each. Alternating runs (API
+/// creates/s on 3 members at 16 / 64 clients; store puts/s at 256 clients): 4
+/// 2,494-2,676 / 5,667-6,135; 8 2,837-3,014 / 5,790-6,193; 16 2,880-3,064 /
+/// 5,954-6,491, 21,275-23,507; 32 3,033-3,053 / 6,216-6,411, 21,544-21,742; 64
+/// 2,821-3,048 / 6,112-6,550, 19,353-21,479. In runs of 60,000 creates at 64 clients
+/// (user CPU of the bench and members): 4 6,101-6,274/s (12.4-12.9 s), 8 6,037-6,121
+/// (13.0-13.2 s), 16 6,025-6,131 (13.3-13.6 s). Eight takes most of the gain at 16
+/// clients for little more CPU when the machine is saturated.
+const FORWARDS_IN_FLIGHT: usize = 8;
 /// At most this many transactions in one batch.
 const BATCH_TXNS: usize = 1024;
 /// A batch stops taking more transactions once it holds this many bytes of keys and

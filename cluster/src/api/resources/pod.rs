@@ -560,7 +560,11 @@ mod tests {
         p["status"] = json!({"phase": "Running"});
         assert_eq!(status_reason(&p), "Running");
         p["metadata"]["deletionTimestamp"] = Value::Null;
-        assert_eq!(status_reason(&p), "Running", "a null deletionTimestamp is not a deletion");
+        assert_eq!(
+            status_reason(&p),
+            "Running",
+            "a null deletionTimestamp is not a deletion"
+        );
         p["metadata"]["deletionTimestamp"] = json!("2026-12-05T17:00:00Z");
         assert_eq!(status_reason(&p), "Terminating");
     }

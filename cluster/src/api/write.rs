@@ -429,12 +429,11 @@ fn key_of(res: &ResourceInfo, obj: &Value) -> String {
 pub async fn create(
     state: &AppState,
     res: &'static ResourceInfo,
-    obj: Value,
+    mut obj: Value,
     user: &Arc<UserInfo>,
     verb: &str,
 ) -> Result<Value, ApiError> {
     let key = key_of(res, &obj);
-    let mut obj = obj;
     // A randomly drawn cluster IP or node port may be taken: draw again.
     for _ in 0..8 {
         let mut attempt = fresh_attempt(res, &mut obj);
@@ -483,12 +482,11 @@ pub async fn update(
     res: &'static ResourceInfo,
     rev: u64,
     old: &Value,
-    new: Value,
+    mut new: Value,
     user: &Arc<UserInfo>,
     verb: &str,
 ) -> Result<(Value, Outcome), ApiError> {
     let key = key_of(res, &new);
-    let mut new = new;
     for _ in 0..8 {
         let mut attempt = fresh_attempt(res, &mut new);
         let mut set = WriteSet::new(user, verb);

@@ -11,6 +11,7 @@
 //! Anything not in the shape the store writes (a key with escapes, a label that is not a
 //! string, a stored resourceVersion) is left to the full decode: `None`.
 
+use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 
 use serde::de::IgnoredAny;
@@ -99,9 +100,9 @@ fn field<'a>(top: &Members<'a>, objects: &mut BTreeMap<&'a str, Option<Members<'
     let Some(second) = segments.next() else {
         return leaf_text(raw);
     };
-    let first_members = match objects.get(first) {
-        Some(members) => members,
-        None => objects.entry(first).or_insert(members(raw)?),
+    let first_members = match objects.entry(first) {
+        Entry::Occupied(read) => read.into_mut(),
+        Entry::Vacant(unread) => unread.insert(members(raw)?),
     };
     let mut raw = match first_members.as_ref().and_then(|m| m.get(second)) {
         Some(raw) => *raw,

@@ -15,6 +15,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use json_patch::jsonptr::PointerBuf;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
@@ -100,15 +101,6 @@ fn is_secret(obj: &Value) -> bool {
 /// The metadata fields a patch need not mention: bookkeeping that changes on every write.
 const BOOKKEEPING: [&str; 2] = ["managedFields", "resourceVersion"];
 
-/// Whether the JSON pointer `path` is a bookkeeping field or below one.
-fn is_bookkeeping(path: &str) -> bool {
-    let Some(field) = path.strip_prefix("/metadata/") else {
-        return false;
-    };
-    let field = field.split('/').next().unwrap_or_default();
-    BOOKKEEPING.contains(&field)
-}
-
 /// What a patch need not say: bookkeeping that changes on every write.
 fn comparable(obj: &Value) -> Value {
     let mut out = redact(obj);
@@ -120,21 +112,87 @@ fn comparable(obj: &Value) -> Value {
     out
 }
 
+/// `json_patch::diff(before, after)` without the operations on bookkeeping, which is
+/// never walked, and with equal subtrees passed over at once: an update changes little of
+/// an object (a pod's status, not its spec), and this runs on every write.
+fn diff(before: &Value, after: &Value) -> json_patch::Patch {
+    let mut patch = json_patch::Patch::default();
+    diff_at(before, after, &mut PointerBuf::new(), &mut patch);
+    patch
+}
+
+/// The operations of `json_patch::diff`, in its order, for the values at `path`.
+fn diff_at(before: &Value, after: &Value, path: &mut PointerBuf, patch: &mut json_patch::Patch) {
+    use json_patch::{AddOperation, PatchOperation, RemoveOperation, ReplaceOperation};
+    if before == after {
+        return;
+    }
+    let in_metadata = path.as_str() == "/metadata";
+    match (before, after) {
+        (Value::Object(b), Value::Object(a)) => {
+            let walked = |key: &String| !(in_metadata && BOOKKEEPING.contains(&key.as_str()));
+            for (key, value) in a.iter().filter(|(k, _)| walked(k)) {
+                path.push_back(key);
+                match b.get(key) {
+                    Some(was) => diff_at(was, value, path, patch),
+                    None => patch.0.push(PatchOperation::Add(AddOperation {
+                        path: path.clone(),
+                        value: value.clone(),
+                    })),
+                }
+                path.pop_back();
+            }
+            for key in b.keys().filter(|k| walked(k) && !a.contains_key(*k)) {
+                path.push_back(key);
+                patch
+                    .0
+                    .push(PatchOperation::Remove(RemoveOperation { path: path.clone() }));
+                path.pop_back();
+            }
+        }
+        (Value::Array(b), Value::Array(a)) => {
+            // As json_patch: item by position; a removed item shifts the ones after it.
+            let mut shift = 0usize;
+            for i in 0..b.len().max(a.len()) {
+                path.push_back(i - shift);
+                match (b.get(i), a.get(i)) {
+                    (Some(was), Some(value)) => diff_at(was, value, path, patch),
+                    (Some(_), None) => {
+                        shift += 1;
+                        patch
+                            .0
+                            .push(PatchOperation::Remove(RemoveOperation { path: path.clone() }));
+                    }
+                    (None, Some(value)) => patch.0.push(PatchOperation::Add(AddOperation {
+                        path: path.clone(),
+                        value: value.clone(),
+                    })),
+                    (None, None) => {}
+                }
+                path.pop_back();
+            }
+        }
+        _ => patch.0.push(PatchOperation::Replace(ReplaceOperation {
+            path: path.clone(),
+            value: after.clone(),
+        })),
+    }
+}
+
 /// The JSON patch from `before` to `after` (either absent for a create or a delete).
 pub fn change(before: Option<&Value>, after: Option<&Value>) -> Value {
     match (before, after) {
         (None, Some(a)) => json!([{"op": "add", "path": "", "value": comparable(a)}]),
         (Some(_), None) => json!([{"op": "remove", "path": ""}]),
-        // Diffed as they are (a Secret redacted first), the bookkeeping's operations then
-        // dropped: the same patch as from copies without it, and no copies of two whole
-        // objects on every update.
+        // Diffed as they are (a Secret redacted first), the bookkeeping passed over: the
+        // same patch as from copies without it, and no copies of two whole objects on
+        // every update.
         (Some(b), Some(a)) => {
-            let mut patch = if is_secret(b) || is_secret(a) {
-                json_patch::diff(&redact(b), &redact(a))
+            let patch = if is_secret(b) || is_secret(a) {
+                diff(&redact(b), &redact(a))
             } else {
-                json_patch::diff(b, a)
+                diff(b, a)
             };
-            patch.0.retain(|op| !is_bookkeeping(op.path().as_str()));
             serde_json::to_value(patch).unwrap_or(Value::Null)
         }
         (None, None) => json!([]),
@@ -375,13 +433,60 @@ mod tests {
         );
         assert_eq!(change(Some(&before), None), json!([{"op": "remove", "path": ""}]));
         assert_eq!(change(None, Some(&after))[0]["op"], "add");
-        assert!(is_bookkeeping("/metadata/managedFields/0/time") && is_bookkeeping("/metadata/resourceVersion"));
-        assert!(!is_bookkeeping("/metadata/managedFieldsX") && !is_bookkeeping("/metadata/name"));
         // A Secret's change names its values by hash only.
         let secret =
             |v: &str| json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}, "data": {"p": v}});
         let patch = change(Some(&secret("b2xk")), Some(&secret("bmV3"))).to_string();
         assert!(!patch.contains("bmV3") && patch.contains(&hash(b"bmV3")), "{patch}");
+    }
+
+    #[test]
+    fn the_diff_is_json_patchs_without_bookkeeping() {
+        // What `diff` must equal: json_patch's whole diff, bookkeeping operations dropped.
+        let expected = |b: &Value, a: &Value| {
+            let mut patch = json_patch::diff(b, a);
+            patch.0.retain(|op| {
+                let Some(field) = op.path().as_str().strip_prefix("/metadata/") else {
+                    return true;
+                };
+                !BOOKKEEPING.contains(&field.split('/').next().unwrap_or_default())
+            });
+            patch
+        };
+        let pairs = [
+            (
+                json!({"metadata": {"name": "p", "resourceVersion": "1", "managedFields": [{"a": 1}], "managedFieldsX": 1,
+                    "labels": {"a": "1", "gone": "x"}},
+                    "spec": {"template": {"metadata": {"resourceVersion": "7"}}, "list": [1, 2, 3, 4], "same": {"x": [1]}}}),
+                json!({"metadata": {"name": "p", "resourceVersion": "2", "managedFields": [{"a": 2}, {}], "managedFieldsX": 2,
+                    "labels": {"a": "2", "new": "y"}},
+                    "spec": {"template": {"metadata": {"resourceVersion": "8"}}, "list": [1, 9], "same": {"x": [1]}},
+                    "status": {"phase": "Running"}}),
+            ),
+            (json!({"a": [1]}), json!({"a": [1, {"b": 2}, 3]})),
+            (json!({"a": {"b": 1}}), json!({"a": [1]})),
+            (json!({"a": 1}), json!(null)),
+            (
+                json!([{"metadata": {"resourceVersion": "1"}}]),
+                json!([{"metadata": {"resourceVersion": "2"}}]),
+            ),
+        ];
+        for (b, a) in &pairs {
+            assert_eq!(diff(b, a), expected(b, a), "{b} -> {a}");
+            assert_eq!(diff(a, b), expected(a, b), "{a} -> {b}");
+        }
+        // The first pair's bookkeeping is left out; the look-alikes are not.
+        let ops = serde_json::to_value(diff(&pairs[0].0, &pairs[0].1))
+            .unwrap()
+            .to_string();
+        assert!(
+            !ops.contains("\"/metadata/resourceVersion\"") && !ops.contains("/metadata/managedFields/"),
+            "{ops}"
+        );
+        assert!(
+            ops.contains("/metadata/managedFieldsX") && ops.contains("/spec/template/metadata/resourceVersion"),
+            "{ops}"
+        );
     }
 
     #[test]

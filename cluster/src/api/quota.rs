@@ -60,6 +60,17 @@ const POD_RESOURCES: [&str; 11] = [
     "pods",
 ];
 
+/// The fields of a pod's spec its usage ([`pod_total`]) and scope facts ([`PodFacts`])
+/// are read from.
+const POD_MEASURED: [&str; 6] = [
+    "containers",
+    "initContainers",
+    "overhead",
+    "activeDeadlineSeconds",
+    "priorityClassName",
+    "affinity",
+];
+
 /// Core kinds that also count under their plain plural (`configmaps: 10`).
 const LEGACY_COUNTS: [&str; 4] = ["configmaps", "secrets", "replicationcontrollers", "resourcequotas"];
 
@@ -503,7 +514,16 @@ impl Charge {
         // whether it has finished: an update that changes neither (a pod's status)
         // charges nothing, and is known to without measuring both sides.
         if let (Some(o), Some(n)) = (old, new) {
-            let same_use = o.get("spec") == n.get("spec") && (!is_pod || is_terminal(o) == is_terminal(n));
+            let same_use = if is_pod {
+                // Only these parts of a pod's spec: a binding (`nodeName`) is no change.
+                let (a, b) = (o.get("spec"), n.get("spec"));
+                POD_MEASURED
+                    .iter()
+                    .all(|f| a.and_then(|s| s.get(*f)) == b.and_then(|s| s.get(*f)))
+                    && is_terminal(o) == is_terminal(n)
+            } else {
+                o.get("spec") == n.get("spec")
+            };
             if !measured || same_use {
                 return None;
             }

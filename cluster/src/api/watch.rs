@@ -33,8 +33,8 @@ struct Watcher {
 impl Watcher {
     fn line(&self, kind: &str, obj: &CachedObject) -> Bytes {
         match self.shape {
-            Shape::Metadata => match obj.partial_metadata() {
-                Ok(v) => event_line(kind, v.to_string().as_bytes()),
+            Shape::Metadata => match obj.partial_metadata_json() {
+                Ok(v) => event_line(kind, &v),
                 Err(e) => event_line("ERROR", e.status().to_string().as_bytes()),
             },
             // `kubectl get -w`: each event a Table of one row, with the same columns as

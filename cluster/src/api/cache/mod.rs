@@ -165,6 +165,25 @@ impl CachedObject {
         Ok(super::table::partial_metadata_of(only.metadata))
     }
 
+    /// [`Self::partial_metadata`] as JSON text, the metadata's text copied as it is: a
+    /// metadata watch (the garbage collector's, on every kind) sends one per write.
+    pub fn partial_metadata_json(&self) -> Result<Vec<u8>, ApiError> {
+        #[derive(serde::Deserialize)]
+        struct MetadataOnly<'a> {
+            #[serde(borrow)]
+            metadata: Option<&'a serde_json::value::RawValue>,
+        }
+        let only: MetadataOnly =
+            serde_json::from_slice(&self.json).map_err(|e| ApiError::Internal(format!("cached {}: {e}", self.key)))?;
+        let metadata = only.metadata.map_or("{}", |m| m.get());
+        let head = br#"{"kind":"PartialObjectMetadata","apiVersion":"meta.k8s.io/v1","metadata":"#;
+        let mut out = Vec::with_capacity(head.len() + metadata.len() + 1);
+        out.extend_from_slice(head);
+        out.extend_from_slice(metadata.as_bytes());
+        out.push(b'}');
+        Ok(out)
+    }
+
     /// The text of a field for a field selector ("" when absent).
     fn field(&self, path: &str) -> String {
         if self.selectable.contains(&path) {
@@ -827,6 +846,28 @@ mod tests {
         let d = decode_token(&t).unwrap();
         assert_eq!((d.rv, d.start.as_str()), (42, "/registry/core/configmaps/default/a"));
         assert!(decode_token("not a token").is_err());
+    }
+
+    #[test]
+    fn partial_metadata_copies_the_metadata_text() {
+        let object = |value: Value| {
+            let kv = KeyValue {
+                key: "/registry/core/configmaps/default/c".into(),
+                mod_revision: 7,
+                lease: 0,
+                value: serde_json::to_vec(&value).unwrap(),
+            };
+            CachedObject::decode(&kv, &[]).unwrap()
+        };
+        for value in [
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "data": {"metadata": "not this"},
+                "metadata": {"name": "c", "namespace": "default", "labels": {"a": "\"quoted\""}}}),
+            json!({"apiVersion": "v1", "kind": "ConfigMap"}),
+        ] {
+            let obj = object(value);
+            let text: Value = serde_json::from_slice(&obj.partial_metadata_json().unwrap()).unwrap();
+            assert_eq!(text, obj.partial_metadata().unwrap());
+        }
     }
 
     #[test]

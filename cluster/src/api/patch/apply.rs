@@ -11,6 +11,8 @@
 //! [`record_update`] gives every other write's changed fields to its manager and takes
 //! them from the others.
 
+use std::sync::LazyLock;
+
 use serde_json::{json, Map, Value};
 
 use super::fields::{path_string, Comparison, FieldSet, FieldsError, PathElement, Walker};
@@ -273,8 +275,14 @@ fn without_ignored(obj: &Value, ignored: &[&str]) -> Value {
     out
 }
 
-/// The metadata the server owns, which no manager is recorded to own.
-fn server_owned() -> FieldSet {
+/// The metadata the server owns, which no manager is recorded to own (built once: every
+/// write asks).
+fn server_owned() -> &'static FieldSet {
+    static SET: LazyLock<FieldSet> = LazyLock::new(server_owned_set);
+    &SET
+}
+
+fn server_owned_set() -> FieldSet {
     let mut set = FieldSet::new();
     let field = |name: &str| PathElement::Field(name.to_string());
     for top in ["apiVersion", "kind", "metadata"] {
@@ -300,26 +308,38 @@ fn server_owned() -> FieldSet {
 /// more, nor fields that are gone. Returns the fields that changed under them when not
 /// forcing (nothing is changed then).
 fn settle(entries: &mut Vec<Entry>, skip: Option<&Entry>, comparison: &Comparison, force: bool) -> Vec<Conflict> {
-    let changed = comparison.modified.union(&comparison.added);
     let others = || entries.iter().filter(|e| skip.is_none_or(|s| !s.same_manager(e)));
-    let conflicts: Vec<Conflict> = others()
-        .flat_map(|e| {
-            let manager = e.describe();
-            e.fields
-                .intersection(&changed)
-                .paths()
-                .into_iter()
-                .map(move |p| Conflict {
-                    manager: manager.clone(),
-                    field: path_string(&p),
-                })
-        })
-        .collect();
-    if !force && !conflicts.is_empty() {
-        return conflicts;
+    if others().next().is_none() {
+        // No other manager (a create): nothing to settle.
+        entries.retain(|e| !e.fields.is_empty());
+        return Vec::new();
+    }
+    let changed = comparison.modified.union(&comparison.added);
+    if !force {
+        let conflicts: Vec<Conflict> = others()
+            .flat_map(|e| {
+                let manager = e.describe();
+                e.fields
+                    .intersection(&changed)
+                    .paths()
+                    .into_iter()
+                    .map(move |p| Conflict {
+                        manager: manager.clone(),
+                        field: path_string(&p),
+                    })
+            })
+            .collect();
+        if !conflicts.is_empty() {
+            return conflicts;
+        }
     }
     for e in entries.iter_mut().filter(|e| skip.is_none_or(|s| !s.same_manager(e))) {
-        e.fields = e.fields.difference(&changed).difference(&comparison.removed);
+        let kept = e.fields.difference(&changed);
+        e.fields = if comparison.removed.is_empty() {
+            kept
+        } else {
+            kept.difference(&comparison.removed)
+        };
     }
     entries.retain(|e| !e.fields.is_empty());
     Vec::new()
@@ -327,12 +347,18 @@ fn settle(entries: &mut Vec<Entry>, skip: Option<&Entry>, comparison: &Compariso
 
 /// Gives the fields `comparison` changed to `entry`'s manager (joining its earlier entry).
 fn record(entries: &mut Vec<Entry>, mut entry: Entry, comparison: &Comparison, time: &str) {
-    let set = comparison.modified.union(&comparison.added).difference(&server_owned());
+    let mut changed = comparison.modified.clone();
+    changed.extend(&comparison.added);
+    let set = changed.difference(server_owned());
     if set.is_empty() {
         return;
     }
     entry.fields = match entries.iter().position(|e| e.same_manager(&entry)) {
-        Some(i) => entries.remove(i).fields.union(&set),
+        Some(i) => {
+            let mut fields = entries.remove(i).fields;
+            fields.extend(&set);
+            fields
+        }
         None => set,
     };
     entry.time = Some(time.to_string());
@@ -378,7 +404,7 @@ fn cap_updaters(entries: &mut Vec<Entry>) {
             }
         };
         entries.retain(|e| !e.same_manager(&old));
-        bucket.fields = bucket.fields.union(&old.fields);
+        bucket.fields.extend(&old.fields);
         bucket.time = old.time.clone();
         entries.push(bucket);
         count -= 1;
@@ -493,7 +519,7 @@ pub fn apply(
     }
     let changed = new != live_obj;
     if let Some(mine) = entries.iter_mut().find(|e| e.same_manager(&me)) {
-        mine.fields = mine.fields.difference(&server_owned());
+        mine.fields = mine.fields.difference(server_owned());
         if changed {
             mine.time = Some(who.time.to_string());
         }

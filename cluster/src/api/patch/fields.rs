@@ -157,15 +157,25 @@ impl FieldSet {
     /// Every member of either set.
     pub fn union(&self, other: &FieldSet) -> FieldSet {
         let mut out = self.clone();
-        out.members.extend(other.members.iter().cloned());
-        for (pe, child) in &other.children {
-            let merged = match out.children.get(pe) {
-                Some(mine) => mine.union(child),
-                None => child.clone(),
-            };
-            out.children.insert(pe.clone(), merged);
-        }
+        out.extend(other);
         out
+    }
+
+    /// Adds every member of `other`, in place: no copy of what this set already holds.
+    pub fn extend(&mut self, other: &FieldSet) {
+        for pe in &other.members {
+            if !self.members.contains(pe) {
+                self.members.insert(pe.clone());
+            }
+        }
+        for (pe, child) in &other.children {
+            match self.children.get_mut(pe) {
+                Some(mine) => mine.extend(child),
+                None => {
+                    self.children.insert(pe.clone(), child.clone());
+                }
+            }
+        }
     }
 
     /// The members of this set that are not members of `other` (a member of `other` does
@@ -596,11 +606,17 @@ impl<'s> Walker<'s> {
             _ => {}
         };
         if let (Some(a), Some(b)) = (old, new) {
+            // Equal values add, change and remove nothing. Most of an update is unchanged
+            // (a pod's spec under a status write), so this skips nearly all of it; the
+            // price is that a malformed list inside an unchanged part goes unnoticed here.
+            if a == b {
+                return Ok(());
+            }
             if kind_of(a) != kind_of(b) {
                 // The value changed kind: what was below it is gone.
                 let mut was = FieldSet::new();
                 self.set_of(&self.shape(None, Some(a)), a, &mut path.clone(), &mut was, false)?;
-                out.removed = out.removed.union(&was);
+                out.removed.extend(&was);
                 out.modified.insert(path);
                 return Ok(());
             }

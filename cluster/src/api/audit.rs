@@ -114,16 +114,27 @@ fn comparable(obj: &Value) -> Value {
 
 /// `json_patch::diff(before, after)` without the operations on bookkeeping, which is
 /// never walked, and with equal subtrees passed over at once: an update changes little of
-/// an object (a pod's status, not its spec), and this runs on every write.
-fn diff(before: &Value, after: &Value) -> json_patch::Patch {
-    let mut patch = json_patch::Patch::default();
+/// an object (a pod's status, not its spec), and this runs on every write. The operations
+/// are built as JSON at once, as a record holds them.
+fn diff(before: &Value, after: &Value) -> Vec<Value> {
+    let mut patch = Vec::new();
     diff_at(before, after, &mut PointerBuf::new(), &mut patch);
     patch
 }
 
+/// One operation as JSON Patch writes it.
+fn op(op: &str, path: &PointerBuf, value: Option<&Value>) -> Value {
+    let mut out = serde_json::Map::new();
+    out.insert("op".into(), Value::String(op.into()));
+    out.insert("path".into(), Value::String(path.as_str().into()));
+    if let Some(value) = value {
+        out.insert("value".into(), value.clone());
+    }
+    Value::Object(out)
+}
+
 /// The operations of `json_patch::diff`, in its order, for the values at `path`.
-fn diff_at(before: &Value, after: &Value, path: &mut PointerBuf, patch: &mut json_patch::Patch) {
-    use json_patch::{AddOperation, PatchOperation, RemoveOperation, ReplaceOperation};
+fn diff_at(before: &Value, after: &Value, path: &mut PointerBuf, patch: &mut Vec<Value>) {
     if before == after {
         return;
     }
@@ -135,18 +146,13 @@ fn diff_at(before: &Value, after: &Value, path: &mut PointerBuf, patch: &mut jso
                 path.push_back(key);
                 match b.get(key) {
                     Some(was) => diff_at(was, value, path, patch),
-                    None => patch.0.push(PatchOperation::Add(AddOperation {
-                        path: path.clone(),
-                        value: value.clone(),
-                    })),
+                    None => patch.push(op("add", path, Some(value))),
                 }
                 path.pop_back();
             }
             for key in b.keys().filter(|k| walked(k) && !a.contains_key(*k)) {
                 path.push_back(key);
-                patch
-                    .0
-                    .push(PatchOperation::Remove(RemoveOperation { path: path.clone() }));
+                patch.push(op("remove", path, None));
                 path.pop_back();
             }
         }
@@ -159,23 +165,15 @@ fn diff_at(before: &Value, after: &Value, path: &mut PointerBuf, patch: &mut jso
                     (Some(was), Some(value)) => diff_at(was, value, path, patch),
                     (Some(_), None) => {
                         shift += 1;
-                        patch
-                            .0
-                            .push(PatchOperation::Remove(RemoveOperation { path: path.clone() }));
+                        patch.push(op("remove", path, None));
                     }
-                    (None, Some(value)) => patch.0.push(PatchOperation::Add(AddOperation {
-                        path: path.clone(),
-                        value: value.clone(),
-                    })),
+                    (None, Some(value)) => patch.push(op("add", path, Some(value))),
                     (None, None) => {}
                 }
                 path.pop_back();
             }
         }
-        _ => patch.0.push(PatchOperation::Replace(ReplaceOperation {
-            path: path.clone(),
-            value: after.clone(),
-        })),
+        _ => patch.push(op("replace", path, Some(after))),
     }
 }
 
@@ -187,14 +185,11 @@ pub fn change(before: Option<&Value>, after: Option<&Value>) -> Value {
         // Diffed as they are (a Secret redacted first), the bookkeeping passed over: the
         // same patch as from copies without it, and no copies of two whole objects on
         // every update.
-        (Some(b), Some(a)) => {
-            let patch = if is_secret(b) || is_secret(a) {
-                diff(&redact(b), &redact(a))
-            } else {
-                diff(b, a)
-            };
-            serde_json::to_value(patch).unwrap_or(Value::Null)
-        }
+        (Some(b), Some(a)) => Value::Array(if is_secret(b) || is_secret(a) {
+            diff(&redact(b), &redact(a))
+        } else {
+            diff(b, a)
+        }),
         (None, None) => json!([]),
     }
 }
@@ -451,7 +446,7 @@ mod tests {
                 };
                 !BOOKKEEPING.contains(&field.split('/').next().unwrap_or_default())
             });
-            patch
+            serde_json::to_value(patch).unwrap().as_array().cloned().unwrap()
         };
         let pairs = [
             (
@@ -476,9 +471,7 @@ mod tests {
             assert_eq!(diff(a, b), expected(a, b), "{a} -> {b}");
         }
         // The first pair's bookkeeping is left out; the look-alikes are not.
-        let ops = serde_json::to_value(diff(&pairs[0].0, &pairs[0].1))
-            .unwrap()
-            .to_string();
+        let ops = Value::Array(diff(&pairs[0].0, &pairs[0].1)).to_string();
         assert!(
             !ops.contains("\"/metadata/resourceVersion\"") && !ops.contains("/metadata/managedFields/"),
             "{ops}"

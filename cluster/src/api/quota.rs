@@ -1020,6 +1020,13 @@ mod tests {
         // Status updates that change nothing quota sees charge nothing, nor do updates of
         // kinds counted only by number.
         assert!(Charge::of(res("pods"), Some(&done), Some(&done)).is_none());
+        // Nor does a binding; a change of what a container requests does.
+        let mut bound = running.clone();
+        bound["spec"]["nodeName"] = json!("n1");
+        assert!(Charge::of(res("pods"), Some(&running), Some(&bound)).is_none());
+        let mut resized = bound.clone();
+        resized["spec"]["containers"][0]["resources"]["requests"]["cpu"] = json!("2");
+        assert!(Charge::of(res("pods"), Some(&bound), Some(&resized)).is_some());
         let cm = json!({"metadata": {"name": "c", "namespace": "ns"}});
         assert!(Charge::of(res("configmaps"), Some(&cm), Some(&cm)).is_none());
         assert!(Charge::of(res("namespaces"), None, Some(&cm)).is_none());

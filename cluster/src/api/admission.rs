@@ -10,10 +10,15 @@ use super::registry::ResourceInfo;
 use super::validation::{self, Errors};
 
 fn invalid(res: &ResourceInfo, name: &str, field: &str, message: impl Into<String>) -> ApiError {
+    rejected(res, name, vec![Cause::invalid(field, message)])
+}
+
+/// 422 for `name` of `res`, with its causes.
+fn rejected(res: &ResourceInfo, name: &str, causes: Vec<Cause>) -> ApiError {
     ApiError::Invalid {
         kind: res.qualified_kind(),
         name: name.to_string(),
-        causes: vec![Cause::invalid(field, message)],
+        causes,
     }
 }
 
@@ -233,24 +238,83 @@ pub fn admit_update(
 pub fn admit_status(res: &ResourceInfo, existing: &Value, mut new: Value) -> Result<Admitted, ApiError> {
     check_precondition(res, existing, &new)?;
     let (name, _) = object_name(existing);
-    // The live object but its status, and the new status moved in: neither status is
-    // copied (a pod's is most of it).
     let status = new.as_object_mut().and_then(|o| o.remove("status"));
-    let mut out = match existing.as_object() {
-        Some(live) => Value::Object(
-            live.iter()
-                .filter(|(k, _)| k.as_str() != "status")
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-        ),
-        None => existing.clone(),
+    meta_mut(&mut new).remove("resourceVersion");
+    // A patch (the usual status write) made `new` from the live object: kept as it is
+    // rather than copied from the live one again. Neither status is copied.
+    let mut out = if same_but_status(existing, &new) {
+        new
+    } else {
+        let mut out = match existing.as_object() {
+            Some(live) => Value::Object(
+                live.iter()
+                    .filter(|(k, _)| k.as_str() != "status")
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            ),
+            None => existing.clone(),
+        };
+        meta_mut(&mut out).remove("resourceVersion");
+        out
+    };
+    // Status is written by components through typed clients: unknown fields are dropped.
+    if !takes_status_alone(res) {
+        if let (Some(status), Some(o)) = (status, out.as_object_mut()) {
+            o.insert("status".into(), status);
+        }
+        return finish(res, &name, out, Some(existing), FieldValidation::Ignore);
+    }
+    // Only the status is type-checked: the rest is the live object's, checked when it was
+    // written (a pod's spec and metadata would be most of the round trip).
+    let status = match status {
+        Some(status) => typed_status(res, &name, status)?,
+        None => None,
     };
     if let (Some(status), Some(o)) = (status, out.as_object_mut()) {
         o.insert("status".into(), status);
     }
-    meta_mut(&mut out).remove("resourceVersion");
-    // Status is written by components through typed clients: unknown fields are dropped.
-    finish(res, &name, out, Some(existing), FieldValidation::Ignore)
+    validate(res, &name, out, Some(existing), Vec::new())
+}
+
+/// Whether the kind's type accepts an object with nothing but a status (every
+/// k8s-openapi type does; a type with a required `spec` does not).
+fn takes_status_alone(res: &ResourceInfo) -> bool {
+    (res.normalize)(Value::Object(Map::new())).is_ok()
+}
+
+/// `status` type-checked through the kind's type, as part of an object holding nothing
+/// else; `None` if the type has no status. Status is written by components through typed
+/// clients: unknown fields are dropped.
+fn typed_status(res: &ResourceInfo, name: &str, status: Value) -> Result<Option<Value>, ApiError> {
+    let alone = Value::Object(Map::from_iter([("status".to_string(), status)]));
+    let (mut typed, _unknown) = (res.normalize)(alone).map_err(|c| rejected(res, name, vec![c]))?;
+    Ok(typed.as_object_mut().and_then(|o| o.remove("status")))
+}
+
+/// Whether `new` (its status taken out, no resourceVersion) is `existing` but for its
+/// status and resourceVersion. Compared in place: no copy of either.
+fn same_but_status(existing: &Value, new: &Value) -> bool {
+    let (Some(live), Some(new)) = (existing.as_object(), new.as_object()) else {
+        return false;
+    };
+    let fields = live.len() - usize::from(live.contains_key("status"));
+    fields == new.len()
+        && live
+            .iter()
+            .filter(|(k, _)| k.as_str() != "status")
+            .all(|(k, v)| match k.as_str() {
+                "metadata" => match (v.as_object(), new.get(k).and_then(Value::as_object)) {
+                    (Some(live_meta), Some(new_meta)) => {
+                        live_meta.len() - usize::from(live_meta.contains_key("resourceVersion")) == new_meta.len()
+                            && live_meta
+                                .iter()
+                                .filter(|(k, _)| k.as_str() != "resourceVersion")
+                                .all(|(k, v)| new_meta.get(k) == Some(v))
+                    }
+                    _ => false,
+                },
+                _ => new.get(k) == Some(v),
+            })
 }
 
 /// Admits a write to a Namespace's `finalize` subresource: only `spec.finalizers` changes.
@@ -313,12 +377,7 @@ fn finish(
     old: Option<&Value>,
     fields: FieldValidation,
 ) -> Result<Admitted, ApiError> {
-    let invalid = |causes| ApiError::Invalid {
-        kind: res.qualified_kind(),
-        name: name.to_string(),
-        causes,
-    };
-    let (obj, unknown) = (res.normalize)(obj).map_err(|c| invalid(vec![c]))?;
+    let (obj, unknown) = (res.normalize)(obj).map_err(|c| rejected(res, name, vec![c]))?;
     let warnings = match fields {
         FieldValidation::Strict if !unknown.is_empty() => {
             return Err(ApiError::StrictDecoding {
@@ -331,6 +390,17 @@ fn finish(
         FieldValidation::Warn => unknown.iter().map(|f| format!("unknown field {f:?}")).collect(),
         _ => Vec::new(),
     };
+    validate(res, name, obj, old, warnings)
+}
+
+/// Validates the semantics of a type-checked object (against `old` for an update).
+fn validate(
+    res: &ResourceInfo,
+    name: &str,
+    obj: Value,
+    old: Option<&Value>,
+    warnings: Vec<String>,
+) -> Result<Admitted, ApiError> {
     let mut errs = Errors::default();
     validation::object_meta(
         &mut errs,
@@ -340,7 +410,7 @@ fn finish(
     );
     (res.validate)(&obj, old, &mut errs);
     if !errs.is_empty() {
-        return Err(invalid(errs.0));
+        return Err(rejected(res, name, errs.0));
     }
     Ok(Admitted { object: obj, warnings })
 }
@@ -422,5 +492,78 @@ mod tests {
             admit_update(res, &existing_rv, stale, FieldValidation::Strict),
             Err(ApiError::Conflict { .. })
         ));
+    }
+
+    #[test]
+    fn status_writes_change_only_the_status_and_type_check_it() {
+        let res = by_kind("v1", "Pod").unwrap();
+        let mut live = admit_create(
+            res,
+            Some("default"),
+            json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "x"}]}}),
+            FieldValidation::Strict,
+        )
+        .unwrap()
+        .object;
+        live["metadata"]["resourceVersion"] = json!("7");
+        let want_spec = live["spec"].clone();
+
+        // A patch: the live object with a new status (and a stray field the type lacks).
+        let mut patched = live.clone();
+        patched["status"] = json!({"phase": "Running", "podIP": "10.0.0.1", "nonsense": 1});
+        let out = admit_status(res, &live, patched).unwrap().object;
+        assert_eq!(out["status"], json!({"phase": "Running", "podIP": "10.0.0.1"}));
+        assert_eq!(out["spec"], want_spec);
+        assert_eq!(out["metadata"]["uid"], live["metadata"]["uid"]);
+        assert!(out["metadata"].get("resourceVersion").is_none());
+
+        // A full object that also changes the spec and labels: only its status is taken.
+        let mut replaced = live.clone();
+        replaced["spec"]["containers"][0]["image"] = json!("y");
+        replaced["metadata"]["labels"] = json!({"a": "b"});
+        replaced["status"] = json!({"phase": "Succeeded"});
+        let out = admit_status(res, &live, replaced).unwrap().object;
+        assert_eq!(out["spec"], want_spec);
+        assert!(out["metadata"].get("labels").is_none());
+        assert_eq!(out["status"], json!({"phase": "Succeeded"}));
+
+        // A status of the wrong type names its field.
+        let mut bad = live.clone();
+        bad["status"] = json!({"phase": 3});
+        match admit_status(res, &live, bad) {
+            Err(ApiError::Invalid { causes, .. }) => assert_eq!(causes[0].field, "status.phase"),
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+
+        // A kind without status keeps none; a stale resourceVersion conflicts.
+        let cm = by_kind("v1", "ConfigMap").unwrap();
+        let cm_live = json!({"metadata": {"name": "c", "namespace": "default", "resourceVersion": "3"},
+            "data": {"a": "1"}});
+        let out = admit_status(cm, &cm_live, json!({"metadata": {"name": "c"}, "status": {"x": 1}}))
+            .unwrap()
+            .object;
+        assert!(out.get("status").is_none());
+        assert_eq!(out["data"]["a"], "1");
+        let stale = json!({"metadata": {"name": "c", "resourceVersion": "2"}});
+        assert!(matches!(
+            admit_status(cm, &cm_live, stale),
+            Err(ApiError::Conflict { .. })
+        ));
+
+        // A kind whose type requires a spec is type-checked whole.
+        let app = by_kind("kairn.dev/v1", "Application").unwrap();
+        let app_live = admit_create(
+            app,
+            Some("kairn-system"),
+            json!({"metadata": {"name": "a"}, "spec": {"source": {"repoURL": "/r", "targetRevision": "main"}}}),
+            FieldValidation::Strict,
+        )
+        .unwrap()
+        .object;
+        let mut synced = app_live.clone();
+        synced["status"] = json!({"sync": {"status": "Synced"}});
+        let out = admit_status(app, &app_live, synced).unwrap().object;
+        assert_eq!(out["spec"], app_live["spec"]);
+        assert_eq!(out["status"]["sync"]["status"], "Synced");
     }
 }

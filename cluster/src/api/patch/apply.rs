@@ -119,14 +119,18 @@ pub fn parse(body: &[u8]) -> Result<Value, ApplyError> {
 }
 
 /// One manager's entry.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 struct Entry {
     manager: String,
     operation: Operation,
     api_version: String,
     subresource: String,
     time: Option<String>,
+    /// Changed only through [`Entry::fields_mut`], which forgets `written`.
     fields: FieldSet,
+    /// The entry as it was read, written back as it is while its fields are unchanged:
+    /// encoding every untouched manager's set again cost more than the rest of an update.
+    written: Option<Value>,
 }
 
 impl Entry {
@@ -139,7 +143,24 @@ impl Entry {
             subresource: who.subresource.unwrap_or_default().to_string(),
             time: None,
             fields: FieldSet::new(),
+            written: None,
         }
+    }
+
+    /// The fields, to change: the entry is encoded anew.
+    fn fields_mut(&mut self) -> &mut FieldSet {
+        self.written = None;
+        &mut self.fields
+    }
+
+    /// Whether `written` still says what this entry says, beside its fields.
+    fn written_matches(&self, written: &Value) -> bool {
+        let text = |name: &str| written.get(name).and_then(Value::as_str);
+        text("manager").unwrap_or_default() == self.manager
+            && text("operation") == Some(self.operation.as_str())
+            && text("apiVersion") == Some(self.api_version.as_str())
+            && text("subresource").unwrap_or_default() == self.subresource
+            && text("time") == self.time.as_deref()
     }
 
     /// Whether two entries are the same manager (an applier is one across versions).
@@ -162,7 +183,12 @@ impl Entry {
         out
     }
 
-    fn to_json(&self) -> Value {
+    fn into_json(mut self) -> Value {
+        if let Some(written) = self.written.take() {
+            if self.written_matches(&written) {
+                return written;
+            }
+        }
         let mut out = json!({
             "manager": self.manager,
             "operation": self.operation.as_str(),
@@ -179,7 +205,7 @@ impl Entry {
         out
     }
 
-    fn from_json(value: &Value, index: usize) -> Result<Self, ApplyError> {
+    fn from_json(value: Value, index: usize) -> Result<Self, ApplyError> {
         let bad = |what: &str| ApplyError::ManagedFields(format!("entry {index}: {what}"));
         let text = |name: &str| value.get(name).and_then(Value::as_str);
         let operation = match text("operation") {
@@ -206,6 +232,7 @@ impl Entry {
             subresource: text("subresource").unwrap_or_default().to_string(),
             time: text("time").map(String::from),
             fields,
+            written: Some(value),
         })
     }
 }
@@ -214,14 +241,15 @@ fn managed_fields(obj: &Value) -> Option<&Value> {
     obj.pointer("/metadata/managedFields").filter(|v| !v.is_null())
 }
 
-/// The entries of a managedFields list (a later entry for the same manager wins).
-fn decode(list: Option<&Value>) -> Result<Vec<Entry>, ApplyError> {
+/// The entries of a managedFields list (a later entry for the same manager wins), each
+/// keeping its JSON to be written back unchanged.
+fn decode(list: Option<Value>) -> Result<Vec<Entry>, ApplyError> {
     let Some(list) = list else { return Ok(Vec::new()) };
     let Value::Array(items) = list else {
         return Err(ApplyError::ManagedFields("managedFields must be a list".into()));
     };
     let mut out: Vec<Entry> = Vec::new();
-    for (i, item) in items.iter().enumerate() {
+    for (i, item) in items.into_iter().enumerate() {
         let entry = Entry::from_json(item, i)?;
         out.retain(|e| !e.same_manager(&entry));
         out.push(entry);
@@ -252,7 +280,7 @@ fn encode(obj: &mut Value, mut entries: Vec<Entry>) {
     } else {
         meta.insert(
             "managedFields".into(),
-            Value::Array(entries.iter().map(Entry::to_json).collect()),
+            Value::Array(entries.into_iter().map(Entry::into_json).collect()),
         );
     }
 }
@@ -334,8 +362,13 @@ fn settle(entries: &mut Vec<Entry>, skip: Option<&Entry>, comparison: &Compariso
         }
     }
     for e in entries.iter_mut().filter(|e| skip.is_none_or(|s| !s.same_manager(e))) {
+        // An entry the write did not touch (a status write and the spec's managers) stays
+        // as it was written.
+        if !e.fields.meets(&changed) && !e.fields.meets(&comparison.removed) {
+            continue;
+        }
         let kept = e.fields.difference(&changed);
-        e.fields = if comparison.removed.is_empty() {
+        *e.fields_mut() = if comparison.removed.is_empty() {
             kept
         } else {
             kept.difference(&comparison.removed)
@@ -353,7 +386,7 @@ fn record(entries: &mut Vec<Entry>, mut entry: Entry, comparison: &Comparison, t
     if set.is_empty() {
         return;
     }
-    entry.fields = match entries.iter().position(|e| e.same_manager(&entry)) {
+    *entry.fields_mut() = match entries.iter().position(|e| e.same_manager(&entry)) {
         Some(i) => {
             let mut fields = entries.remove(i).fields;
             fields.extend(&set);
@@ -393,6 +426,7 @@ fn cap_updaters(entries: &mut Vec<Entry>) {
             subresource: String::new(),
             time: None,
             fields: FieldSet::new(),
+            written: None,
         };
         let mut bucket = match entries.iter().position(|e| e.same_manager(&bucket_id)) {
             Some(i) => entries.remove(i),
@@ -404,7 +438,7 @@ fn cap_updaters(entries: &mut Vec<Entry>) {
             }
         };
         entries.retain(|e| !e.same_manager(&old));
-        bucket.fields.extend(&old.fields);
+        bucket.fields_mut().extend(&old.fields);
         bucket.time = old.time.clone();
         entries.push(bucket);
         count -= 1;
@@ -479,7 +513,7 @@ pub fn apply(
     let api_version = check_applied(schema, live, applied)?;
     let config = without_ignored(applied, who.ignored);
     let live_obj = live.map(without_managed_fields).unwrap_or_else(|| json!({}));
-    let mut entries = decode(live.and_then(managed_fields))?;
+    let mut entries = decode(live.and_then(managed_fields).cloned())?;
     if entries.is_empty() && live.is_some() {
         // An object no one tracked yet: what it has belongs to a stand-in manager, so the
         // first apply cannot silently take over fields other writers set.
@@ -503,7 +537,7 @@ pub fn apply(
         .position(|e| e.same_manager(&me))
         .map(|i| entries.remove(i));
     me.time = last.as_ref().and_then(|l| l.time.clone());
-    me.fields = walker.applied_field_set(schema, &config)?;
+    *me.fields_mut() = walker.applied_field_set(schema, &config)?;
     entries.push(me.clone());
 
     let mut new = match last {
@@ -519,7 +553,8 @@ pub fn apply(
     }
     let changed = new != live_obj;
     if let Some(mine) = entries.iter_mut().find(|e| e.same_manager(&me)) {
-        mine.fields = mine.fields.difference(server_owned());
+        let owned = mine.fields.difference(server_owned());
+        *mine.fields_mut() = owned;
         if changed {
             mine.time = Some(who.time.to_string());
         }
@@ -557,7 +592,8 @@ fn prune(
 /// anyone else. Like kube-apiserver, an existing object nobody tracked stays untracked,
 /// and a failure keeps the old managedFields rather than failing the write.
 pub fn record_update(schemas: &Schemas, schema: &Value, old: Option<&Value>, new: &mut Value, who: &Writer) {
-    let old_entries = || decode(old.and_then(managed_fields)).unwrap_or_default();
+    let live = old.and_then(managed_fields);
+    let live_entries = || decode(live.cloned()).unwrap_or_default();
     // Taken out of the object in place: the comparison below must not see them, and
     // copying the object to drop them cost more than the rest of this on every write.
     let requested = new
@@ -573,14 +609,17 @@ pub fn record_update(schemas: &Schemas, schema: &Value, old: Option<&Value>, new
     };
     // A write may set managedFields itself (a full update, a patch of them); `[]` or
     // `[{}]` clears them. The status subresource only ever keeps the live ones.
-    let entries = match &requested {
-        _ if who.subresource.is_some() => old_entries(),
-        Some(v) if reset(v) => Vec::new(),
-        Some(v) => match decode(Some(v)) {
+    let status = who.subresource.is_some();
+    let entries = match requested {
+        Some(v) if !status && reset(&v) => Vec::new(),
+        // The live entries, as a patch carries them: decoded from the request's copy
+        // rather than copied again.
+        Some(v) if Some(&v) == live => decode(Some(v)).unwrap_or_default(),
+        Some(v) if !status => match decode(Some(v)) {
             Ok(entries) if !entries.is_empty() => entries,
-            _ => old_entries(),
+            _ => live_entries(),
         },
-        None => old_entries(),
+        _ => live_entries(),
     };
     if old.is_some() && entries.is_empty() {
         return;
@@ -659,7 +698,7 @@ mod tests {
 
     /// The paths `manager` owns, by its entries (`Apply` and `Update` alike).
     fn owned(obj: &Value, manager: &str) -> Vec<String> {
-        let entries = decode(managed_fields(obj)).unwrap();
+        let entries = decode(managed_fields(obj).cloned()).unwrap();
         let mut out: Vec<String> = entries
             .iter()
             .filter(|e| e.manager == manager)
@@ -892,6 +931,41 @@ spec:
         assert_eq!(entry["subresource"], "status");
         // `.status` too: it did not exist before (Kubernetes' typed objects always have one).
         assert_eq!(owned(&status, "controller"), [".status", ".status.replicas"]);
+    }
+
+    #[test]
+    fn untouched_entries_are_written_back_as_they_were_read() {
+        // An entry spelled as our encoder would not (spaces in a key): only an entry the
+        // write takes fields from is encoded again.
+        let mut live = yaml(WEB);
+        live["metadata"]["managedFields"] = json!([
+            {"manager": "imager", "operation": "Update", "apiVersion": "apps/v1", "time": T1,
+             "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {"f:template": {"f:spec": {"f:containers": {
+                "k:{\"name\": \"app\"}": {"f:image": {}}}}}}}},
+            {"manager": "scaler", "operation": "Update", "apiVersion": "apps/v1", "time": T1,
+             "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {"f:replicas": {}}}},
+        ]);
+        let imager = live["metadata"]["managedFields"][0].clone();
+
+        let mut status = live.clone();
+        status["status"] = json!({"replicas": 2});
+        let status_writer = Writer {
+            subresource: Some("status"),
+            ignored: &[],
+            ..writer("controller", T2)
+        };
+        record_update(schemas(), schema(), Some(&live), &mut status, &status_writer);
+        let entries = managed_fields(&status).and_then(Value::as_array).unwrap();
+        assert_eq!(entries.len(), 3);
+        assert!(entries.contains(&imager), "{entries:?}");
+
+        // A write of the image takes it from the imager: its entry goes (it owned nothing
+        // else), the scaler's stays.
+        let mut moved = live.clone();
+        moved["spec"]["template"]["spec"]["containers"][0]["image"] = json!("app:2");
+        update_as(&live, &mut moved, "mover", T2);
+        let names: Vec<String> = managers(&moved).into_iter().map(|(m, _)| m).collect();
+        assert_eq!(names, ["scaler", "mover"]);
     }
 
     #[test]

@@ -210,6 +210,16 @@ impl FieldSet {
         FieldSet { members, children }
     }
 
+    /// Whether the sets share a member (the intersection is not empty), without building
+    /// the intersection.
+    pub fn meets(&self, other: &FieldSet) -> bool {
+        self.members.iter().any(|pe| other.members.contains(pe))
+            || self
+                .children
+                .iter()
+                .any(|(pe, child)| other.children.get(pe).is_some_and(|theirs| child.meets(theirs)))
+    }
+
     /// Every member's path, each level's members before the paths below it.
     pub fn paths(&self) -> Vec<Vec<PathElement>> {
         let mut out = Vec::new();
@@ -1081,6 +1091,11 @@ spec:
         assert_eq!(paths(&a.intersection(&b)), [".a"]);
         assert!(a.contains(&[PathElement::Field("a".into()), PathElement::Field("b".into())]));
         assert!(a.difference(&a).is_empty());
+        // `meets` is a non-empty intersection; a parent alone is not a shared member.
+        assert!(a.meets(&b) && b.meets(&a));
+        assert!(!set(&[&["a", "x"], &["c", "b"]]).meets(&a));
+        assert!(set(&[&["a", "b"]]).meets(&a));
+        assert!(!a.meets(&FieldSet::new()));
     }
 
     #[test]

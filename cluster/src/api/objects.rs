@@ -551,46 +551,49 @@ async fn list(state: &AppState, target: &Target, params: &Params, shape: Shape) 
             let items = page
                 .items
                 .iter()
-                .map(|o| o.partial_metadata())
-                .collect::<Result<Vec<Value>, ApiError>>()?;
-            Ok(axum::Json(
-                json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1",
-                "metadata": metadata, "items": items}),
-            )
-            .into_response())
+                .map(|o| o.partial_metadata_json().map(Bytes::from))
+                .collect::<Result<Vec<Bytes>, ApiError>>()?;
+            let head = format!(
+                r#"{{"kind":"PartialObjectMetadataList","apiVersion":"meta.k8s.io/v1","metadata":{metadata},"items":["#
+            );
+            list_body(head, items)
         }
         Shape::Full => {
-            // The items' JSON is shared with the cache: stream it in chunks rather than
-            // building one large body.
             let head = format!(
                 r#"{{"kind":"{}List","apiVersion":"{}","metadata":{},"items":["#,
                 target.res.kind,
                 target.res.api_version(),
                 metadata
             );
-            let items = page.items;
-            let chunks = items.len().div_ceil(LIST_CHUNK);
-            let body = futures::stream::iter(
-                std::iter::once(Bytes::from(head))
-                    .chain((0..chunks).map(move |c| {
-                        let mut out = Vec::new();
-                        for (i, item) in items.iter().enumerate().skip(c * LIST_CHUNK).take(LIST_CHUNK) {
-                            if i > 0 {
-                                out.push(b',');
-                            }
-                            out.extend_from_slice(&item.json);
-                        }
-                        Bytes::from(out)
-                    }))
-                    .chain(std::iter::once(Bytes::from_static(b"]}")))
-                    .map(Ok::<_, std::convert::Infallible>),
-            );
-            Response::builder()
-                .header("content-type", "application/json")
-                .body(Body::from_stream(body))
-                .map_err(|e| ApiError::Internal(e.to_string()))
+            // The items' JSON is shared with the cache, not copied.
+            list_body(head, page.items.iter().map(|o| o.json.clone()).collect())
         }
     }
+}
+
+/// A list's body: `head`, the items' JSON separated by commas, and `]}`, streamed in
+/// chunks rather than built as one large body.
+fn list_body(head: String, items: Vec<Bytes>) -> Result<Response, ApiError> {
+    let chunks = items.len().div_ceil(LIST_CHUNK);
+    let body = futures::stream::iter(
+        std::iter::once(Bytes::from(head))
+            .chain((0..chunks).map(move |c| {
+                let mut out = Vec::new();
+                for (i, item) in items.iter().enumerate().skip(c * LIST_CHUNK).take(LIST_CHUNK) {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    out.extend_from_slice(item);
+                }
+                Bytes::from(out)
+            }))
+            .chain(std::iter::once(Bytes::from_static(b"]}")))
+            .map(Ok::<_, std::convert::Infallible>),
+    );
+    Response::builder()
+        .header("content-type", "application/json")
+        .body(Body::from_stream(body))
+        .map_err(|e| ApiError::Internal(e.to_string()))
 }
 
 /// Whether `res` is core/v1 pods (whose creation also passes priority admission).

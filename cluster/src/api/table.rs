@@ -66,14 +66,9 @@ pub fn table(res: &ResourceInfo, list: &Value) -> Value {
 /// The `PartialObjectMetadata` of an object: what a Table row and a metadata-only list
 /// carry (kubectl reads names, namespaces and labels from it).
 pub fn partial_metadata(obj: &Value) -> Value {
-    partial_metadata_of(obj.get("metadata").cloned())
-}
-
-/// The `PartialObjectMetadata` of an object whose `metadata` is given.
-pub fn partial_metadata_of(metadata: Option<Value>) -> Value {
     json!({
         "kind": "PartialObjectMetadata",
         "apiVersion": "meta.k8s.io/v1",
-        "metadata": metadata.unwrap_or(json!({})),
+        "metadata": obj.get("metadata").cloned().unwrap_or(json!({})),
     })
 }

@@ -153,20 +153,9 @@ impl CachedObject {
         serde_json::from_slice(&self.json).map_err(|e| ApiError::Internal(format!("cached {}: {e}", self.key)))
     }
 
-    /// The object as `PartialObjectMetadata` (for metadata-only clients such as the
-    /// garbage collector), decoding its metadata alone: the rest is only skipped over.
-    pub fn partial_metadata(&self) -> Result<Value, ApiError> {
-        #[derive(serde::Deserialize)]
-        struct MetadataOnly {
-            metadata: Option<Value>,
-        }
-        let only: MetadataOnly =
-            serde_json::from_slice(&self.json).map_err(|e| ApiError::Internal(format!("cached {}: {e}", self.key)))?;
-        Ok(super::table::partial_metadata_of(only.metadata))
-    }
-
-    /// [`Self::partial_metadata`] as JSON text, the metadata's text copied as it is: a
-    /// metadata watch (the garbage collector's, on every kind) sends one per write.
+    /// The object as `PartialObjectMetadata` JSON (for metadata-only clients such as the
+    /// garbage collector), the metadata's text copied as it is and the rest only skipped
+    /// over: a metadata watch (the garbage collector's, on every kind) sends one per write.
     pub fn partial_metadata_json(&self) -> Result<Vec<u8>, ApiError> {
         #[derive(serde::Deserialize)]
         struct MetadataOnly<'a> {
@@ -866,7 +855,7 @@ mod tests {
         ] {
             let obj = object(value);
             let text: Value = serde_json::from_slice(&obj.partial_metadata_json().unwrap()).unwrap();
-            assert_eq!(text, obj.partial_metadata().unwrap());
+            assert_eq!(text, crate::api::table::partial_metadata(&obj.value().unwrap()));
         }
     }
 

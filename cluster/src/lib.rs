@@ -12,3 +12,4 @@ pub mod member;
 pub use kairn_quantity as quantity;
 pub mod scheduler;
 pub mod store;
+pub mod trimmed;

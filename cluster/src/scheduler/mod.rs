@@ -24,7 +24,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::{Stream, StreamExt};
+use futures::{Stream, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, ResourceExt};
@@ -35,6 +35,8 @@ use cache::Cache;
 use cycle::{Cycles, Diagnosis};
 use pod_info::{PodInfo, PodRef};
 use queue::Queue;
+
+use crate::trimmed::Trimmed;
 
 /// The scheduler name pods ask for by default.
 pub const DEFAULT_SCHEDULER: &str = "default-scheduler";
@@ -104,11 +106,20 @@ pub async fn run_with(client: kube::Client, config: Config, shutdown: watch::Rec
     }
 }
 
+/// Every object of kind `K`, decoded without the managedFields the scheduler never reads.
 fn watch_all<K>(client: &kube::Client) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send
 where
     K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
 {
-    watcher(Api::<K>::all(client.clone()), watcher::Config::default()).default_backoff()
+    watcher(Api::<Trimmed<K>>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .map_ok(|event| match event {
+            watcher::Event::Apply(o) => watcher::Event::Apply(o.into_inner()),
+            watcher::Event::Delete(o) => watcher::Event::Delete(o.into_inner()),
+            watcher::Event::InitApply(o) => watcher::Event::InitApply(o.into_inner()),
+            watcher::Event::Init => watcher::Event::Init,
+            watcher::Event::InitDone => watcher::Event::InitDone,
+        })
 }
 
 async fn feed<K>(

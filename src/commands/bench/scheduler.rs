@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Node, Pod};
+use kairn_cluster::trimmed::Trimmed;
 use kube::api::{ListParams, PostParams};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, ResourceExt};
@@ -368,7 +369,8 @@ async fn wait_for_nodes(client: &kube::Client, count: usize) -> anyhow::Result<(
 /// Watches the `set=<set>` pods until `count` are bound; returns when the first and the
 /// last binding were seen.
 async fn wait_bound(client: &kube::Client, set: &str, count: usize) -> anyhow::Result<(Instant, Instant)> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), "bench");
+    // Decoded as the scheduler decodes them: the watch shares the two cores with it.
+    let pods: Api<Trimmed<Pod>> = Api::namespaced(client.clone(), "bench");
     let config = watcher::Config::default().labels(&format!("set={set}"));
     let mut stream = std::pin::pin!(watcher(pods, config).default_backoff().applied_objects());
     let mut bound = HashSet::new();
@@ -379,7 +381,7 @@ async fn wait_bound(client: &kube::Client, set: &str, count: usize) -> anyhow::R
         let pod = match next {
             Err(_) => bail!("only {} of {count} {set} pods were bound in 20 minutes", bound.len()),
             Ok(None) => bail!("the pod watch ended"),
-            Ok(Some(pod)) => pod?,
+            Ok(Some(pod)) => pod?.into_inner(),
         };
         if pod.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some() && bound.insert(pod.name_any()) {
             let now = Instant::now();

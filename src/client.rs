@@ -67,9 +67,21 @@ impl ClientArgs {
         let path = self.kubeconfig_path();
         let kubeconfig = kube::config::Kubeconfig::read_from(&path)
             .with_context(|| format!("reading kubeconfig {}", path.display()))?;
-        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
+        // The kubeconfigs a member writes for its components name their users.
+        let user = kubeconfig
+            .contexts
+            .iter()
+            .find(|c| kubeconfig.current_context.as_ref() == Some(&c.name))
+            .and_then(|c| c.context.as_ref()?.user.clone())
+            .unwrap_or_default();
+        let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
             .await
             .with_context(|| format!("loading kubeconfig {}", path.display()))?;
+        let agent = kairn_cluster::api::auth::user_agent(&user);
+        config.headers.push((
+            http::header::USER_AGENT,
+            http::HeaderValue::from_str(&agent).with_context(|| format!("User-Agent {agent:?}"))?,
+        ));
         if self.servers.is_empty() {
             return kube::Client::try_from(config).context("creating the API client");
         }

@@ -122,6 +122,21 @@ async fn placement_rules_hold_with_real_agents() {
         "{message}"
     );
     assert!(message.contains("preemption: 0/3 nodes are available"), "{message}");
+    // Written as Kubernetes' scheduler writes it: under its own name, through status.
+    let managers: Vec<(String, Option<String>)> = pods
+        .get("spread-3")
+        .await
+        .unwrap()
+        .metadata
+        .managed_fields
+        .unwrap_or_default()
+        .into_iter()
+        .map(|m| (m.manager.unwrap_or_default(), m.subresource))
+        .collect();
+    assert!(
+        managers.contains(&("kube-scheduler".into(), Some("status".into()))),
+        "{managers:?}"
+    );
     let events: Api<Event> = Api::namespaced(client.clone(), "default");
     wait_for("a FailedScheduling event", Duration::from_secs(30), || async {
         let list = events

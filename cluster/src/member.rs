@@ -217,6 +217,10 @@ impl Member {
         let mut config = kube::Config::new(uri);
         config.auth_info.token = Some(token.to_string().into());
         config.root_cert = Some(vec![self.ca_der()?]);
+        let agent = api::auth::user_agent(user);
+        let agent = axum::http::HeaderValue::from_str(&agent)
+            .map_err(|e| MemberError::Serve(format!("bad User-Agent {agent:?}: {e}")))?;
+        config.headers.push((axum::http::header::USER_AGENT, agent));
         Ok(config)
     }
 

@@ -4,8 +4,9 @@
 
 mod common;
 
-use axum::http::header::CONTENT_TYPE;
+use axum::http::header::{CONTENT_TYPE, USER_AGENT};
 use k8s_openapi::api::apps::v1::Deployment;
+use kairn_cluster::api::auth;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::Api;
 use serde_json::{json, Value};
@@ -156,9 +157,19 @@ async fn strategic_json_and_merge_patches() {
         .unwrap();
     assert_eq!(as_json(&patched)["metadata"]["labels"], json!({"team": "a"}));
 
-    // Without a field manager or User-Agent the write is the unknown manager's.
+    // Without a field manager the write is named after the User-Agent (a member's own
+    // clients send `kairn/...`), and without either it is the unknown manager's.
     let merge = json!({"metadata": {"annotations": {"note": "x"}}});
     let patched = deploys
+        .patch("web", &PatchParams::default(), &Patch::Merge(merge))
+        .await
+        .unwrap();
+    assert!(fields_of(&patched, "kairn", "Update").is_some());
+    let mut bare = s.member().config_as(auth::ADMIN).unwrap();
+    bare.headers.retain(|(name, _)| name != USER_AGENT);
+    let bare: Api<Deployment> = Api::namespaced(kube::Client::try_from(bare).unwrap(), "default");
+    let merge = json!({"metadata": {"annotations": {"other": "y"}}});
+    let patched = bare
         .patch("web", &PatchParams::default(), &Patch::Merge(merge))
         .await
         .unwrap();

@@ -31,6 +31,21 @@ pub fn node_user(node: &str) -> String {
     format!("system:node:{node}")
 }
 
+/// The User-Agent of a client acting as `user`. A write with no `fieldManager` is
+/// recorded under the agent's first word (as kube-apiserver does), so the components'
+/// writes show in managedFields under Kubernetes' names: `kube-scheduler`,
+/// `kube-controller-manager`, `kubelet`.
+pub fn user_agent(user: &str) -> String {
+    let product = match user {
+        SCHEDULER => "kube-scheduler",
+        CONTROLLER_MANAGER => "kube-controller-manager",
+        RECONCILER => "kairn-reconciler",
+        node if node.starts_with("system:node:") => "kubelet",
+        _ => "kairn",
+    };
+    format!("{product}/v{} kairn", env!("CARGO_PKG_VERSION"))
+}
+
 /// The users a control plane always has: the admin and its components' identities.
 pub const STANDARD_USERS: &[(&str, &[&str])] = &[
     (ADMIN, &["system:masters"]),
@@ -246,6 +261,17 @@ pub async fn authenticate(State(auth): State<Arc<Authenticator>>, mut req: Reque
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn components_are_known_by_kubernetes_names() {
+        let product = |user: &str| user_agent(user).split('/').next().unwrap_or_default().to_string();
+        assert_eq!(product(SCHEDULER), "kube-scheduler");
+        assert_eq!(product(CONTROLLER_MANAGER), "kube-controller-manager");
+        assert_eq!(product(&node_user("n1")), "kubelet");
+        assert_eq!(product(RECONCILER), "kairn-reconciler");
+        assert_eq!(product(ADMIN), "kairn");
+        assert_eq!(product(""), "kairn");
+    }
 
     #[test]
     fn token_files_read_like_kube_apiservers() {

@@ -12,4 +12,3 @@ pub mod member;
 pub use kairn_quantity as quantity;
 pub mod scheduler;
 pub mod store;
-pub mod trimmed;

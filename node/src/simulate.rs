@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Node, Pod};
+use kairn_client::trimmed::{self, Trimmed};
 use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, ResourceExt};
@@ -827,9 +828,10 @@ async fn follow_pods(client: kube::Client, config: Arc<SimulateConfig>, shutdown
             .await;
     });
     let mut tracker = Tracker::new(config);
-    let pods: Api<Pod> = Api::all(client);
+    // Decoded without managedFields, which a hollow node never reads.
+    let pods: Api<Trimmed<Pod>> = Api::all(client);
     let bound = watcher::Config::default().fields("spec.nodeName!=");
-    let mut events = watcher(pods, bound).default_backoff().boxed();
+    let mut events = trimmed::watch(pods, bound).default_backoff().boxed();
     let follow = async {
         loop {
             tokio::select! {

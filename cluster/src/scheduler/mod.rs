@@ -24,7 +24,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::{Stream, StreamExt, TryStreamExt};
+use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, ResourceExt};
@@ -36,7 +36,7 @@ use cycle::{Cycles, Diagnosis};
 use pod_info::{PodInfo, PodRef};
 use queue::Queue;
 
-use crate::trimmed::Trimmed;
+use kairn_client::trimmed::{self, Trimmed};
 
 /// The scheduler name pods ask for by default.
 pub const DEFAULT_SCHEDULER: &str = "default-scheduler";
@@ -111,15 +111,7 @@ fn watch_all<K>(client: &kube::Client) -> impl Stream<Item = Result<watcher::Eve
 where
     K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
 {
-    watcher(Api::<Trimmed<K>>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .map_ok(|event| match event {
-            watcher::Event::Apply(o) => watcher::Event::Apply(o.into_inner()),
-            watcher::Event::Delete(o) => watcher::Event::Delete(o.into_inner()),
-            watcher::Event::InitApply(o) => watcher::Event::InitApply(o.into_inner()),
-            watcher::Event::Init => watcher::Event::Init,
-            watcher::Event::InitDone => watcher::Event::InitDone,
-        })
+    trimmed::watch(Api::<Trimmed<K>>::all(client.clone()), watcher::Config::default()).default_backoff()
 }
 
 async fn feed<K>(

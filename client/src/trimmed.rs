@@ -10,7 +10,10 @@
 use std::borrow::Cow;
 use std::fmt;
 
+use futures::{Stream, TryStreamExt};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::runtime::watcher;
+use serde::de::DeserializeOwned;
 use serde::de::{
     self, DeserializeSeed, Deserializer, EnumAccess, IgnoredAny, IntoDeserializer, MapAccess, SeqAccess, Visitor,
 };
@@ -64,6 +67,24 @@ impl<K: kube::Resource> kube::Resource for Trimmed<K> {
     fn meta_mut(&mut self) -> &mut ObjectMeta {
         self.0.meta_mut()
     }
+}
+
+/// A watch of `api`'s objects (as [`kube::runtime::watcher`]) that yields them as `K`,
+/// decoded without managedFields.
+pub fn watch<K>(
+    api: kube::Api<Trimmed<K>>,
+    config: watcher::Config,
+) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send
+where
+    K: kube::Resource + Clone + DeserializeOwned + fmt::Debug + Send + 'static,
+{
+    watcher::watcher(api, config).map_ok(|event| match event {
+        watcher::Event::Apply(o) => watcher::Event::Apply(o.0),
+        watcher::Event::Delete(o) => watcher::Event::Delete(o.0),
+        watcher::Event::InitApply(o) => watcher::Event::InitApply(o.0),
+        watcher::Event::Init => watcher::Event::Init,
+        watcher::Event::InitDone => watcher::Event::InitDone,
+    })
 }
 
 /// Where in the object a map is.

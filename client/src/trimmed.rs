@@ -1,6 +1,6 @@
 //! Objects decoded without `metadata.managedFields`, for components' watches.
 //!
-//! A component (the scheduler, a controller) never reads managedFields, yet every watch
+//! A component (the scheduler, a hollow node) never reads managedFields, yet every watch
 //! event carries each manager's field set, and decoding those sets into k8s-openapi's
 //! `FieldsV1` (a `serde_json::Value` apiece) took a tenth of the scheduler's CPU. As
 //! kube-scheduler drops them from its informers (`TransformStripManagedFields`),
@@ -54,6 +54,14 @@ impl<K: kube::Resource> kube::Resource for Trimmed<K> {
 
     fn version(dt: &Self::DynamicType) -> Cow<'_, str> {
         K::version(dt)
+    }
+
+    fn api_version(dt: &Self::DynamicType) -> Cow<'_, str> {
+        K::api_version(dt)
+    }
+
+    fn url_path(dt: &Self::DynamicType, namespace: Option<&str>) -> String {
+        K::url_path(dt, namespace)
     }
 
     fn plural(dt: &Self::DynamicType) -> Cow<'_, str> {
@@ -379,6 +387,17 @@ mod tests {
             "items": [pod_json()]});
         let list: ObjectList<Trimmed<Pod>> = serde_json::from_slice(&serde_json::to_vec(&list).unwrap()).unwrap();
         assert_eq!(list.items[0].0, want);
+    }
+
+    #[test]
+    fn requests_go_where_the_wrapped_type_goes() {
+        use kube::Resource;
+        assert_eq!(
+            Trimmed::<Pod>::url_path(&(), Some("ns")),
+            Pod::url_path(&(), Some("ns"))
+        );
+        assert_eq!(Trimmed::<Node>::url_path(&(), None), "/api/v1/nodes");
+        assert_eq!(Trimmed::<Pod>::api_version(&()), "v1");
     }
 
     #[test]

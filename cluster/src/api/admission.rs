@@ -3,10 +3,13 @@
 //! Every write path (single create/update, subresources, the atomic batch) goes through
 //! these functions, so an object is admitted the same way however it arrives.
 
+use std::collections::HashSet;
+use std::sync::LazyLock;
+
 use serde_json::{json, Map, Value};
 
 use super::error::{ApiError, Cause};
-use super::registry::ResourceInfo;
+use super::registry::{ResourceInfo, RESOURCES};
 use super::validation::{self, Errors};
 
 fn invalid(res: &ResourceInfo, name: &str, field: &str, message: impl Into<String>) -> ApiError {
@@ -257,29 +260,37 @@ pub fn admit_status(res: &ResourceInfo, existing: &Value, mut new: Value) -> Res
         meta_mut(&mut out).remove("resourceVersion");
         out
     };
-    // Status is written by components through typed clients: unknown fields are dropped.
-    if !takes_status_alone(res) {
-        if let (Some(status), Some(o)) = (status, out.as_object_mut()) {
-            o.insert("status".into(), status);
-        }
-        return finish(res, &name, out, Some(existing), FieldValidation::Ignore);
-    }
-    // Only the status is type-checked: the rest is the live object's, checked when it was
-    // written (a pod's spec and metadata would be most of the round trip).
+    // Only the status is type-checked where the type takes it alone: the rest is the live
+    // object's, checked when it was written (a pod's spec and metadata would be most of
+    // the round trip). Other kinds are type-checked whole.
+    let alone = takes_status_alone(res);
     let status = match status {
-        Some(status) => typed_status(res, &name, status)?,
-        None => None,
+        Some(status) if alone => typed_status(res, &name, status)?,
+        status => status,
     };
     if let (Some(status), Some(o)) = (status, out.as_object_mut()) {
         o.insert("status".into(), status);
     }
-    validate(res, &name, out, Some(existing), Vec::new())
+    if alone {
+        validate(res, &name, out, Some(existing), Vec::new())
+    } else {
+        // Status is written by components through typed clients: unknown fields are dropped.
+        finish(res, &name, out, Some(existing), FieldValidation::Ignore)
+    }
 }
 
 /// Whether the kind's type accepts an object with nothing but a status (every
-/// k8s-openapi type does; a type with a required `spec` does not).
+/// k8s-openapi type does; a type with a required `spec` does not). Worked out once for
+/// every kind: each status write asks.
 fn takes_status_alone(res: &ResourceInfo) -> bool {
-    (res.normalize)(Value::Object(Map::new())).is_ok()
+    static ALONE: LazyLock<HashSet<(&str, &str, &str)>> = LazyLock::new(|| {
+        RESOURCES
+            .iter()
+            .filter(|r| (r.normalize)(Value::Object(Map::new())).is_ok())
+            .map(|r| (r.group, r.version, r.kind))
+            .collect()
+    });
+    ALONE.contains(&(res.group, res.version, res.kind))
 }
 
 /// `status` type-checked through the kind's type, as part of an object holding nothing

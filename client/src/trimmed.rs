@@ -32,11 +32,7 @@ impl<K> Trimmed<K> {
 
 impl<'de, K: Deserialize<'de>> Deserialize<'de> for Trimmed<K> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        K::deserialize(Filter {
-            inner: deserializer,
-            level: Level::Object,
-        })
-        .map(Trimmed)
+        K::deserialize(Level::Object.filter(deserializer)).map(Trimmed)
     }
 }
 
@@ -104,6 +100,24 @@ enum Level {
     Metadata,
 }
 
+impl Level {
+    /// `visitor`, its maps filtered at this level.
+    fn wrap<V>(self, visitor: V) -> Wrap<V> {
+        Wrap {
+            inner: visitor,
+            level: self,
+        }
+    }
+
+    /// `deserializer`, its maps filtered at this level.
+    fn filter<D>(self, deserializer: D) -> Filter<D> {
+        Filter {
+            inner: deserializer,
+            level: self,
+        }
+    }
+}
+
 /// A deserializer whose maps at `level` are filtered; everything else passes through.
 struct Filter<D> {
     inner: D,
@@ -114,17 +128,11 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Filter<D> {
     type Error = D::Error;
 
     fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, D::Error> {
-        self.inner.deserialize_any(Wrap {
-            inner: visitor,
-            level: self.level,
-        })
+        self.inner.deserialize_any(self.level.wrap(visitor))
     }
 
     fn deserialize_map<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, D::Error> {
-        self.inner.deserialize_map(Wrap {
-            inner: visitor,
-            level: self.level,
-        })
+        self.inner.deserialize_map(self.level.wrap(visitor))
     }
 
     fn deserialize_struct<V: Visitor<'de>>(
@@ -133,31 +141,15 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Filter<D> {
         fields: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, D::Error> {
-        self.inner.deserialize_struct(
-            name,
-            fields,
-            Wrap {
-                inner: visitor,
-                level: self.level,
-            },
-        )
+        self.inner.deserialize_struct(name, fields, self.level.wrap(visitor))
     }
 
     fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, D::Error> {
-        self.inner.deserialize_option(Wrap {
-            inner: visitor,
-            level: self.level,
-        })
+        self.inner.deserialize_option(self.level.wrap(visitor))
     }
 
     fn deserialize_newtype_struct<V: Visitor<'de>>(self, name: &'static str, visitor: V) -> Result<V::Value, D::Error> {
-        self.inner.deserialize_newtype_struct(
-            name,
-            Wrap {
-                inner: visitor,
-                level: self.level,
-            },
-        )
+        self.inner.deserialize_newtype_struct(name, self.level.wrap(visitor))
     }
 
     fn is_human_readable(&self) -> bool {
@@ -193,17 +185,11 @@ impl<'de, V: Visitor<'de>> Visitor<'de> for Wrap<V> {
     }
 
     fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<V::Value, D::Error> {
-        self.inner.visit_some(Filter {
-            inner: deserializer,
-            level: self.level,
-        })
+        self.inner.visit_some(self.level.filter(deserializer))
     }
 
     fn visit_newtype_struct<D: Deserializer<'de>>(self, deserializer: D) -> Result<V::Value, D::Error> {
-        self.inner.visit_newtype_struct(Filter {
-            inner: deserializer,
-            level: self.level,
-        })
+        self.inner.visit_newtype_struct(self.level.filter(deserializer))
     }
 
     fn visit_none<E: de::Error>(self) -> Result<V::Value, E> {
@@ -304,10 +290,7 @@ impl<'de, S: DeserializeSeed<'de>> DeserializeSeed<'de> for Metadata<S> {
     type Value = S::Value;
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<S::Value, D::Error> {
-        self.0.deserialize(Filter {
-            inner: deserializer,
-            level: Level::Metadata,
-        })
+        self.0.deserialize(Level::Metadata.filter(deserializer))
     }
 }
 

@@ -696,6 +696,16 @@ mod tests {
         record_update(schemas(), schema(), Some(old), new, &writer(manager, time));
     }
 
+    /// A write of `new` through the status subresource (which writes `status` too).
+    fn status_update_as(old: &Value, new: &mut Value, manager: &str, time: &str) {
+        let status_writer = Writer {
+            subresource: Some("status"),
+            ignored: &[],
+            ..writer(manager, time)
+        };
+        record_update(schemas(), schema(), Some(old), new, &status_writer);
+    }
+
     /// The paths `manager` owns, by its entries (`Apply` and `Update` alike).
     fn owned(obj: &Value, manager: &str) -> Vec<String> {
         let entries = decode(managed_fields(obj).cloned()).unwrap();
@@ -917,12 +927,7 @@ spec:
         // Status writes are recorded per subresource.
         let mut status = created.clone();
         status["status"] = json!({"replicas": 1});
-        let status_writer = Writer {
-            subresource: Some("status"),
-            ignored: &[],
-            ..writer("controller", T2)
-        };
-        record_update(schemas(), schema(), Some(&created), &mut status, &status_writer);
+        status_update_as(&created, &mut status, "controller", T2);
         let entry = managed_fields(&status)
             .and_then(Value::as_array)
             .and_then(|l| l.iter().find(|e| e["manager"] == "controller"))
@@ -949,12 +954,7 @@ spec:
 
         let mut status = live.clone();
         status["status"] = json!({"replicas": 2});
-        let status_writer = Writer {
-            subresource: Some("status"),
-            ignored: &[],
-            ..writer("controller", T2)
-        };
-        record_update(schemas(), schema(), Some(&live), &mut status, &status_writer);
+        status_update_as(&live, &mut status, "controller", T2);
         let entries = managed_fields(&status).and_then(Value::as_array).unwrap();
         assert_eq!(entries.len(), 3);
         assert!(entries.contains(&imager), "{entries:?}");

@@ -42,6 +42,18 @@ fn reference(pod: &PodInfo) -> ObjectReference {
     }
 }
 
+/// Creates `event`. The reply is not decoded: nothing reads it, and decoding it cost as
+/// much as building the Event.
+async fn write_event(client: &kube::Client, event: &Event) -> Result<(), kube::Error> {
+    let namespace = event.metadata.namespace.as_deref().unwrap_or("default");
+    let body = serde_json::to_vec(event).map_err(kube::Error::SerdeError)?;
+    let request = kube::core::Request::new(format!("/api/v1/namespaces/{namespace}/events"))
+        .create(&PostParams::default(), body)
+        .map_err(kube::Error::BuildRequest)?;
+    client.request_text(request).await?;
+    Ok(())
+}
+
 impl Binder {
     /// A binder for the scheduler called `name`, with at most `parallel_binds` bindings in
     /// flight.
@@ -54,10 +66,9 @@ impl Binder {
                 let Ok(permit) = slots.clone().acquire_owned().await else {
                     break;
                 };
-                let api: Api<Event> =
-                    Api::namespaced(writer.clone(), event.metadata.namespace.as_deref().unwrap_or("default"));
+                let writer = writer.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = api.create(&PostParams::default(), &event).await {
+                    if let Err(e) = write_event(&writer, &event).await {
                         tracing::debug!(error = %e, "writing an event failed");
                     }
                     drop(permit);

@@ -294,6 +294,14 @@ impl Cache {
             // The watch is still behind our binding: keep the assumption.
             return false;
         }
+        if let Some(placed) = self.placed.get_mut(&pod.uid) {
+            // Nothing counted changed (our binding seen, a status written): the counts
+            // stay, and only an assumption becomes a fact.
+            if *placed.pod == *pod {
+                placed.assumed = false;
+                return was_assumed;
+            }
+        }
         self.remove_pod(&pod.uid);
         if pod.occupies_node() {
             let node = pod.node_name.clone().unwrap_or_default();
@@ -576,10 +584,24 @@ mod tests {
         assert!(cache.set_pod(pod("b", Some("n1"), "200m")));
         assert_eq!(cache.node("n1").map(|n| n.requested.milli_cpu), Some(300));
         assert!(!cache.forget("b"), "a confirmed pod is not forgotten");
+        // Seen again unchanged (its status written), b still counts once; resized, it
+        // counts its new requests.
+        assert!(!cache.set_pod(pod("b", Some("n1"), "200m")));
+        assert_eq!(cache.node("n1").map(|n| n.requested.milli_cpu), Some(300));
+        cache.set_pod(pod("b", Some("n1"), "250m"));
+        assert_eq!(cache.node("n1").map(|n| n.requested.milli_cpu), Some(350));
         cache.assume(&pod("c", None, "300m"), "n1");
         assert!(cache.forget("c"));
+        // Assumed on n1 but bound elsewhere (another scheduler won): counted where bound.
+        cache.set_node(&node("n2"));
+        cache.assume(&pod("d", None, "400m"), "n1");
+        assert!(cache.set_pod(pod("d", Some("n2"), "400m")));
+        assert_eq!(cache.node("n1").map(|n| n.requested.milli_cpu), Some(350));
+        assert_eq!(cache.node("n2").map(|n| n.requested.milli_cpu), Some(400));
+        cache.remove_pod("d");
+        cache.remove_node("n2");
         cache.remove_pod("a");
-        assert_eq!(cache.node("n1").map(|n| n.requested.milli_cpu), Some(200));
+        assert_eq!(cache.node("n1").map(|n| n.requested.milli_cpu), Some(250));
         let groups: Vec<_> = cache.label_groups().map(|g| g.nodes.clone()).collect();
         assert_eq!(groups, [HashMap::from([("n1".to_string(), 1)])]);
     }

@@ -165,7 +165,7 @@ impl HostPort {
 }
 
 /// A compiled label selector; `None` inside matches nothing (a nil selector in Kubernetes).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LabelMatch(Option<Selector>);
 
 impl LabelMatch {
@@ -184,7 +184,7 @@ impl LabelMatch {
 }
 
 /// One pod (anti-)affinity term with its namespaces resolved.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AffinityTerm {
     /// Which pods the term is about.
     pub selector: LabelMatch,
@@ -229,7 +229,7 @@ impl AffinityTerm {
 }
 
 /// A preferred (anti-)affinity term and its weight.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct WeightedTerm {
     /// 1..100.
     pub weight: i64,
@@ -238,7 +238,7 @@ pub struct WeightedTerm {
 }
 
 /// One topology spread constraint.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SpreadConstraint {
     /// How uneven the domains may become.
     pub max_skew: i64,
@@ -257,7 +257,7 @@ pub struct SpreadConstraint {
 }
 
 /// Everything the scheduler reads of one pod.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct PodInfo {
     /// The pod's uid (the cache's key).
     pub uid: String,

@@ -45,6 +45,7 @@ use kube::{Api, ResourceExt};
 use tokio::sync::{mpsc, watch};
 
 use super::deployment::owner_ref;
+use super::informer::Informer;
 use super::job::get_condition;
 use super::{Error, Expectations, OwnerIndex};
 use crate::cron::{Schedule, ScheduleError};
@@ -81,23 +82,22 @@ struct Context {
 pub async fn run(client: kube::Client, shutdown: watch::Receiver<bool>) {
     let cronjobs: Api<CronJob> = Api::all(client.clone());
     let controller = Controller::new(cronjobs, watcher::Config::default());
+    let jobs = Informer::<Job>::new();
     let ctx = Arc::new(Context {
         client: client.clone(),
-        jobs: OwnerIndex::new(),
+        jobs: jobs.index(),
         expectations: Expectations::default(),
         cronjobs: controller.store(),
         events: Recorder::new(client.clone()),
     });
     let observer = ctx.clone();
-    let jobs = super::indexed_watch(Api::<Job>::all(client), ctx.jobs.clone(), move |e| {
-        observer.expectations.observe(e)
-    });
-    controller
-        .owns_stream(jobs)
-        .graceful_shutdown_on(super::stopped(shutdown))
+    let triggers = jobs.subscribe(move |e| observer.expectations.observe(e));
+    let controller = controller
+        .owns_stream(triggers)
+        .graceful_shutdown_on(super::stopped(shutdown.clone()))
         .run(reconcile, super::retry_soon, ctx)
-        .for_each(|r| async move { super::log_result("cronjob", r) })
-        .await;
+        .for_each(|r| async move { super::log_result("cronjob", r) });
+    tokio::join!(controller, jobs.run(client, shutdown));
 }
 
 // ---------------------------------------------------------------------------------------

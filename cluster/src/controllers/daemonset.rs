@@ -40,6 +40,7 @@ use kube::{Api, ResourceExt};
 use tokio::sync::watch;
 
 use super::deployment::{owner_ref, scaled, template_hash};
+use super::informer::Informer;
 use super::replicaset::{availability, is_ready, phase};
 use super::{Error, Expectations, OwnerIndex};
 use crate::scheduler::node_info::NodeInfo;
@@ -78,22 +79,20 @@ struct Context {
     failed_backoff: Mutex<FailedBackoff>,
 }
 
-/// Runs the controller until shutdown.
-pub async fn run(client: kube::Client, shutdown: watch::Receiver<bool>) {
+/// Runs the controller until shutdown, reading pods from the shared `pods`.
+pub(crate) async fn run(client: kube::Client, pods: &Informer<Pod>, shutdown: watch::Receiver<bool>) {
     let daemonsets: Api<DaemonSet> = Api::all(client.clone());
     let controller = Controller::new(daemonsets, watcher::Config::default());
     let (nodes, writer) = reflector::store();
     let ctx = Arc::new(Context {
         client: client.clone(),
-        pods: OwnerIndex::new(),
+        pods: pods.index(),
         expectations: Expectations::default(),
         nodes,
         failed_backoff: Mutex::new(FailedBackoff::default()),
     });
     let observer = ctx.clone();
-    let pods = super::indexed_watch(Api::<Pod>::all(client.clone()), ctx.pods.clone(), move |e| {
-        observer.expectations.observe(e)
-    });
+    let pods = pods.subscribe(move |e| observer.expectations.observe(e));
     let node_events = watcher(Api::<Node>::all(client), watcher::Config::default()).default_backoff();
     let nodes = placement_changes(reflector::reflector(writer, node_events));
     // Any node that changed may change what every DaemonSet wants.

@@ -34,6 +34,7 @@ use kube::{Api, Resource, ResourceExt};
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
+use super::informer::{Informer, Shared};
 use super::{Error, OwnerIndex};
 
 /// Label carrying the pod template hash on ReplicaSets and their pods.
@@ -88,23 +89,24 @@ struct Context {
 /// Runs the controller until shutdown.
 pub async fn run(client: kube::Client, shutdown: watch::Receiver<bool>) {
     let deployments: Api<Deployment> = Api::all(client.clone());
+    let replicasets = Informer::<ReplicaSet>::new();
     let ctx = Arc::new(Context {
         client: client.clone(),
-        replicasets: OwnerIndex::with_orphans(),
+        replicasets: replicasets.index(),
     });
-    let replicasets = super::indexed_watch(Api::<ReplicaSet>::all(client), ctx.replicasets.clone(), |_| {});
+    let triggers = replicasets.subscribe(|_| {});
     let controller = Controller::new(deployments, watcher::Config::default());
     let store = controller.store();
-    controller
+    let controller = controller
         // A ReplicaSet wakes the Deployments it names as owners and, an orphan, those
         // that may adopt it.
-        .watches_stream(replicasets, move |rs: ReplicaSet| {
+        .watches_stream(triggers, move |rs: Shared<ReplicaSet>| {
             deployments_for_replicaset(&store, &rs)
         })
-        .graceful_shutdown_on(super::stopped(shutdown))
+        .graceful_shutdown_on(super::stopped(shutdown.clone()))
         .run(reconcile, super::retry_soon, ctx)
-        .for_each(|r| async move { super::log_result("deployment", r) })
-        .await;
+        .for_each(|r| async move { super::log_result("deployment", r) });
+    tokio::join!(controller, replicasets.run(client, shutdown));
 }
 
 /// The Deployments (of `all`) a ReplicaSet event concerns: its owners and, for a live

@@ -35,6 +35,7 @@ use kube::{Api, ResourceExt};
 use tokio::sync::watch;
 
 use super::deployment::owner_ref;
+use super::informer::Informer;
 use super::replicaset::{deletion_rank, is_active, is_ready, phase};
 use super::{Error, Expectations, OwnerIndex};
 
@@ -77,20 +78,18 @@ struct Context {
     jobs: Store<Job>,
 }
 
-/// Runs the controller until shutdown.
-pub async fn run(client: kube::Client, shutdown: watch::Receiver<bool>) {
+/// Runs the controller until shutdown, reading pods from the shared `pods`.
+pub(crate) async fn run(client: kube::Client, pods: &Informer<Pod>, shutdown: watch::Receiver<bool>) {
     let jobs: Api<Job> = Api::all(client.clone());
     let controller = Controller::new(jobs, watcher::Config::default());
     let ctx = Arc::new(Context {
         client: client.clone(),
-        pods: OwnerIndex::new(),
+        pods: pods.index(),
         expectations: Expectations::default(),
         jobs: controller.store(),
     });
     let observer = ctx.clone();
-    let pods = super::indexed_watch(Api::<Pod>::all(client), ctx.pods.clone(), move |e| {
-        observer.expectations.observe(e)
-    });
+    let pods = pods.subscribe(move |e| observer.expectations.observe(e));
     controller
         .owns_stream(pods)
         .graceful_shutdown_on(super::stopped(shutdown))

@@ -6,8 +6,9 @@
 //! store.
 //!
 //! Controllers read through watch-fed caches only: the object being reconciled comes
-//! from the `Controller`'s own reflector, its children from an [`OwnerIndex`] kept by a
-//! watch of the child kind (so a reconcile never LISTs). Writes made from a cache that
+//! from the `Controller`'s own reflector, its children from an [`OwnerIndex`] kept by an
+//! [`informer::Informer`]: one watch of the child kind, shared by every controller that
+//! owns that kind (so a reconcile never LISTs, and a pod is decoded and held once). Writes made from a cache that
 //! may lag carry the cached `resourceVersion` (a stale cache gets a conflict and a
 //! retry, not a wrong write), and pod creations and deletions are remembered as
 //! [`Expectations`] until the cache has seen them.
@@ -17,6 +18,7 @@ pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
 pub mod gc;
+mod informer;
 pub mod job;
 pub mod namespace;
 pub mod node_lifecycle;
@@ -28,12 +30,11 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use futures::{Stream, TryStreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{DeleteParams, PostParams, Preconditions, PropagationPolicy};
 use kube::runtime::controller::Action;
-use kube::runtime::{watcher, WatchStreamExt};
+use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
@@ -92,12 +93,15 @@ pub async fn run(client: kube::Client, shutdown: watch::Receiver<bool>) {
 
 /// Runs every controller until `shutdown` turns true.
 pub async fn run_with(client: kube::Client, config: Config, shutdown: watch::Receiver<bool>) {
+    // One watch and one cache of pods for the three controllers that own pods.
+    let pods = informer::Informer::<Pod>::new();
     tokio::join!(
         deployment::run(client.clone(), shutdown.clone()),
-        replicaset::run(client.clone(), shutdown.clone()),
-        job::run(client.clone(), shutdown.clone()),
+        replicaset::run(client.clone(), &pods, shutdown.clone()),
+        job::run(client.clone(), &pods, shutdown.clone()),
         cronjob::run(client.clone(), shutdown.clone()),
-        daemonset::run(client.clone(), shutdown.clone()),
+        daemonset::run(client.clone(), &pods, shutdown.clone()),
+        pods.run(client.clone(), shutdown.clone()),
         serviceaccount::run(client.clone(), shutdown.clone()),
         resourcequota::run(client.clone(), shutdown.clone()),
         node_lifecycle::run(client.clone(), config.node_lifecycle, shutdown.clone()),
@@ -211,9 +215,9 @@ where
     }
 }
 
-/// A watch-fed cache of objects of kind `K`, indexed by their controlling owner's uid
-/// and, when built [`OwnerIndex::with_orphans`], the objects without one by namespace:
-/// what a controller asks instead of LISTing its children or the orphans it may adopt.
+/// A watch-fed cache of objects of kind `K`, indexed by their controlling owner's uid,
+/// with the objects that have none by namespace: what a controller asks instead of
+/// LISTing its children or the orphans it may adopt.
 /// It follows the watcher's relists (`Init` .. `InitDone`) by swapping in the relisted
 /// set whole.
 pub(crate) struct OwnerIndex<K> {
@@ -236,8 +240,8 @@ struct IndexInner<K> {
     /// Object uid -> owner uid, to move an object whose owner changes.
     owner_of: HashMap<String, String>,
     /// Namespace (empty when cluster-scoped) -> object uid -> object, for objects with
-    /// no controlling owner; `None` when the index does not keep them.
-    orphans: Option<HashMap<String, HashMap<String, Arc<K>>>>,
+    /// no controlling owner.
+    orphans: HashMap<String, HashMap<String, Arc<K>>>,
     /// Orphan uid -> its namespace, to find it again when it is adopted or deleted.
     orphan_in: HashMap<String, String>,
     /// Objects of a relist in progress.
@@ -247,21 +251,11 @@ struct IndexInner<K> {
 impl<K: Resource + Clone> OwnerIndex<K> {
     /// An empty index; not ready until its first list is complete.
     pub(crate) fn new() -> Self {
-        Self::build(false)
-    }
-
-    /// An empty index that also keeps the objects with no controlling owner, for a
-    /// controller that adopts them.
-    pub(crate) fn with_orphans() -> Self {
-        Self::build(true)
-    }
-
-    fn build(orphans: bool) -> Self {
         OwnerIndex {
             inner: Arc::new(RwLock::new(IndexInner {
                 by_owner: HashMap::new(),
                 owner_of: HashMap::new(),
-                orphans: orphans.then(HashMap::new),
+                orphans: HashMap::new(),
                 orphan_in: HashMap::new(),
                 relist: None,
             })),
@@ -280,9 +274,9 @@ impl<K: Resource + Clone> OwnerIndex<K> {
     }
 
     /// Applies one watcher event.
-    pub(crate) fn apply(&self, event: &watcher::Event<K>) {
+    pub(crate) fn apply(&self, event: &watcher::Event<Arc<K>>) {
         match event {
-            watcher::Event::Apply(obj) => self.write().insert(Arc::new(obj.clone())),
+            watcher::Event::Apply(obj) => self.write().insert(obj.clone()),
             watcher::Event::Delete(obj) => {
                 if let Some(uid) = obj.uid() {
                     self.write().remove(&uid);
@@ -291,7 +285,7 @@ impl<K: Resource + Clone> OwnerIndex<K> {
             watcher::Event::Init => self.write().relist = Some(Vec::new()),
             watcher::Event::InitApply(obj) => {
                 if let Some(buffer) = self.write().relist.as_mut() {
-                    buffer.push(Arc::new(obj.clone()));
+                    buffer.push(obj.clone());
                 }
             }
             watcher::Event::InitDone => {
@@ -300,9 +294,7 @@ impl<K: Resource + Clone> OwnerIndex<K> {
                     let objects = inner.relist.take().unwrap_or_default();
                     inner.by_owner.clear();
                     inner.owner_of.clear();
-                    if let Some(orphans) = inner.orphans.as_mut() {
-                        orphans.clear();
-                    }
+                    inner.orphans.clear();
                     inner.orphan_in.clear();
                     for obj in objects {
                         inner.insert(obj);
@@ -322,15 +314,22 @@ impl<K: Resource + Clone> OwnerIndex<K> {
             .unwrap_or_default()
     }
 
-    /// The objects in `namespace` with no controlling owner (none unless the index was
-    /// built [`OwnerIndex::with_orphans`]).
+    /// The objects in `namespace` with no controlling owner, for controllers that adopt
+    /// them.
     pub(crate) fn orphans_in(&self, namespace: &str) -> Vec<Arc<K>> {
         self.read()
             .orphans
-            .as_ref()
-            .and_then(|o| o.get(namespace))
+            .get(namespace)
             .map(|m| m.values().cloned().collect())
             .unwrap_or_default()
+    }
+
+    /// Every object held, owned or not.
+    pub(crate) fn all(&self) -> Vec<Arc<K>> {
+        let inner = self.read();
+        let owned = inner.by_owner.values().flat_map(HashMap::values);
+        let orphans = inner.orphans.values().flat_map(HashMap::values);
+        owned.chain(orphans).cloned().collect()
     }
 
     /// Waits until the first list has been seen whole: before that, "no children" only
@@ -351,21 +350,19 @@ impl<K: Resource> IndexInner<K> {
         if let Some(owner) = owner {
             self.owner_of.insert(uid.clone(), owner.clone());
             self.by_owner.entry(owner).or_default().insert(uid, obj);
-        } else if let Some(orphans) = self.orphans.as_mut() {
+        } else {
             let namespace = obj.meta().namespace.clone().unwrap_or_default();
             self.orphan_in.insert(uid.clone(), namespace.clone());
-            orphans.entry(namespace).or_default().insert(uid, obj);
+            self.orphans.entry(namespace).or_default().insert(uid, obj);
         }
     }
 
     fn remove(&mut self, uid: &str) {
         if let Some(namespace) = self.orphan_in.remove(uid) {
-            if let Some(orphans) = self.orphans.as_mut() {
-                if let Some(m) = orphans.get_mut(&namespace) {
-                    m.remove(uid);
-                    if m.is_empty() {
-                        orphans.remove(&namespace);
-                    }
+            if let Some(m) = self.orphans.get_mut(&namespace) {
+                m.remove(uid);
+                if m.is_empty() {
+                    self.orphans.remove(&namespace);
                 }
             }
         }
@@ -378,26 +375,6 @@ impl<K: Resource> IndexInner<K> {
             }
         }
     }
-}
-
-/// A watch of every `K` that feeds `index` (and `observe`, which sees each event before
-/// the controller does) and yields the objects it touches, for `Controller::owns_stream`.
-pub(crate) fn indexed_watch<K>(
-    api: Api<K>,
-    index: OwnerIndex<K>,
-    observe: impl Fn(&watcher::Event<K>) + Send + 'static,
-) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
-where
-    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
-{
-    watcher(api, watcher::Config::default())
-        .default_backoff()
-        .map_ok(move |event| {
-            index.apply(&event);
-            observe(&event);
-            event
-        })
-        .touched_objects()
 }
 
 /// What the cache holds of some children, as [`Expectations::outstanding`] reads it:
@@ -466,7 +443,7 @@ impl Expectations {
     }
 
     /// Takes note of a watch event on a child.
-    pub(crate) fn observe<K: Resource>(&self, event: &watcher::Event<K>) {
+    pub(crate) fn observe<K: Resource>(&self, event: &watcher::Event<Arc<K>>) {
         let (obj, gone) = match event {
             watcher::Event::Apply(o) | watcher::Event::InitApply(o) => (o, o.meta().deletion_timestamp.is_some()),
             watcher::Event::Delete(o) => (o, true),
@@ -553,23 +530,23 @@ mod tests {
     fn owner_index_follows_applies_deletes_owner_changes_and_relists() {
         let index = OwnerIndex::<Pod>::new();
         index.apply(&watcher::Event::Init);
-        index.apply(&watcher::Event::InitApply(pod("a", Some("rs1"))));
-        index.apply(&watcher::Event::InitApply(pod("b", Some("rs1"))));
-        index.apply(&watcher::Event::InitApply(pod("c", None)));
+        index.apply(&watcher::Event::InitApply(Arc::new(pod("a", Some("rs1")))));
+        index.apply(&watcher::Event::InitApply(Arc::new(pod("b", Some("rs1")))));
+        index.apply(&watcher::Event::InitApply(Arc::new(pod("c", None))));
         assert!(index.owned_by("rs1").is_empty(), "a relist shows only when done");
         index.apply(&watcher::Event::InitDone);
         assert!(*index.ready.borrow());
         assert_eq!(names(index.owned_by("rs1")), ["a", "b"]);
 
-        index.apply(&watcher::Event::Apply(pod("b", Some("rs2"))));
+        index.apply(&watcher::Event::Apply(Arc::new(pod("b", Some("rs2")))));
         assert_eq!(names(index.owned_by("rs1")), ["a"]);
         assert_eq!(names(index.owned_by("rs2")), ["b"]);
-        index.apply(&watcher::Event::Delete(pod("a", Some("rs1"))));
+        index.apply(&watcher::Event::Delete(Arc::new(pod("a", Some("rs1")))));
         assert!(index.owned_by("rs1").is_empty());
 
         // A relist replaces everything: "b" vanished while the watch was down.
         index.apply(&watcher::Event::Init);
-        index.apply(&watcher::Event::InitApply(pod("d", Some("rs1"))));
+        index.apply(&watcher::Event::InitApply(Arc::new(pod("d", Some("rs1")))));
         index.apply(&watcher::Event::InitDone);
         assert_eq!(names(index.owned_by("rs1")), ["d"]);
         assert!(index.owned_by("rs2").is_empty());
@@ -581,37 +558,34 @@ mod tests {
             p.metadata.namespace = Some(ns.into());
             p
         };
-        let index = OwnerIndex::<Pod>::with_orphans();
+        let index = OwnerIndex::<Pod>::new();
         index.apply(&watcher::Event::Init);
-        index.apply(&watcher::Event::InitApply(in_ns(pod("a", None), "ns1")));
-        index.apply(&watcher::Event::InitApply(in_ns(pod("b", None), "ns2")));
-        index.apply(&watcher::Event::InitApply(in_ns(pod("c", Some("rs1")), "ns1")));
+        index.apply(&watcher::Event::InitApply(Arc::new(in_ns(pod("a", None), "ns1"))));
+        index.apply(&watcher::Event::InitApply(Arc::new(in_ns(pod("b", None), "ns2"))));
+        index.apply(&watcher::Event::InitApply(Arc::new(in_ns(
+            pod("c", Some("rs1")),
+            "ns1",
+        ))));
         index.apply(&watcher::Event::InitDone);
         assert_eq!(names(index.orphans_in("ns1")), ["a"]);
         assert_eq!(names(index.orphans_in("ns2")), ["b"]);
 
         // Adopted: an owned child, no longer an orphan; released: the other way round.
-        index.apply(&watcher::Event::Apply(in_ns(pod("a", Some("rs1")), "ns1")));
+        index.apply(&watcher::Event::Apply(Arc::new(in_ns(pod("a", Some("rs1")), "ns1"))));
         assert!(index.orphans_in("ns1").is_empty());
         assert_eq!(names(index.owned_by("rs1")), ["a", "c"]);
-        index.apply(&watcher::Event::Apply(in_ns(pod("c", None), "ns1")));
+        index.apply(&watcher::Event::Apply(Arc::new(in_ns(pod("c", None), "ns1"))));
         assert_eq!(names(index.orphans_in("ns1")), ["c"]);
         assert_eq!(names(index.owned_by("rs1")), ["a"]);
-        index.apply(&watcher::Event::Delete(in_ns(pod("c", None), "ns1")));
+        index.apply(&watcher::Event::Delete(Arc::new(in_ns(pod("c", None), "ns1"))));
         assert!(index.orphans_in("ns1").is_empty());
 
         // A relist drops orphans that vanished meanwhile.
         index.apply(&watcher::Event::Init);
-        index.apply(&watcher::Event::InitApply(in_ns(pod("d", None), "ns1")));
+        index.apply(&watcher::Event::InitApply(Arc::new(in_ns(pod("d", None), "ns1"))));
         index.apply(&watcher::Event::InitDone);
         assert_eq!(names(index.orphans_in("ns1")), ["d"]);
         assert!(index.orphans_in("ns2").is_empty());
-
-        // An index built without orphans keeps none.
-        let plain = OwnerIndex::<Pod>::new();
-        plain.apply(&watcher::Event::Apply(in_ns(pod("e", None), "ns1")));
-        assert!(plain.orphans_in("ns1").is_empty());
-        assert!(plain.read().orphan_in.is_empty());
     }
 
     #[test]
@@ -626,7 +600,7 @@ mod tests {
         assert_eq!(deletes.len(), 1);
 
         // A watch event seen for p1, and the cache showing p2 and p0 terminating.
-        e.observe(&watcher::Event::Apply(pod("p1", Some("rs"))));
+        e.observe(&watcher::Event::Apply(Arc::new(pod("p1", Some("rs")))));
         let cached: HashMap<String, bool> = [("p0".to_string(), true), ("p2".to_string(), false)].into();
         let (adds, deletes) = e.outstanding("rs", &cached);
         assert!(adds.is_empty() && deletes.is_empty());

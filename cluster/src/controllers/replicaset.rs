@@ -35,6 +35,7 @@ use tokio::sync::watch;
 
 use super::claim;
 use super::deployment::owner_ref;
+use super::informer::{Informer, Shared};
 use super::{Error, Expectations, OwnerIndex};
 
 /// Pods created per reconcile at most (Kubernetes' `BurstReplicas`); the pods' watch
@@ -50,25 +51,23 @@ struct Context {
     replicasets: Store<ReplicaSet>,
 }
 
-/// Runs the controller until shutdown.
-pub async fn run(client: kube::Client, shutdown: watch::Receiver<bool>) {
+/// Runs the controller until shutdown, reading pods from the shared `pods`.
+pub(crate) async fn run(client: kube::Client, pods: &Informer<Pod>, shutdown: watch::Receiver<bool>) {
     let replicasets: Api<ReplicaSet> = Api::all(client.clone());
     let controller = Controller::new(replicasets, watcher::Config::default());
     let ctx = Arc::new(Context {
         client: client.clone(),
-        pods: OwnerIndex::with_orphans(),
+        pods: pods.index(),
         expectations: Expectations::default(),
         replicasets: controller.store(),
     });
     let observer = ctx.clone();
-    let pods = super::indexed_watch(Api::<Pod>::all(client), ctx.pods.clone(), move |e| {
-        observer.expectations.observe(e)
-    });
+    let pods = pods.subscribe(move |e| observer.expectations.observe(e));
     let store = controller.store();
     controller
         // A pod wakes the ReplicaSets it names as owners and, an orphan, those that
         // may adopt it.
-        .watches_stream(pods, move |pod: Pod| replicasets_for_pod(&store, &pod))
+        .watches_stream(pods, move |pod: Shared<Pod>| replicasets_for_pod(&store, &pod))
         .graceful_shutdown_on(super::stopped(shutdown))
         .run(reconcile, super::retry_soon, ctx)
         .for_each(|r| async move { super::log_result("replicaset", r) })

@@ -20,7 +20,11 @@
 //! `kairn bench scheduler`: scheduling throughput over hollow nodes (`scheduler.rs`).
 //!
 //! `kairn bench pods`: pod start latency and agent memory on one real agent (`pods.rs`).
+//!
+//! `kairn bench controllers`: a controller manager's memory and CPU per pod it holds
+//! (`controllers.rs`).
 
+mod controllers;
 mod gitops;
 mod pods;
 mod scheduler;
@@ -64,6 +68,8 @@ pub enum Which {
     Scheduler(scheduler::SchedulerArgs),
     /// Pod start latency (created to Running) and the agent's memory, on one real agent.
     Pods(pods::PodsArgs),
+    /// A controller manager's memory and CPU holding the pods of one large ReplicaSet.
+    Controllers(controllers::ControllersArgs),
 }
 
 /// `kairn bench writes` flags.
@@ -111,6 +117,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         Which::Store(s) => store::run(s).await,
         Which::Scheduler(s) => scheduler::run(s).await,
         Which::Pods(p) => pods::run(p).await,
+        Which::Controllers(c) => controllers::run(c).await,
     }
 }
 

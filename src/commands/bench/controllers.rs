@@ -58,15 +58,7 @@ struct Measured {
 }
 
 async fn measure(pods: usize) -> anyhow::Result<Measured> {
-    let server = Server::start_with(&[
-        "--api-addr",
-        "127.0.0.1:0",
-        "--raft-addr",
-        "127.0.0.1:0",
-        "--components",
-        "api",
-    ])
-    .await?;
+    let server = Server::start_api_only().await?;
     let dir = server.dir().to_path_buf();
     let kubeconfig = dir.join("controller-manager.kubeconfig");
     let manager = Process::start(

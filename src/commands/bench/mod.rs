@@ -141,6 +141,20 @@ impl Server {
         Server::start_with(&["--api-addr", "127.0.0.1:0", "--raft-addr", "127.0.0.1:0"]).await
     }
 
+    /// One member serving the API alone: the components under test run as processes
+    /// of their own, so each one's memory and CPU can be read apart.
+    async fn start_api_only() -> anyhow::Result<Server> {
+        Server::start_with(&[
+            "--api-addr",
+            "127.0.0.1:0",
+            "--raft-addr",
+            "127.0.0.1:0",
+            "--components",
+            "api",
+        ])
+        .await
+    }
+
     /// `members` servers forming one cluster with `--peers` (ports picked beforehand).
     async fn start_members(members: u64) -> anyhow::Result<Vec<Server>> {
         if members == 1 {

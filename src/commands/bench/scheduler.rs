@@ -218,15 +218,7 @@ pub async fn run(args: SchedulerArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn measure(workload: Workload, args: &SchedulerArgs) -> anyhow::Result<Row> {
-    let server = Server::start_with(&[
-        "--api-addr",
-        "127.0.0.1:0",
-        "--raft-addr",
-        "127.0.0.1:0",
-        "--components",
-        "api",
-    ])
-    .await?;
+    let server = Server::start_api_only().await?;
     let client = server.client.clone();
     let dir = server.dir().to_path_buf();
     let kubeconfig = dir.join("kubeconfig");

@@ -231,7 +231,8 @@ mod tests {
         // `observe` saw all four events, the list's bounds included.
         assert_eq!(seen.load(Ordering::SeqCst), 4);
 
-        // A subscriber that comes late starts from what the index holds, then follows.
+        // A subscriber that comes late starts from what the index holds, then follows;
+        // one that comes during a relist also gets the objects relisted so far.
         let mut late = Box::pin(informer.subscribe(|_| {}));
         assert_eq!(names(&mut late, 2).await, ["a", "b"]);
         informer.deliver(watcher::Event::Delete(pod("a")));
@@ -240,10 +241,19 @@ mod tests {
         let held: Vec<String> = informer.index().all().iter().map(|p| p.name_any()).collect();
         assert_eq!(held, ["b"]);
 
+        informer.deliver(watcher::Event::Init);
+        informer.deliver(watcher::Event::InitApply(pod("r")));
+        let mut later = Box::pin(informer.subscribe(|_| {}));
+        assert_eq!(names(&mut later, 2).await, ["b", "r"]);
+        informer.deliver(watcher::Event::InitDone);
+        assert_eq!(names(&mut early, 1).await, ["r"]);
+        assert_eq!(names(&mut late, 1).await, ["r"]);
+
         // A subscriber that went away is dropped; the others go on.
         drop(late);
         informer.deliver(watcher::Event::Apply(pod("c")));
-        assert_eq!(informer.subscribers().len(), 1);
+        assert_eq!(informer.subscribers().len(), 2);
         assert_eq!(names(&mut early, 1).await, ["c"]);
+        assert_eq!(names(&mut later, 1).await, ["c"]);
     }
 }

@@ -7,11 +7,11 @@
 //!
 //! Controllers read through watch-fed caches only: the object being reconciled comes
 //! from the `Controller`'s own reflector, its children from an [`OwnerIndex`] kept by an
-//! [`informer::Informer`]: one watch of the child kind, shared by every controller that
-//! owns that kind (so a reconcile never LISTs, and a pod is decoded and held once). Writes made from a cache that
-//! may lag carry the cached `resourceVersion` (a stale cache gets a conflict and a
-//! retry, not a wrong write), and pod creations and deletions are remembered as
-//! [`Expectations`] until the cache has seen them.
+//! [`informer::Informer`], one watch of the child kind shared by every controller that
+//! owns that kind (so a reconcile never LISTs, and a pod is decoded and held once).
+//! Writes made from a cache that may lag carry the cached `resourceVersion` (a stale
+//! cache gets a conflict and a retry, not a wrong write), and pod creations and
+//! deletions are remembered as [`Expectations`] until the cache has seen them.
 
 pub(crate) mod claim;
 pub mod cronjob;
@@ -324,12 +324,14 @@ impl<K: Resource + Clone> OwnerIndex<K> {
             .unwrap_or_default()
     }
 
-    /// Every object held, owned or not.
+    /// Every object held, owned or not, and those of a relist in progress (so a late
+    /// subscriber misses none of them; one may come twice).
     pub(crate) fn all(&self) -> Vec<Arc<K>> {
         let inner = self.read();
         let owned = inner.by_owner.values().flat_map(HashMap::values);
         let orphans = inner.orphans.values().flat_map(HashMap::values);
-        owned.chain(orphans).cloned().collect()
+        let relisted = inner.relist.iter().flatten();
+        owned.chain(orphans).chain(relisted).cloned().collect()
     }
 
     /// Waits until the first list has been seen whole: before that, "no children" only

@@ -42,8 +42,7 @@ fn reference(pod: &PodInfo) -> ObjectReference {
     }
 }
 
-/// Creates `event`. The reply is not decoded: nothing reads it, and decoding it cost as
-/// much as building the Event.
+/// Creates `event`. The reply is read as text, not decoded: nothing reads it.
 async fn write_event(client: &kube::Client, event: &Event) -> Result<(), kube::Error> {
     let namespace = event.metadata.namespace.as_deref().unwrap_or("default");
     let body = serde_json::to_vec(event).map_err(kube::Error::SerdeError)?;

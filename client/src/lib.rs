@@ -2,5 +2,6 @@
 //! clients of the API server, apart from the control plane's own code.
 
 pub mod trimmed;
+pub mod watch_event;
 
 pub use trimmed::Trimmed;

@@ -82,13 +82,7 @@ pub fn watch<K>(
 where
     K: kube::Resource + Clone + DeserializeOwned + fmt::Debug + Send + 'static,
 {
-    watcher::watcher(api, config).map_ok(|event| match event {
-        watcher::Event::Apply(o) => watcher::Event::Apply(o.0),
-        watcher::Event::Delete(o) => watcher::Event::Delete(o.0),
-        watcher::Event::InitApply(o) => watcher::Event::InitApply(o.0),
-        watcher::Event::Init => watcher::Event::Init,
-        watcher::Event::InitDone => watcher::Event::InitDone,
-    })
+    watcher::watcher(api, config).map_ok(|event| crate::watch_event::map(event, Trimmed::into_inner))
 }
 
 /// Where in the object a map is.

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use futures::{Stream, StreamExt};
 use kairn_client::trimmed::{self, Trimmed};
+use kairn_client::watch_event;
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Resource};
 use serde::de::DeserializeOwned;
@@ -154,7 +155,7 @@ where
         let mut events = std::pin::pin!(events);
         while let Some(event) = events.next().await {
             let event = match event {
-                Ok(e) => share(e),
+                Ok(e) => watch_event::map(e, Arc::new),
                 Err(e) => {
                     // The watcher backs off and relists by itself.
                     tracing::debug!(kind = %K::kind(&()), error = %e, "shared watch failed; retrying");
@@ -170,17 +171,6 @@ where
         let mut subscribers = self.subscribers();
         self.index.apply(&event);
         subscribers.retain(|s| s.send(event.clone()).is_ok());
-    }
-}
-
-/// The event with its object moved behind the `Arc` the index and subscribers share.
-fn share<K>(event: watcher::Event<K>) -> Event<K> {
-    match event {
-        watcher::Event::Apply(o) => watcher::Event::Apply(Arc::new(o)),
-        watcher::Event::Delete(o) => watcher::Event::Delete(Arc::new(o)),
-        watcher::Event::InitApply(o) => watcher::Event::InitApply(Arc::new(o)),
-        watcher::Event::Init => watcher::Event::Init,
-        watcher::Event::InitDone => watcher::Event::InitDone,
     }
 }
 
